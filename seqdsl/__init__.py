@@ -1,0 +1,13 @@
+"""seqdsl: a compiler for long-sequence neural architectures.
+
+Write an architecture as a ``.seq`` file; seqdsl parses it into a layer graph whose token
+mixers follow one template (Y = M · V with M described by score, feature map, mask,
+decay, kernel and normalisation), checks every shape, and reports what it is made of.
+"""
+
+from seqdsl.api import Checked, check, parse
+from seqdsl.errors import SeqError
+
+__version__ = "0.1.0"
+
+__all__ = ["Checked", "SeqError", "__version__", "check", "parse"]

@@ -1,0 +1,72 @@
+"""The Python API (SPEC §4): thin wrappers over the front end and the checker."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import sympy
+
+from seqdsl.check.elaborate import Elaborated, elaborate
+from seqdsl.check.program import Program, load_program
+from seqdsl.frontend import ast as A
+from seqdsl.ir.graph import Graph, OpKind, verify
+from seqdsl.ir.types import TensorType
+from seqdsl.passes import run_pipeline
+
+
+def parse(source: str | Path) -> Program:
+    """Parse a ``.seq`` file (a path, or the text itself) and resolve its imports.
+
+    Raises :class:`seqdsl.SeqError` with file, line and column on any error.
+    """
+    return load_program(source)
+
+
+@dataclass
+class Checked:
+    """A checked entry: its layer graph, inputs, outputs and parameter count."""
+
+    program: Program
+    entry: str
+    kind: str
+    graph: Graph
+    sizes: dict[str, sympy.Basic]
+    param_count: sympy.Expr
+    constraints: list
+
+    @property
+    def inputs(self) -> list[tuple[str, TensorType]]:
+        return [(n.name, n.out) for n in self.graph.inputs]
+
+    @property
+    def outputs(self) -> list[TensorType]:
+        return [self.graph.type_of(p) for p in self.graph.outputs]
+
+    @property
+    def mixers(self):
+        return self.graph.nodes(OpKind.MIX)
+
+
+def check_all(source: str | Path | Program, entry: str | None = None, **sizes) -> Checked:
+    """Check the entry and, standalone, every other definition of the file (so that an
+    error in a definition the entry does not use is still reported)."""
+    prog = source if isinstance(source, Program) else parse(source)
+    result = check(prog, entry, **sizes)
+    for item in prog.main.items:
+        if isinstance(item, A.Definition) and item.name != result.entry:
+            elaborate(prog, item.name, sizes)
+    return result
+
+
+def check(source: str | Path | Program, entry: str | None = None, **sizes) -> Checked:
+    """Parse, check shapes and build the layer graph of ``entry`` (default: the model).
+
+    ``sizes`` sets dims and options by name (``N=4096``); the others keep their defaults.
+    """
+    prog = source if isinstance(source, Program) else parse(source)
+    el: Elaborated = elaborate(prog, entry, sizes)
+    verify(el.graph)
+    graph = run_pipeline(el.graph)
+    from seqdsl.check.elaborate import param_count
+    return Checked(prog, el.entry.name, el.entry.kind, graph, el.sizes, param_count(graph), el.constraints)

@@ -1,0 +1,373 @@
+"""The primitives of the language: one registry, each entry a signature and a shape rule.
+
+Structure builtins (masks, scores, feature maps, kernel generators, inits) make no
+node: they return a :class:`Struct` that ``mix`` assembles into a :class:`MixSpec`.
+Tensor builtins make one IR node each and compute its output type. ``docs/language.md``
+lists them; ``seqdsl builtins`` prints this registry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import sympy
+
+from seqdsl.check.signature import REQUIRED, Builtin, P, bind
+from seqdsl.check.values import Func, Init, ListV, Scalar, Struct, Tensor, TupleV, Word, describe
+from seqdsl.errors import Pos, SeqError
+from seqdsl.ir import mix as M
+from seqdsl.ir.graph import OpKind
+from seqdsl.ir.types import TensorType, broadcast, same_dim, show_dim
+
+REGISTRY: dict[str, Builtin] = {}
+
+
+def builtin(group: str, *params: P):
+    def deco(fn):
+        name = fn.__name__.rstrip("_")
+        if name in REGISTRY:
+            raise AssertionError(f"builtin {name} registered twice")
+        REGISTRY[name] = Builtin(name, tuple(params), fn, (fn.__doc__ or "").strip(), group)
+        return fn
+    return deco
+
+
+@dataclass
+class Ctx:
+    """What a builtin sees: the elaborator, the calling frame, the call's position and
+    the name its node will have (the assigned variable, else the builtin's name)."""
+
+    el: Any
+    frame: Any
+    pos: Pos
+    hint: str
+    _inst: str | None = None
+
+    @property
+    def inst(self) -> str:
+        if self._inst is None:
+            self._inst = self.el.instance(self.frame, self.hint)
+        return self._inst
+
+    def node(self, kind: OpKind, inputs: list[tuple[str, Tensor]], outs, attrs: dict | None = None):
+        return self.el.node(kind, self.frame, self.inst, inputs, outs, self.pos, attrs)
+
+    def param(self, name: str, shape: tuple, init: Init) -> Tensor:
+        return self.el.param(self.frame, f"{self.inst}.{name}", shape, init, self.pos, init.trainable)
+
+    def error(self, msg: str, hint: str | None = None) -> SeqError:
+        return SeqError(msg, self.pos, hint=hint)
+
+
+def call_builtin(el, frame, name: str, args: list, kwargs: dict, e, hint: str | None) -> Any:
+    b = REGISTRY[name]
+    bound = bind(el, b, args, kwargs, e.pos)
+    return b.fn(Ctx(el, frame, e.pos, hint or name), **bound)
+
+
+def _float(shape) -> TensorType:
+    return TensorType(tuple(shape), "float")
+
+
+def _axis(ctx: Ctx, t: Tensor, axis: int) -> int:
+    r = t.type.rank
+    if not -r <= axis < r:
+        raise ctx.error(f"axis {axis} is out of range for a tensor of rank {r} {t.type}")
+    return axis % r
+
+
+def _need_float(ctx: Ctx, t: Tensor, what: str) -> None:
+    if t.type.dtype != "float":
+        raise ctx.error(f"{what} needs a float tensor, got {t.type}",
+                        hint="token ids must go through embed() first")
+
+
+# ======================================================================================
+# Initialisations
+# ======================================================================================
+
+def default_init() -> Init:
+    return Init("normal", (sympy.Rational(2, 100),))
+
+
+def constant_init(v: Scalar) -> Init:
+    return Init("constant", (v.expr,))
+
+
+def as_init(v: Any, pos: Pos) -> Init:
+    if isinstance(v, Struct) and v.what == "init":
+        return v.obj
+    if isinstance(v, Scalar):
+        return constant_init(v)
+    raise SeqError(f"a parameter's initial value must be an init such as normal(0.02), got {describe(v)}", pos)
+
+
+def _init(kind: str, *args, trainable: bool = True) -> Struct:
+    return Struct("init", Init(kind, tuple(sympy.sympify(a) for a in args), trainable))
+
+
+@builtin("init", P("std", "scalar", sympy.Rational(2, 100)), P("trainable", "bool", True))
+def normal(ctx, std, trainable):
+    """Gaussian initial values with standard deviation ``std``."""
+    return _init("normal", std, trainable=trainable)
+
+
+@builtin("init", P("low", "scalar"), P("high", "scalar"), P("trainable", "bool", True))
+def uniform(ctx, low, high, trainable):
+    """Uniform initial values in [low, high)."""
+    return _init("uniform", low, high, trainable=trainable)
+
+
+@builtin("init", P("trainable", "bool", True))
+def zeros(ctx, trainable):
+    """All zeros."""
+    return _init("zeros", trainable=trainable)
+
+
+@builtin("init", P("trainable", "bool", True))
+def ones(ctx, trainable):
+    """All ones."""
+    return _init("ones", trainable=trainable)
+
+
+@builtin("init", P("value", "scalar"), P("trainable", "bool", True))
+def constant(ctx, value, trainable):
+    """Every entry equal to ``value``."""
+    return _init("constant", value, trainable=trainable)
+
+
+@builtin("init", P("scale", "scalar", 1), P("trainable", "bool", True))
+def orthogonal(ctx, scale, trainable):
+    """A (semi-)orthogonal matrix times ``scale``."""
+    return _init("orthogonal", scale, trainable=trainable)
+
+
+# ======================================================================================
+# Masks: the algebra of M's support (combine with & and |)
+# ======================================================================================
+
+def _mask(obj, tensors=(), pending=()) -> Struct:
+    return Struct("mask", obj, tuple(tensors), tuple(pending))
+
+
+@builtin("mask")
+def full(ctx):
+    """Every query sees every key."""
+    return _mask(M.Full())
+
+
+@builtin("mask", P("offset", "scalar", 0))
+def causal(ctx, offset):
+    """Query i sees keys j ≤ i + offset."""
+    return _mask(M.Causal(sympy.sympify(offset)))
+
+
+@builtin("mask", P("size", "dim"))
+def window(ctx, size):
+    """|i − j| < size. With causal(): the last ``size`` keys up to i."""
+    return _mask(M.Window(size))
+
+
+@builtin("mask", P("size", "dim"))
+def local(ctx, size):
+    """Block-local: i and j in the same block of ``size``."""
+    return _mask(M.Local(size))
+
+
+@builtin("mask", P("stride", "dim"))
+def strided(ctx, stride):
+    """(i − j) divisible by ``stride`` (Sparse Transformer's strided pattern)."""
+    return _mask(M.Strided(stride))
+
+
+@builtin("mask", P("count", "dim"))
+def global_tokens(ctx, count):
+    """The first ``count`` positions see and are seen by all (Longformer, BigBird)."""
+    return _mask(M.Global(count))
+
+
+@builtin("mask", P("count", "dim"), P("block", "dim"), P("seed", "int", 0))
+def random_blocks(ctx, count, block, seed):
+    """Each query block sees ``count`` key blocks drawn at compile time with ``seed`` (BigBird)."""
+    return _mask(M.RandomBlocks(count, block, seed))
+
+
+@builtin("mask", P("start", "scalar"), P("stop", "scalar", None))
+def key_range(ctx, start, stop):
+    """Keys start ≤ j < stop (to the end if no stop) are seen by every query."""
+    return _mask(M.KeyRange(sympy.sympify(start), None if stop is None else sympy.sympify(stop)))
+
+
+@builtin("mask", P("block", "dim"))
+def butterfly(ctx, block):
+    """Flat block butterfly: block a sees block b when a XOR b is 0 or a power of two."""
+    return _mask(M.Butterfly(block))
+
+
+@builtin("mask", P("ids", "tensor"))
+def buckets(ctx, ids):
+    """Content-based: i sees j when ids[i] == ids[j] (Reformer's hash buckets)."""
+    if ids.type.dtype != "int":
+        raise ctx.error(f"buckets() needs integer ids (e.g. from lsh()), got {ids.type}")
+    role = ctx.el.new_role("ids")
+    return _mask(M.Buckets(M.Ref(role)), [(role, ids)])
+
+
+@builtin("mask", P("rate", "any", None), P("log", "any", None))
+def decay(ctx, rate, log):
+    """A decay weight L_ij = Π_{t=j+1..i} a_t: give ``rate`` (a_t) or ``log`` (log a_t) — a
+    number, a per-head tensor [H], or data-dependent [.., N] / [.., N, Dk] (gates)."""
+    if (rate is None) == (log is None):
+        raise ctx.error("decay() takes exactly one of rate= or log=")
+    value = rate if rate is not None else log
+    if isinstance(value, Scalar):
+        return _mask(M.Decay(value.expr, log=log is not None))
+    if isinstance(value, Tensor):
+        _need_float(ctx, value, "decay()")
+        role = ctx.el.new_role("decay")
+        return _mask(M.Decay(M.Ref(role), log=log is not None), [(role, value)])
+    if isinstance(value, Word):
+        raise ctx.el.unknown_word(value)
+    raise ctx.error(f"decay() needs a number or a tensor, got {describe(value)}")
+
+
+@builtin("mask", P("kernel", "kernel"), P("causal", "bool", True))
+def toeplitz(ctx, kernel, causal):
+    """M_ij = K[i − j]: a long convolution with the kernel from ssm(...) or kernel(K)."""
+    return _mask(M.Toeplitz(kernel.obj, causal), kernel.tensors, kernel.pending)
+
+
+@builtin("mask", P("ids", "tensor"), P("block", "dim"))
+def block_map(ctx, ids, block):
+    """Query block b sees key block ids[b] (Sinkhorn-sorted blocks)."""
+    if ids.type.dtype != "int":
+        raise ctx.error(f"block_map() needs integer block ids, got {ids.type}")
+    role = ctx.el.new_role("blocks")
+    return _mask(M.BlockMap(M.Ref(role), block), [(role, ids)])
+
+
+def combine_masks(el, op: str, a: Any, b: Any, pos: Pos) -> Struct:
+    for v in (a, b):
+        if not (isinstance(v, Struct) and v.what == "mask"):
+            raise SeqError(f"'{op}' combines masks, got {describe(v)}", pos,
+                           hint="masks are made by causal(), window(W), local(B), decay(...), ...")
+    obj = M.And(a.obj, b.obj) if op == "&" else M.Or(a.obj, b.obj)
+    if op == "|":
+        for leaf in M.mask_leaves(obj):
+            if isinstance(leaf, (M.Decay, M.Toeplitz)):
+                raise SeqError(f"'|' cannot combine {leaf}: a decay or convolution only multiplies (&)", pos)
+    return Struct("mask", obj, a.tensors + b.tensors, a.pending + b.pending)
+
+
+# ======================================================================================
+# Scores, biases and feature maps
+# ======================================================================================
+
+@builtin("score", P("scale", "scalar", None), P("bias", "bias", None), P("cap", "scalar", None))
+def dot(ctx, scale, bias, cap):
+    """score = scale · q·k (+ bias), soft-capped to ±cap if given. Default scale: Dk^-½ for
+    softmax, 1 otherwise."""
+    return Struct("score", M.Dot(scale, None if bias is None else bias.obj, cap),
+                  () if bias is None else bias.tensors, () if bias is None else bias.pending)
+
+
+@builtin("score", P("scores", "tensor"))
+def given(ctx, scores):
+    """Scores given as a tensor [.., Nq, Nk] (Synthesizer)."""
+    _need_float(ctx, scores, "given()")
+    if scores.type.rank < 2:
+        raise ctx.error(f"given() needs scores of rank ≥ 2 [.., Nq, Nk], got {scores.type}")
+    role = ctx.el.new_role("scores")
+    return Struct("score", M.Given(M.Ref(role)), ((role, scores),))
+
+
+@builtin("bias", P("slopes", "tensor", None))
+def alibi(ctx, slopes):
+    """ALiBi: adds slope_h · (j − i); default slopes 2^(−8h/H)."""
+    if slopes is None:
+        return Struct("bias", M.Bias("alibi"))
+    role = ctx.el.new_role("slopes")
+    return Struct("bias", M.Bias("alibi", M.Ref(role)), ((role, slopes),))
+
+
+@builtin("bias", P("heads", "dim"), P("buckets", "dim", 32))
+def relative(ctx, heads, buckets):
+    """A learned bias per head and clipped relative distance (T5-style), ``buckets`` of them."""
+    table = ctx.param("relative_bias", (heads, buckets), Init("zeros"))
+    role = ctx.el.new_role("bias_table")
+    return Struct("bias", M.Bias("relative", M.Ref(role), buckets), ((role, table),))
+
+
+FEATURES = ("identity", "elu1", "relu", "exp")
+
+
+def feature_named(el, v, pos: Pos) -> Struct:
+    if v.name not in FEATURES:
+        raise SeqError(f"unknown feature map {v.name!r}; expected one of {', '.join(FEATURES)}, "
+                       "favor(m) or spectral(m)", pos)
+    return Struct("feature", M.Feature(v.name))
+
+
+@builtin("feature", P("features", "dim"), P("orthogonal", "bool", True), P("seed", "int", 0))
+def favor(ctx, features, orthogonal, seed):
+    """Performer's positive random features: φ(x) = exp(ωx − |x|²/2)/√m, m = ``features``."""
+    return Struct("feature", M.Feature("favor", features), (),
+                  (("favor", features, orthogonal, seed),))
+
+
+@builtin("feature", P("features", "dim"))
+def spectral(ctx, features):
+    """Learned spectral kernel: φ(x) = [cos(Ωx), sin(Ωx)]/√m with learned frequencies Ω."""
+    return Struct("feature", M.Feature("spectral", features), (), (("spectral", features),))
+
+
+# ======================================================================================
+# Kernel generators (Toeplitz mixing)
+# ======================================================================================
+
+SSM_KINDS = ("shift", "diag", "dplr", "ema")
+SSM_INITS = ("default", "s4d_lin", "s4d_inv", "s4d_real", "legs", "dss", "dlr", "random")
+SSM_DISC = ("zoh", "bilinear", "dss", "none")
+SSM_TENSORS = ("log_dt", "log_A_real", "A_imag", "B_re", "B_im", "C_re", "C_im", "P_re", "P_im",
+               "alpha", "delta", "beta")
+
+
+@builtin("kernel", P("kind", "choice", choices=SSM_KINDS), P("state", "dim", 64),
+         P("init", "choice", "default", choices=SSM_INITS),
+         P("disc", "choice", "zoh", choices=SSM_DISC), P("mimo", "bool", False),
+         P("conj", "bool", True),
+         *[P(n, "tensor", None) for n in SSM_TENSORS])
+def ssm(ctx, kind, state, init, disc, mimo, conj, **tensors):
+    """A state-space kernel K_l = C Ā^l B̄ (shift, diagonal S4D/DSS/DLR, DPLR S4, Mega's EMA).
+    Its parameters are created for the channels of the mix, or given as tensors."""
+    if init == "default":
+        init = {"shift": "random", "diag": "s4d_lin", "dplr": "legs", "ema": "random"}[kind]
+    given_ = {k: v for k, v in tensors.items() if v is not None}
+    refs, pairs = [], []
+    for k, v in given_.items():
+        _need_float(ctx, v, f"ssm(): {k}")
+        role = ctx.el.new_role(f"kernel.{k}.")
+        refs.append((k, M.Ref(role)))
+        pairs.append((role, v))
+    if kind == "shift" and disc != "zoh":
+        raise ctx.error("a shift SSM has no discretisation; leave disc out")
+    obj = M.SSMKernel(kind, state, init, disc if kind != "shift" else "none", tuple(refs), mimo, conj)
+    return Struct("kernel", obj, tuple(pairs), (("ssm", obj, ctx.pos),))
+
+
+@builtin("kernel", P("K", "tensor"))
+def kernel(ctx, K):
+    """An explicit convolution kernel [L, C] (implicit filters: Hyena, long convolutions)."""
+    _need_float(ctx, K, "kernel()")
+    if K.type.rank != 2:
+        raise ctx.error(f"kernel() needs a tensor [L, C] (length, channels), got {K.type}")
+    role = ctx.el.new_role("kernel")
+    return Struct("kernel", M.ExplicitKernel(M.Ref(role)), ((role, K),))
+
+
+# The mix primitive and the tensor builtins live in their own modules, which register
+# themselves into REGISTRY on import.
+from seqdsl.check import builtins_mix as _mix  # noqa: E402,F401
+from seqdsl.check import builtins_tensor as _tensor  # noqa: E402,F401
+from seqdsl.check.builtins_tensor import attribute, elementwise, index, matmul  # noqa: E402,F401

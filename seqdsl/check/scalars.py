@@ -1,0 +1,58 @@
+"""Exact scalar arithmetic on sympy expressions, shared by declarations and the checker."""
+
+from __future__ import annotations
+
+import sympy
+
+from seqdsl.errors import SeqError
+from seqdsl.frontend import ast as A
+
+
+def number(node: A.Number) -> sympy.Basic:
+    """The exact value of a numeric literal (0.1 is 1/10, not a float)."""
+    return sympy.Integer(int(node.text)) if node.is_int else sympy.Rational(node.text)
+
+
+def arith(op: str, a: sympy.Basic, b: sympy.Basic, pos) -> sympy.Basic:
+    """Scalar ``a op b``; exact, symbolic where the operands are."""
+    if op in ("/", "//", "%") and b == 0:
+        raise SeqError("division by zero", pos)
+    match op:
+        case "+":
+            return a + b
+        case "-":
+            return a - b
+        case "*":
+            return a * b
+        case "/":
+            return a / b
+        case "//":
+            return sympy.floor(a / b)
+        case "%":
+            return sympy.Mod(a, b)
+        case "**":
+            if a == 0 and b.is_negative:
+                raise SeqError("zero to a negative power", pos)
+            return a ** b
+    raise SeqError(f"operator {op!r} does not apply to numbers", pos)
+
+
+def eval_decl(expr: A.Expr, dims: dict, what: str) -> sympy.Basic:
+    """A declaration's value: numbers and earlier dims, with + - * / // % **."""
+    match expr:
+        case A.Number():
+            return number(expr)
+        case A.Bool(value=v):
+            return sympy.Integer(int(v))
+        case A.Name(id=name):
+            info = dims.get(name)
+            if info is None:
+                raise SeqError(f"unknown name {name!r} in the declaration of {what}", expr.pos,
+                               hint="declare dims before using them")
+            return info.derived if info.derived is not None else info.symbol
+        case A.UnaryOp(op="-", operand=o):
+            return -eval_decl(o, dims, what)
+        case A.BinOp(op=op, left=l, right=r) if op in ("+", "-", "*", "/", "//", "%", "**"):
+            return arith(op, eval_decl(l, dims, what), eval_decl(r, dims, what), expr.pos)
+    raise SeqError(f"the value of {what} must be an arithmetic expression of numbers and dims",
+                   expr.pos)

@@ -1,0 +1,160 @@
+"""The ``seqdsl`` command line (SPEC §3). Thin: parsing options and printing results.
+
+Errors in a ``.seq`` file print as ``file:line:col: error: ...`` and exit with status 1.
+Any other failure is a bug in seqdsl: it prints one line saying so (status 2), and the
+traceback only with SEQDSL_DEBUG=1.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from seqdsl import __version__
+from seqdsl.errors import SeqError
+
+app = typer.Typer(
+    name="seqdsl",
+    help="A compiler for long-sequence neural architectures written as .seq files.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+SetOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", "-s", help="Set a dim or option: --set N=4096 (repeatable)."),
+]
+EntryOpt = Annotated[
+    Optional[str], typer.Option("--entry", "-e", help="The mixer, block or model to use (default: the model).")
+]
+FileArg = Annotated[Path, typer.Argument(help="A .seq file.", show_default=False)]
+
+
+def parse_sets(items: list[str] | None) -> dict[str, str]:
+    sizes: dict[str, str] = {}
+    for item in items or []:
+        name, eq, value = item.partition("=")
+        if not eq or not name.strip() or not value.strip():
+            raise SeqError(f"--set expects NAME=VALUE, got {item!r}")
+        sizes[name.strip()] = value.strip()
+    return sizes
+
+
+def guarded(fn):
+    """Turn SeqError into its rendered message and exit 1; hide tracebacks of bugs."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except SeqError as err:
+            typer.echo(err.render(), err=True)
+            raise typer.Exit(1) from None
+        except (typer.Exit, typer.Abort):
+            raise
+        except Exception as err:  # noqa: BLE001 - the last line of defence for users
+            if os.environ.get("SEQDSL_DEBUG"):
+                raise
+            typer.echo(f"internal error: {type(err).__name__}: {err}\n"
+                       "  this is a bug in seqdsl; rerun with SEQDSL_DEBUG=1 for the traceback", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"seqdsl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = None,
+) -> None:
+    """seqdsl: check, analyse and compile long-sequence architectures."""
+
+
+@app.command()
+@guarded
+def check(file: FileArg, entry: EntryOpt = None, set_: SetOpt = None) -> None:
+    """Parse and type/shape-check FILE; print its inputs, outputs, parameters and layers."""
+    from seqdsl.api import check_all
+    from seqdsl.report import check_report
+
+    checked = check_all(file, entry, **parse_sets(set_))
+    typer.echo(check_report(checked))
+
+
+@app.command()
+@guarded
+def graph(
+    file: FileArg,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="OUT.dot, OUT.svg or OUT.png")] = None,
+    entry: EntryOpt = None,
+    set_: SetOpt = None,
+    params: Annotated[bool, typer.Option("--params", help="Draw weight nodes too.")] = False,
+) -> None:
+    """Draw the layer graph of FILE (DOT text on stdout without -o)."""
+    from seqdsl.api import check as check_api
+    from seqdsl.viz import to_dot, write_graph
+
+    checked = check_api(file, entry, **parse_sets(set_))
+    if output is None:
+        typer.echo(to_dot(checked.graph, with_params=params))
+        return
+    write_graph(checked.graph, output, with_params=params)
+    typer.echo(f"wrote {output} ({len(checked.graph)} nodes)")
+
+
+@app.command()
+@guarded
+def ir(file: FileArg, entry: EntryOpt = None, set_: SetOpt = None) -> None:
+    """Print the layer graph of FILE as text, one node a line (what SEQDSL_DUMP writes)."""
+    from seqdsl.api import check as check_api
+    from seqdsl.ir.graph import format_graph
+
+    typer.echo(format_graph(check_api(file, entry, **parse_sets(set_)).graph))
+
+
+@app.command()
+@guarded
+def fmt(file: FileArg, write: Annotated[bool, typer.Option("--write", "-w", help="Rewrite FILE in place.")] = False
+        ) -> None:
+    """Print FILE in canonical form (comments are not kept)."""
+    from seqdsl.frontend.parser import parse_file
+    from seqdsl.frontend.printer import module
+
+    text = module(parse_file(file))
+    if write:
+        file.write_text(text)
+    else:
+        typer.echo(text, nl=False)
+
+
+@app.command(name="builtins")
+@guarded
+def list_builtins() -> None:
+    """List the primitives of the language with their signatures."""
+    from seqdsl.report import builtins_report
+
+    typer.echo(builtins_report())
+
+
+def run() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,371 @@
+"""The unified token-mixing template (SPEC §1): Y = M(X) · V, with M described by parts.
+
+A MIX node of the IR carries one :class:`MixSpec`. Tensors that the structure uses
+(a data-dependent decay, bucket ids, an explicit score or convolution kernel, the
+parameters of an SSM kernel generator) are inputs of the node; the spec names them
+through :class:`Ref` by their input role. Everything here is frozen and hashable, so
+later stages (cost model, algorithm choice, kernel generation) reason on structure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import sympy
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A tensor input of the MIX node, by role (e.g. ``"decay"``, ``"kernel.C_re"``)."""
+
+    role: str
+
+    def __str__(self) -> str:
+        return f"%{self.role}"
+
+
+Scalar = sympy.Expr
+Rate = Scalar | Ref
+
+
+# ---- scores -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Dot:
+    """score_ij = scale · <q_i, k_j> (+ bias_ij), optionally soft-capped: cap·tanh(s/cap)."""
+
+    scale: Scalar
+    bias: Bias | None = None
+    cap: Scalar | None = None
+
+    def __str__(self) -> str:
+        parts = [f"scale={self.scale}"]
+        if self.bias is not None:
+            parts.append(f"bias={self.bias}")
+        if self.cap is not None:
+            parts.append(f"cap={self.cap}")
+        return f"dot({', '.join(parts)})"
+
+
+@dataclass(frozen=True)
+class Bias:
+    """A positional bias added to the scores: ``alibi`` (slope_h·(j−i), ``table`` holds the
+    slopes [H] if given) or ``relative`` (``table`` [H, buckets]: a learned scalar per head
+    and clipped distance)."""
+
+    kind: str
+    table: Ref | None = None
+    buckets: Scalar | None = None
+
+    def __str__(self) -> str:
+        return self.kind if self.table is None else f"{self.kind}({self.table})"
+
+
+@dataclass(frozen=True)
+class Given:
+    """The scores are a tensor [.., Nq, Nk] given directly (Synthesizer)."""
+
+    scores: Ref
+
+    def __str__(self) -> str:
+        return f"given({self.scores})"
+
+
+Score = Dot | Given
+
+
+# ---- feature maps (kernel / linear attention) -------------------------------------
+
+
+@dataclass(frozen=True)
+class Feature:
+    """φ applied to queries and keys. kinds: identity, elu1, relu, exp, favor (positive
+    random features, ``features`` of them, a fixed projection), spectral (learned
+    frequencies, cos/sin features)."""
+
+    kind: str
+    features: Scalar | None = None
+    projection: Ref | None = None
+
+    def __str__(self) -> str:
+        if self.features is None:
+            return self.kind
+        return f"{self.kind}(m={self.features})"
+
+
+# ---- kernel generators for Toeplitz mixing ----------------------------------------
+
+
+@dataclass(frozen=True)
+class SSMKernel:
+    """K_l = C · Ā^l · B̄ for a state-space model. kind: shift | diag | dplr | ema.
+
+    ``params`` maps parameter names (log_dt, A_re, A_im, B, C_re, C_im, P, alpha, delta …)
+    to the node inputs that hold them. ``mimo`` means one state shared across channels (S5).
+    """
+
+    kind: str
+    state: Scalar
+    init: str
+    disc: str
+    params: tuple[tuple[str, Ref], ...]
+    mimo: bool = False
+    conj: bool = True
+
+    def __str__(self) -> str:
+        extra = ", mimo" if self.mimo else ""
+        return f"ssm({self.kind}, state={self.state}, init={self.init}, disc={self.disc}{extra})"
+
+
+@dataclass(frozen=True)
+class ExplicitKernel:
+    """A convolution kernel given as a tensor [C, N] (implicit filters, long convolutions)."""
+
+    kernel: Ref
+
+    def __str__(self) -> str:
+        return f"kernel({self.kernel})"
+
+
+KernelGen = SSMKernel | ExplicitKernel
+
+
+# ---- masks: a small algebra over (i, j) -------------------------------------------
+
+
+@dataclass(frozen=True)
+class Full:
+    def __str__(self) -> str:
+        return "full()"
+
+
+@dataclass(frozen=True)
+class Causal:
+    """j ≤ i + offset (offset > 0 when queries are the last positions of the keys)."""
+
+    offset: Scalar = sympy.Integer(0)
+
+    def __str__(self) -> str:
+        return "causal()" if self.offset == 0 else f"causal(offset={self.offset})"
+
+
+@dataclass(frozen=True)
+class Window:
+    """|i − j| < size (two-sided band; ``causal() & window(W)`` keeps i−W < j ≤ i)."""
+
+    size: Scalar
+
+    def __str__(self) -> str:
+        return f"window({self.size})"
+
+
+@dataclass(frozen=True)
+class Local:
+    """Same block: ⌊i/size⌋ = ⌊j/size⌋."""
+
+    size: Scalar
+
+    def __str__(self) -> str:
+        return f"local({self.size})"
+
+
+@dataclass(frozen=True)
+class Strided:
+    """(i − j) mod stride = 0."""
+
+    stride: Scalar
+
+    def __str__(self) -> str:
+        return f"strided({self.stride})"
+
+
+@dataclass(frozen=True)
+class Global:
+    """Global tokens: i < count or j < count."""
+
+    count: Scalar
+
+    def __str__(self) -> str:
+        return f"global_tokens({self.count})"
+
+
+@dataclass(frozen=True)
+class RandomBlocks:
+    """Each query block sees ``count`` key blocks drawn with a fixed seed."""
+
+    count: Scalar
+    block: Scalar
+    seed: int = 0
+
+    def __str__(self) -> str:
+        return f"random_blocks({self.count}, block={self.block}, seed={self.seed})"
+
+
+@dataclass(frozen=True)
+class Buckets:
+    """Content-based: ids_i == ids_j, with ids a data-dependent integer tensor."""
+
+    ids: Ref
+
+    def __str__(self) -> str:
+        return f"buckets({self.ids})"
+
+
+@dataclass(frozen=True)
+class KeyRange:
+    """Keys start ≤ j < stop are seen by every query (memory slots, summary keys)."""
+
+    start: Scalar
+    stop: Scalar | None = None
+
+    def __str__(self) -> str:
+        return f"key_range({self.start}, {self.stop})" if self.stop is not None else f"key_range({self.start})"
+
+
+@dataclass(frozen=True)
+class Butterfly:
+    """Flat block butterfly: block a sees block b when a XOR b is 0 or a power of two
+    (Pixelated Butterfly); ``block`` is the block size."""
+
+    block: Scalar
+
+    def __str__(self) -> str:
+        return f"butterfly({self.block})"
+
+
+@dataclass(frozen=True)
+class BlockMap:
+    """Query block b sees key block ids[b] (Sinkhorn-sorted blocks); ids are data."""
+
+    ids: Ref
+    block: Scalar
+
+    def __str__(self) -> str:
+        return f"block_map({self.ids}, block={self.block})"
+
+
+@dataclass(frozen=True)
+class Decay:
+    """A 1-semiseparable weight: L_ij = Π_{t=j+1..i} a_t (i ≥ j). ``rate`` is a scalar or a
+    per-head constant (RetNet) or a data-dependent tensor (GLA, Mamba); ``log`` says the
+    rate is given as log a_t."""
+
+    rate: Rate
+    log: bool = False
+    granularity: str = "scalar"   # scalar | head | token | channel (a gate per key dim)
+
+    def __str__(self) -> str:
+        return f"decay({'log=' if self.log else ''}{self.rate}, {self.granularity})"
+
+
+@dataclass(frozen=True)
+class Toeplitz:
+    """M_ij = K[i − j] (causal) or K[i − j] for all i, j (bidirectional)."""
+
+    kernel: KernelGen
+    causal: bool = True
+
+    def __str__(self) -> str:
+        return f"toeplitz({self.kernel}{'' if self.causal else ', causal=false'})"
+
+
+@dataclass(frozen=True)
+class And:
+    left: Mask
+    right: Mask
+
+    def __str__(self) -> str:
+        return f"({self.left} & {self.right})"
+
+
+@dataclass(frozen=True)
+class Or:
+    left: Mask
+    right: Mask
+
+    def __str__(self) -> str:
+        return f"({self.left} | {self.right})"
+
+
+Mask = (Full | Causal | Window | Local | Strided | Global | RandomBlocks | KeyRange | Butterfly | Buckets
+        | BlockMap | Decay | Toeplitz | And | Or)
+
+BOOLEAN_MASKS = (Full, Causal, Window, Local, Strided, Global, RandomBlocks, KeyRange, Butterfly, Buckets,
+                 BlockMap)
+STATIC_MASKS = (Full, Causal, Window, Local, Strided, Global, RandomBlocks, KeyRange, Butterfly)
+
+
+def mask_leaves(m: Mask) -> list[Mask]:
+    if isinstance(m, (And, Or)):
+        return mask_leaves(m.left) + mask_leaves(m.right)
+    return [m]
+
+
+def conjuncts(m: Mask) -> list[Mask]:
+    """The terms of a top-level intersection."""
+    if isinstance(m, And):
+        return conjuncts(m.left) + conjuncts(m.right)
+    return [m]
+
+
+# ---- the whole template -----------------------------------------------------------
+
+NORMS = ("softmax", "none", "sum")
+
+# The algorithms that each family admits (SPEC §1); the cost model chooses among them.
+ALGORITHMS = {
+    "softmax": ("materialized", "tiled", "sdpa"),
+    "content_sparse": ("materialized", "tiled"),
+    "synthetic": ("materialized",),
+    "linear": ("quadratic", "recurrent", "chunked"),
+    "decayed_linear": ("quadratic", "recurrent", "chunked"),
+    "toeplitz": ("direct", "fft", "chunked_fft", "scan"),
+}
+
+
+@dataclass(frozen=True)
+class MixSpec:
+    """One token mixer: Y = M · V with M = norm(mask ∘ score(φ(Q), φ(K)))."""
+
+    score: Score | None
+    feature: Feature | None
+    mask: Mask
+    norm: str
+    hints: tuple[tuple[str, object], ...] = field(default=())
+
+    @property
+    def family(self) -> str:
+        """The family of SPEC §1 that decides which algorithms apply."""
+        leaves = mask_leaves(self.mask)
+        if any(isinstance(x, Toeplitz) for x in leaves):
+            return "toeplitz"
+        if self.norm == "softmax":
+            if any(isinstance(x, Buckets) for x in leaves):
+                return "content_sparse"
+            if isinstance(self.score, Given):
+                return "synthetic"
+            return "softmax"
+        if any(isinstance(x, Decay) for x in leaves):
+            return "decayed_linear"
+        return "linear"
+
+    @property
+    def causal(self) -> bool:
+        return any(isinstance(x, (Causal, Decay)) for x in conjuncts(self.mask)) or any(
+            isinstance(x, Toeplitz) and x.kernel is not None and x.causal for x in conjuncts(self.mask)
+        )
+
+    def hint(self, name: str, default: object = None) -> object:
+        return dict(self.hints).get(name, default)
+
+    def __str__(self) -> str:
+        parts = []
+        if self.score is not None:
+            parts.append(f"score={self.score}")
+        if self.feature is not None:
+            parts.append(f"feature={self.feature}")
+        parts.append(f"mask={self.mask}")
+        parts.append(f"norm={self.norm}")
+        parts += [f"{k}={v}" for k, v in self.hints]
+        return f"{self.family}: " + ", ".join(parts)

@@ -1,0 +1,62 @@
+"""Tensor types of the IR: a dtype and a shape whose entries are sympy expressions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sympy
+
+DTYPES = ("float", "int", "bool")
+
+
+def dim_symbol(name: str) -> sympy.Symbol:
+    """A sequence length, width or count: a positive integer symbol."""
+    return sympy.Symbol(name, positive=True, integer=True)
+
+
+def option_symbol(name: str) -> sympy.Symbol:
+    """A hyper-parameter: a real number (window sizes, rates, flags)."""
+    return sympy.Symbol(name, real=True)
+
+
+def show_dim(d: sympy.Expr) -> str:
+    return str(d).replace("**", "^") if not isinstance(d, sympy.Integer) else str(int(d))
+
+
+@dataclass(frozen=True)
+class TensorType:
+    shape: tuple[sympy.Expr, ...]
+    dtype: str = "float"
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    def numel(self) -> sympy.Expr:
+        return sympy.Mul(*self.shape) if self.shape else sympy.Integer(1)
+
+    def __str__(self) -> str:
+        prefix = "" if self.dtype == "float" else self.dtype
+        return prefix + "[" + ", ".join(show_dim(d) for d in self.shape) + "]"
+
+
+def same_dim(a: sympy.Expr, b: sympy.Expr) -> bool:
+    """Provably equal for all values of the symbols."""
+    if a == b:
+        return True
+    return sympy.simplify(a - b) == 0
+
+
+def broadcast(a: tuple[sympy.Expr, ...], b: tuple[sympy.Expr, ...]) -> tuple[sympy.Expr, ...] | None:
+    """NumPy broadcasting over symbolic shapes; None if the shapes do not broadcast."""
+    out = []
+    for i in range(1, max(len(a), len(b)) + 1):
+        da = a[-i] if i <= len(a) else sympy.Integer(1)
+        db = b[-i] if i <= len(b) else sympy.Integer(1)
+        if same_dim(da, db) or db == 1:
+            out.append(da)
+        elif da == 1:
+            out.append(db)
+        else:
+            return None
+    return tuple(reversed(out))
