@@ -48,6 +48,18 @@ class Checked:
         return self.graph.nodes(OpKind.MIX)
 
 
+def analyze(source: str | Path | Program, entry: str | None = None, *, backward: bool = False,
+            machine: str = "cpu", algorithms: dict[str, str] | None = None, **sizes):
+    """The cost report of ``entry`` at ``sizes`` (SPEC §5): ``Report.to_dict()`` is the JSON
+    of ``seqdsl analyze complexity --json``. ``algorithms`` forces a choice per mixer
+    (layer path -> algorithm)."""
+    from seqdsl.analysis import analyze_graph
+
+    checked = check(source, entry, **sizes)
+    return analyze_graph(checked.graph, checked.entry, checked.sizes, backward=backward, machine=machine,
+                         forced=algorithms)
+
+
 def check_all(source: str | Path | Program, entry: str | None = None, **sizes) -> Checked:
     """Check the entry and, standalone, every other definition of the file (so that an
     error in a definition the entry does not use is still reported)."""

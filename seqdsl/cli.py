@@ -111,8 +111,7 @@ def graph(
     if output is None:
         typer.echo(to_dot(checked.graph, with_params=params))
         return
-    write_graph(checked.graph, output, with_params=params)
-    typer.echo(f"wrote {output} ({len(checked.graph)} nodes)")
+    typer.echo(f"wrote {output} ({len(checked.graph)} nodes), {write_graph(checked.graph, output, with_params=params)}")
 
 
 @app.command()
@@ -147,6 +146,48 @@ def list_builtins() -> None:
     from seqdsl.report import builtins_report
 
     typer.echo(builtins_report())
+
+
+analyze_app = typer.Typer(help="Cost analysis.", no_args_is_help=True)
+app.add_typer(analyze_app, name="analyze")
+
+
+@analyze_app.command("complexity")
+@guarded
+def analyze_complexity(
+    file: FileArg,
+    entry: EntryOpt = None,
+    set_: SetOpt = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON (SPEC §5).")] = False,
+    backward: Annotated[bool, typer.Option("--backward", help="Add the backward pass.")] = False,
+    machine: Annotated[str, typer.Option("--machine", help="Machine model for the choice: cpu or h100.")] = "cpu",
+    algorithm: Annotated[
+        Optional[list[str]], typer.Option("--algorithm", help="Force LAYER=ALGORITHM (repeatable).")
+    ] = None,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Draw cost against N to this PNG/SVG.")] = None,
+    formulas: Annotated[bool, typer.Option("--formulas/--no-formulas", help="Show formulas in the table.")] = True,
+) -> None:
+    """FLOPs, matrix FLOPs, parameters, activation memory and memory traffic of every layer
+    of FILE, as formulas and numbers, with the algorithm chosen for each mixer and why."""
+    import json
+
+    from seqdsl.analysis.select import MACHINES
+    from seqdsl.analysis.table import render
+    from seqdsl.api import analyze
+
+    if machine not in MACHINES:
+        raise SeqError(f"--machine must be one of {', '.join(MACHINES)}, got {machine!r}")
+    forced = dict(parse_sets(algorithm))
+    report = analyze(file, entry, backward=backward, machine=machine, algorithms=forced, **parse_sets(set_))
+    if json_out:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        typer.echo(render(report, formulas=formulas))
+    if plot is not None:
+        from seqdsl.analysis.plot import plot_costs
+
+        n_crossings = plot_costs(file, entry, parse_sets(set_), plot, machine=machine)
+        typer.echo(f"wrote {plot} ({n_crossings} crossover point(s) marked)", err=json_out)
 
 
 def run() -> None:

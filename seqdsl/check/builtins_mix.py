@@ -39,7 +39,6 @@ def mix(ctx: Ctx, q, k, v, score, feature, mask, norm, algorithm, chunk, block, 
     if norm is None:
         norm = "softmax" if (q is not None and feature is None and not decays and not toeplitz) else "none"
 
-    structs: list[Struct] = [mask] + [s for s in (score, feature) if s is not None]
     if toeplitz:
         out_shape, batch = _toeplitz_shapes(ctx, q, k, v, score, feature, norm, leaves)
         n_q = v.type.shape[-2]
@@ -79,12 +78,12 @@ def mix(ctx: Ctx, q, k, v, score, feature, mask, norm, algorithm, chunk, block, 
         score = Struct("score", dataclasses.replace(score.obj, scale=scale), score.tensors, score.pending)
 
     inputs: list[tuple[str, Tensor]] = [(r, t) for r, t in (("q", q), ("k", k), ("v", v)) if t is not None]
-    for s in structs + ([score] if score is not None and score not in structs else []):
+    parts = [s for s in (mask, score, feature) if s is not None]
+    for s in parts:
         inputs += list(s.tensors)
     mask_obj = _resolve_decay(ctx, mask.obj, inputs, batch, n_q, d_k)
-
     feature_obj = feature.obj if feature is not None else None
-    for s in structs + ([score] if score is not None else []):
+    for s in parts:
         for item in s.pending:
             feature_obj, mask_obj = _create_pending(ctx, item, inputs, v, q, batch, feature_obj, mask_obj)
 
@@ -97,11 +96,6 @@ def mix(ctx: Ctx, q, k, v, score, feature, mask, norm, algorithm, chunk, block, 
     hints = tuple((n, val) for n, val in (("algorithm", algorithm), ("chunk", chunk), ("block", block),
                                           ("dtype", dtype)) if val is not None)
     spec = M.MixSpec(score.obj if score else None, feature_obj, mask_obj, norm, hints)
-    seen = set()
-    for role, _t in inputs:
-        if role in seen:
-            raise ctx.error(f"internal: role {role} used twice")
-        seen.add(role)
     return ctx.node(OpKind.MIX, inputs, TensorType(out_shape), {"spec": spec})
 
 

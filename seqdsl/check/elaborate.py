@@ -169,7 +169,7 @@ class Elaborator:
         return t
 
     def _unique_path(self, path: str) -> str:
-        names = {n.name for n in self.graph.nodes()}
+        names = self.graph.names
         out, k = path, 1
         while out in names:
             out = f"{path}_{k}"

@@ -92,7 +92,7 @@ class Node:
 
 
 class Graph:
-    """A layer graph. Nodes are added in a topological order by construction."""
+    """A layer graph. A node can only read nodes that exist, so ids are a topological order."""
 
     def __init__(self, name: str = "graph"):
         self.name = name
@@ -101,6 +101,7 @@ class Graph:
         self.outputs: list[Port] = []
         # Instances of user definitions, in call order: (layer path, kind, definition name).
         self.layers: list[tuple[str, str, str]] = []
+        self.names: set[str] = set()
         self._next = 0
 
     # ---- building
@@ -113,6 +114,7 @@ class Graph:
                     tuple(sorted((attrs or {}).items())), pos)
         self._next += 1
         self._nodes[node.id] = node
+        self.names.add(name)
         self.nx.add_node(node.id, node=node)
         for p in node.inputs:
             self.nx.add_edge(p.node, node.id, role=p.role, index=p.index)
@@ -123,8 +125,8 @@ class Graph:
         return self._nodes[nid]
 
     def nodes(self, kind: OpKind | None = None) -> list[Node]:
-        order = nx.lexicographical_topological_sort(self.nx)
-        return [self._nodes[i] for i in order if kind is None or self._nodes[i].kind == kind]
+        """All nodes (of one kind) in topological order."""
+        return [n for _, n in sorted(self._nodes.items()) if kind is None or n.kind == kind]
 
     def type_of(self, port: Port) -> TensorType:
         return self._nodes[port.node].outs[port.index]
@@ -142,7 +144,7 @@ class Graph:
 
     def remove(self, nids: set[int]) -> None:
         for nid in nids:
-            del self._nodes[nid]
+            self.names.discard(self._nodes.pop(nid).name)
             self.nx.remove_node(nid)
 
 
@@ -154,6 +156,9 @@ def verify(g: Graph) -> None:
     """Check the invariants every pass must keep; raise :class:`VerifyError` otherwise."""
     if not nx.is_directed_acyclic_graph(g.nx):
         raise VerifyError(f"{g.name}: the graph has a cycle")
+    for src, dst in g.nx.edges():
+        if src >= dst:
+            raise VerifyError(f"{g.name}: node {dst} reads a later node {src}; ids must be topological")
     names: set[str] = set()
     for n in g.nodes():
         if not isinstance(n.kind, OpKind):

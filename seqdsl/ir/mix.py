@@ -340,11 +340,11 @@ class MixSpec:
         leaves = mask_leaves(self.mask)
         if any(isinstance(x, Toeplitz) for x in leaves):
             return "toeplitz"
+        if isinstance(self.score, Given):
+            return "synthetic"
         if self.norm == "softmax":
-            if any(isinstance(x, Buckets) for x in leaves):
+            if any(isinstance(x, (Buckets, BlockMap)) for x in leaves):
                 return "content_sparse"
-            if isinstance(self.score, Given):
-                return "synthetic"
             return "softmax"
         if any(isinstance(x, Decay) for x in leaves):
             return "decayed_linear"

@@ -1,0 +1,177 @@
+"""How many (query, key) pairs a mask keeps, and how many tiles a tiled algorithm visits.
+
+Two answers for every mask: a closed form in the sizes where one exists (full, causal,
+window, local, strided, global tokens, random blocks, key ranges, butterfly, buckets in
+expectation, and intersections of causal with one of those), and an exact count at
+concrete sizes by evaluating the mask on the block grid (numpy), used for unions and
+other compositions. ``pairs`` counts elements; ``tiles`` counts Br×Bc blocks that hold
+at least one kept pair (a tiled kernel visits exactly those).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import sympy
+
+from seqdsl.ir import mix as M
+
+_ONE = sympy.Integer(1)
+
+
+def closed_pairs(mask, nq: sympy.Expr, nk: sympy.Expr, bucket_count=None) -> sympy.Expr | None:
+    """Kept pairs for one (batch, head), as a formula; None if no closed form is known.
+
+    Formulas assume the usual regime: window, block and counts no larger than N, and a
+    causal offset with 0 ≤ offset ≤ Nk − Nq (queries are the last positions).
+    """
+    terms = M.conjuncts(mask)
+    structural = [t for t in terms if not isinstance(t, (M.Decay, M.Toeplitz))]
+    if not structural:
+        return nq * nk
+    causal = [t for t in structural if isinstance(t, M.Causal)]
+    rest = [t for t in structural if not isinstance(t, (M.Causal, M.Full))]
+    if len(causal) > 1 or len(rest) > 1:
+        return None
+    c = causal[0] if causal else None
+    if not rest:
+        if c is None:
+            return nq * nk
+        o = c.offset
+        return nq * (nq + 1) / 2 + nq * o
+    r = rest[0]
+    n = nq
+    match r:
+        case M.Window(size=w):
+            if c is None:
+                return n * (2 * w - 1) - w * (w - 1)
+            return n * w - w * (w - 1) / 2
+        case M.Local(size=b):
+            return n * b if c is None else n * (b + 1) / 2
+        case M.Strided(stride=s):
+            if c is None:
+                return n * n / s
+            return n * n / (2 * s) + n / 2
+        case M.Global(count=g):
+            if c is None:
+                return 2 * g * n - g * g
+            return n * (n + 1) / 2 - (n - g) * (n - g + 1) / 2 + (n - g) * g
+        case M.RandomBlocks(count=k, block=b):
+            return n * k * b if c is None else n * k * b / 2
+        case M.KeyRange(start=a, stop=stop):
+            width = (nk if stop is None else stop) - a
+            return nq * width
+        case M.Butterfly(block=b):
+            return n * b * (1 + sympy.log(n / b, 2))
+        case M.Buckets():
+            if bucket_count is None:
+                return None
+            full = nq * nk / bucket_count
+            return full if c is None else full / 2
+        case M.BlockMap(block=b):
+            return nq * b
+    return None
+
+
+def closed_tiles(mask, nq, nk, br, bc) -> sympy.Expr | None:
+    """Tiles of br × bc visited, as a formula (square tiles, sizes divisible)."""
+    terms = [t for t in M.conjuncts(mask) if not isinstance(t, (M.Decay, M.Toeplitz))]
+    tq, tk = nq / br, nk / bc
+    kinds = {type(t) for t in terms} - {M.Full}
+    if not kinds:
+        return tq * tk
+    if kinds == {M.Causal} and br == bc:
+        return tq * (tq + 1) / 2
+    if kinds == {M.Causal, M.Window} and br == bc:
+        w = next(t.size for t in terms if isinstance(t, M.Window))
+        return tq * (w / br + 1) - (w / br) * (w / br + 1) / 2
+    if kinds == {M.Local} or kinds == {M.Local, M.Causal}:
+        b = next(t.size for t in terms if isinstance(t, M.Local))
+        return tq * b / bc if b >= br else tq
+    return None
+
+
+# ---- exact counts at concrete sizes ------------------------------------------------
+
+def _predicate(mask, i: np.ndarray, j: np.ndarray, nb_rng) -> np.ndarray | None:
+    """Boolean array for the mask at positions (i, j); None for data-dependent masks."""
+    match mask:
+        case M.Full():
+            return np.ones(np.broadcast(i, j).shape, bool)
+        case M.Causal(offset=o):
+            return j <= i + int(o)
+        case M.Window(size=w):
+            return np.abs(i - j) < int(w)
+        case M.Local(size=b):
+            return (i // int(b)) == (j // int(b))
+        case M.Strided(stride=s):
+            return (i - j) % int(s) == 0
+        case M.Global(count=g):
+            return (i < int(g)) | (j < int(g))
+        case M.KeyRange(start=a, stop=b):
+            hi = np.inf if b is None else int(b)
+            return (j >= int(a)) & (j < hi) & (i >= 0)
+        case M.Butterfly(block=b):
+            x = (i // int(b)) ^ (j // int(b))
+            return (x & (x - 1)) == 0
+        case M.RandomBlocks(count=k, block=b, seed=seed):
+            return nb_rng(int(k), int(b), int(seed), i, j)
+        case M.Decay() | M.Toeplitz():
+            return np.ones(np.broadcast(i, j).shape, bool)
+        case M.And(left=l, right=r):
+            a, c = _predicate(l, i, j, nb_rng), _predicate(r, i, j, nb_rng)
+            return None if a is None or c is None else a & c
+        case M.Or(left=l, right=r):
+            a, c = _predicate(l, i, j, nb_rng), _predicate(r, i, j, nb_rng)
+            return None if a is None or c is None else a | c
+    return None
+
+
+def random_block_table(count: int, block: int, seed: int, nq_blocks: int, nk_blocks: int) -> np.ndarray:
+    """The key blocks each query block sees: drawn once, at compile time, from ``seed``."""
+    rng = np.random.default_rng(seed)
+    k = min(count, nk_blocks)
+    return np.stack([rng.choice(nk_blocks, size=k, replace=False) for _ in range(nq_blocks)]) if nq_blocks else \
+        np.zeros((0, k), int)
+
+
+def _random_pred(nq: int, nk: int):
+    cache: dict = {}
+
+    def pred(count, block, seed, i, j):
+        key = (count, block, seed)
+        if key not in cache:
+            table = random_block_table(count, block, seed, math.ceil(nq / block), math.ceil(nk / block))
+            dense = np.zeros((table.shape[0], math.ceil(nk / block)), bool)
+            for r, cols in enumerate(table):
+                dense[r, cols] = True
+            cache[key] = dense
+        dense = cache[key]
+        return dense[np.minimum(i // block, dense.shape[0] - 1), np.minimum(j // block, dense.shape[1] - 1)]
+    return pred
+
+
+MAX_EXACT = 1 << 26   # element pairs evaluated exactly; beyond that, pairs are counted per tile
+
+
+def exact_counts(mask, nq: int, nk: int, br: int, bc: int) -> tuple[int, int] | None:
+    """(kept pairs, visited tiles) at concrete sizes; None for data-dependent masks."""
+    pred = _random_pred(nq, nk)
+    tq, tk = math.ceil(nq / br), math.ceil(nk / bc)
+    pairs = 0
+    tiles = 0
+    # Evaluate tile row by tile row to keep memory at O(br · nk).
+    for r in range(tq):
+        i = np.arange(r * br, min(nq, (r + 1) * br))[:, None]
+        j = np.arange(nk)[None, :]
+        keep = _predicate(mask, i, j, pred)
+        if keep is None:
+            return None
+        keep = np.broadcast_to(keep, (i.shape[0], nk))
+        pairs += int(keep.sum())
+        pad = tk * bc - nk
+        if pad:
+            keep = np.pad(keep, ((0, 0), (0, pad)))
+        tiles += int(keep.reshape(i.shape[0], tk, bc).any(axis=(0, 2)).sum())
+    return pairs, tiles
