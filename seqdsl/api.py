@@ -45,7 +45,20 @@ class Checked:
 
     @property
     def mixers(self):
-        return self.graph.nodes(OpKind.MIX)
+        """Every MIX node, those inside function bodies (MoE experts, DEQ cells, recurrent
+        steps) included."""
+        return _mix_nodes(self.graph)
+
+
+def _mix_nodes(graph: Graph) -> list:
+    out = []
+    for n in graph.nodes():
+        if n.kind == OpKind.MIX:
+            out.append(n)
+        body = n.attr("body")
+        if body is not None:
+            out += _mix_nodes(body)
+    return out
 
 
 def analyze(source: str | Path | Program, entry: str | None = None, *, backward: bool = False,

@@ -64,7 +64,8 @@ class SeqError(ValueError):
 
     def render(self) -> str:
         """The message as the CLI prints it: location, source line with a caret, hint."""
-        out = [f"{self.pos}: error: {self.message}"]
+        where = str(self.pos) if self.pos.line > 0 else self.pos.file
+        out = [f"{where}: error: {self.message}"]
         text = source_line(self.pos.file, self.pos.line)
         if text is not None:
             width = 1

@@ -37,6 +37,7 @@ def check_report(c: Checked) -> str:
     for t in c.outputs:
         lines.append(f"  {t}")
     subs = {sympy.Symbol(k, positive=True, integer=True): v for k, v in c.sizes.items()}
+    subs.update({sympy.Symbol(k, real=True): v for k, v in c.sizes.items()})
     value = c.param_count.subs(subs)
     count = _expr(c.param_count)
     lines.append(f"parameters: {count}" + (f" = {value}" if value.is_number and str(value) != count else ""))
@@ -51,12 +52,24 @@ def check_report(c: Checked) -> str:
     for path, kind, name in c.graph.layers:
         depth = sum(1 for other in paths if path.startswith(other + "."))
         lines.append(f"  {'  ' * min(depth, 6)}{path}: {kind} {name}  [params {_expr(_params_under(c.graph, path))}]")
-    mixers = c.graph.nodes(OpKind.MIX)
+    mixers = _mixers(c.graph, "")
     lines.append(f"mixers: {len(mixers)}")
-    for n in mixers:
-        shapes = ", ".join(f"{p.role}={c.graph.type_of(p)}" for p in n.inputs if p.role in ("q", "k", "v"))
-        lines.append(f"  {n.name}: {n.spec}  ({shapes} -> {n.out})")
+    for path, g, n in mixers:
+        shapes = ", ".join(f"{p.role}={g.type_of(p)}" for p in n.inputs if p.role in ("q", "k", "v"))
+        lines.append(f"  {path}: {n.spec}  ({shapes} -> {n.out})")
     return "\n".join(lines)
+
+
+def _mixers(g: Graph, prefix: str) -> list:
+    """(path, graph, node) of every mix, inside function bodies too (path through the body)."""
+    out = []
+    for n in g.nodes():
+        if n.kind == OpKind.MIX:
+            out.append((f"{prefix}{n.name}", g, n))
+        body = n.attr("body")
+        if body is not None:
+            out += _mixers(body, f"{prefix}{n.name}/{body.name.split('.')[-1]}/")
+    return out
 
 
 def builtins_report() -> str:

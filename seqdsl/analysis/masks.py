@@ -43,10 +43,14 @@ def closed_pairs(mask, nq: sympy.Expr, nk: sympy.Expr, bucket_count=None) -> sym
     r = rest[0]
     n = nq
     match r:
-        case M.Window(size=w):
+        case M.Window(size=w, block=blk) if blk == 1:
             if c is None:
                 return n * (2 * w - 1) - w * (w - 1)
             return n * w - w * (w - 1) / 2
+        case M.Window(size=w, block=blk):
+            nb = n / blk
+            blocks = nb * (2 * w - 1) - w * (w - 1) if c is None else None
+            return None if blocks is None else blocks * blk * blk
         case M.Local(size=b):
             return n * b if c is None else n * (b + 1) / 2
         case M.Strided(stride=s):
@@ -82,13 +86,16 @@ def closed_tiles(mask, nq, nk, br, bc) -> sympy.Expr | None:
     if not kinds:
         return tq * tk
     if kinds == {M.Causal} and br == bc:
-        return tq * (tq + 1) / 2
-    if kinds == {M.Causal, M.Window} and br == bc:
+        o = next(t.offset for t in terms if isinstance(t, M.Causal))
+        return tq * (tq + 1) / 2 + tq * o / bc   # offset: queries are the last Nq of Nk keys
+    if kinds == {M.Causal, M.Window} and br == bc and all(t.block == 1 for t in terms if isinstance(t, M.Window)):
         w = next(t.size for t in terms if isinstance(t, M.Window))
         return tq * (w / br + 1) - (w / br) * (w / br + 1) / 2
-    if kinds == {M.Local} or kinds == {M.Local, M.Causal}:
+    if (kinds == {M.Local} or kinds == {M.Local, M.Causal}) and br == bc:
         b = next(t.size for t in terms if isinstance(t, M.Local))
-        return tq * b / bc if b >= br else tq
+        causal = M.Causal in kinds
+        per_row = sympy.Max(1, b / bc)   # a local block spans b/bc key tiles (or sits inside one)
+        return tq * ((per_row + 1) / 2 if causal else per_row)
     return None
 
 
@@ -101,8 +108,8 @@ def _predicate(mask, i: np.ndarray, j: np.ndarray, nb_rng) -> np.ndarray | None:
             return np.ones(np.broadcast(i, j).shape, bool)
         case M.Causal(offset=o):
             return j <= i + int(o)
-        case M.Window(size=w):
-            return np.abs(i - j) < int(w)
+        case M.Window(size=w, block=blk):
+            return np.abs(i // int(blk) - j // int(blk)) < int(w)
         case M.Local(size=b):
             return (i // int(b)) == (j // int(b))
         case M.Strided(stride=s):

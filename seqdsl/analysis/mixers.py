@@ -89,9 +89,11 @@ def pair_counts(g: Graph, n: Node, s: MixShapes, subs: dict, block: int) -> Pair
                               tiles if tiles is not None else sympy.Integer(t), True)
     # An upper bound: the sum over the union's parts, at most everything.
     bound = _union_bound(mask, s, buckets)
+    # Tiles: the kept pairs packed densely (content-based masks are sorted by bucket first),
+    # plus one partial tile per query tile.
     full_tiles = (s.nq / block) * (s.nk / block)
     return PairCounts(pairs if pairs is not None else bound,
-                      tiles if tiles is not None else sympy.Min(full_tiles, bound / block + s.nq / block),
+                      tiles if tiles is not None else sympy.Min(full_tiles, bound / block ** 2 + s.nq / block),
                       False)
 
 
@@ -194,13 +196,17 @@ def feature_width(g: Graph, n: Node, s: MixShapes) -> sympy.Expr:
 
 
 def _feature_cost(g: Graph, n: Node, s: MixShapes, width) -> Estimates:
-    """φ of q and k: a projection to m features for favor/spectral, elementwise otherwise."""
+    """φ of q and k: a projection to m features for favor/spectral, elementwise otherwise;
+    φ(q) and φ(k) are materialised (G·(Nq + Nk)·F elements) unless φ is the identity."""
     f = n.spec.feature
+    if f is None or f.kind == "identity":
+        return Estimates()
     tokens = s.g * (s.nq + s.nk)
-    if f is not None and f.projection is not None:
+    held = s.e * tokens * width
+    if f.projection is not None:
         mm = 2 * tokens * s.dk * f.features
-        return Estimates(flops=mm + 3 * tokens * width, matmul_flops=mm)
-    return Estimates(flops=tokens * width if f is not None else sympy.Integer(0))
+        return Estimates(flops=mm + 3 * tokens * width, matmul_flops=mm, activation_bytes=held)
+    return Estimates(flops=tokens * width, activation_bytes=held)
 
 
 def linear_quadratic(g, n, s: MixShapes, f) -> Estimates:
@@ -228,7 +234,9 @@ def linear_recurrent(g, n, s: MixShapes, f) -> Estimates:
 def linear_chunked(g, n, s: MixShapes, f, chunk) -> Estimates:
     """Chunks of C: inside, the quadratic form (2·C·(F + Dv) per token); between, the F×Dv
     state passed with the decay (4·F·Dv per token): G·N·(2C(F+Dv) + 4F·Dv), all matrix
-    products; chunk states kept for the backward pass."""
+    products. Held: the state entering every chunk (G·(N/C)·F·Dv, kept for the backward
+    pass), the chunk scores (G·N·C), the intra- and inter-chunk partial outputs and their
+    sum (3·G·Nq·Dv)."""
     n_tok = s.g * s.nk
     mm = n_tok * (2 * chunk * (f + s.dv) + 4 * f * s.dv)
     decay = any(isinstance(x, M.Decay) for x in M.mask_leaves(n.spec.mask))
@@ -236,7 +244,7 @@ def linear_chunked(g, n, s: MixShapes, f, chunk) -> Estimates:
     states = s.g * (s.nk / chunk) * f * s.dv
     return _feature_cost(g, n, s, f) + Estimates(
         flops=mm + extra, matmul_flops=mm,
-        activation_bytes=s.e * (states + s.g * s.nk * chunk + s.g * s.nq * s.dv),
+        activation_bytes=s.e * (states + s.g * s.nk * chunk + 3 * s.g * s.nq * s.dv),
         hbm_bytes=s.e * (s.io + 2 * states))
 
 
@@ -381,9 +389,12 @@ def candidates(g: Graph, n: Node, subs: dict) -> list[Candidate]:
         chunk = spec.hint("chunk") or DEFAULT_FFT_CHUNK
         add("direct", toeplitz_direct(s, kern, state, channels))
         add("fft", toeplitz_fft(s, kern, state, channels))
-        if isinstance(kern.kernel, M.SSMKernel) and kern.causal:
-            add("chunked_fft", toeplitz_chunked_fft(s, kern, state, channels, chunk), steps=s.nq / chunk)
-            add("scan", toeplitz_scan(s, kern, state, channels), steps=s.nq)
+        if isinstance(kern.kernel, M.SSMKernel):
+            # bidirectional: a second pass backwards in time
+            passes = 1 if kern.causal else 2
+            add("chunked_fft", toeplitz_chunked_fft(s, kern, state, channels, chunk).scaled(passes),
+                steps=passes * s.nq / chunk)
+            add("scan", toeplitz_scan(s, kern, state, channels).scaled(passes), steps=passes * s.nq)
         return out
     raise KeyError(f"no cost formulas for the {fam} family")
 
@@ -396,6 +407,8 @@ def sdpa_supported(spec: M.MixSpec, s: MixShapes) -> bool:
     kinds = [t for t in M.conjuncts(spec.mask) if not isinstance(t, M.Full)]
     if not kinds:
         return True
+    if not (s.nq == s.nk or sympy.simplify(s.nq - s.nk) == 0):
+        return False
     return len(kinds) == 1 and isinstance(kinds[0], M.Causal) and kinds[0].offset == 0
 
 

@@ -80,9 +80,19 @@ def _json_number(v):
     return int(v) if v.is_Integer else float(v)
 
 
+# The names sympify resolves to sympy's own objects (what ``from sympy import *`` binds).
+_SYMPY_NAMES = {k for k in sympy.__all__ if not isinstance(getattr(sympy, k, None), sympy.Symbol)}
+
+
 def _text(e: sympy.Expr) -> str:
-    """Expanded, not simplified: simplify() folds sums of logs into unreadable products."""
-    return str(sympy.expand(e))
+    """The expression as a string that ``sympy.sympify`` parses back (SPEC §5).
+
+    Expanded, not simplified (simplify() folds sums of logs into unreadable products).
+    A size whose name sympify would read as one of its own objects (N is sympy.N, S is
+    sympy.S, E is Euler's number …) is written ``Symbol('N')``."""
+    e = sympy.expand(sympy.sympify(e))
+    clashes = {s: sympy.Symbol(f"Symbol('{s.name}')") for s in e.free_symbols if s.name in _SYMPY_NAMES}
+    return str(e.xreplace(clashes)) if clashes else str(e)
 
 
 def _simplify(est: Estimates) -> Estimates:
@@ -94,19 +104,34 @@ def _simplify(est: Estimates) -> Estimates:
 
 def _growth(term: sympy.Expr, n: sympy.Symbol) -> tuple[sympy.Expr, int]:
     """(a, b) such that term ~ c · N^a · log(N)^b as N → ∞."""
-    _, dep = term.as_independent(n, as_Add=False)
-    a, b = sympy.Integer(0), 0
-    for base, exp in dep.as_powers_dict().items():
-        if base == n:
-            a += exp
-        elif isinstance(base, sympy.log) and base.has(n):
-            b += int(exp) if exp.is_Integer else 1
-        elif base.has(n):
-            inner_a, inner_b = _growth(sympy.expand(base), n) if not base.is_Add else max(
-                (_growth(t, n) for t in base.args), key=lambda g: (g[0], g[1]))
-            a += inner_a * exp
-            b += inner_b
-    return a, b
+    if not term.has(n):
+        return sympy.Integer(0), 0
+    if term.is_Add:
+        return max((_growth(t, n) for t in term.args), key=_order)
+    if isinstance(term, (sympy.Min, sympy.Max)):
+        pick = min if isinstance(term, sympy.Min) else max
+        return pick((_growth(t, n) for t in term.args), key=_order)
+    if isinstance(term, sympy.log):
+        return sympy.Integer(0), 1
+    if isinstance(term, (sympy.floor, sympy.ceiling)):
+        return _growth(term.args[0], n)
+    if term == n:
+        return sympy.Integer(1), 0
+    if term.is_Pow:
+        a, b = _growth(term.base, n)
+        exp = term.exp
+        return a * exp, int(b * exp) if exp.is_Integer else b
+    if term.is_Mul:
+        a, b = sympy.Integer(0), 0
+        for factor in term.args:
+            fa, fb = _growth(factor, n)
+            a, b = a + fa, b + fb
+        return a, b
+    return sympy.Integer(1), 0   # an unknown function of N: assume linear growth
+
+
+def _order(g: tuple[sympy.Expr, int]) -> tuple[float, int]:
+    return float(g[0]), g[1]
 
 
 def big_o(expr: sympy.Expr, n: sympy.Symbol | None) -> str:
@@ -116,8 +141,7 @@ def big_o(expr: sympy.Expr, n: sympy.Symbol | None) -> str:
     e = sympy.expand(sympy.expand_log(sympy.sympify(expr), force=True))
     if e == 0:
         return "O(1)"
-    terms = sympy.Add.make_args(e)
-    a, b = max((_growth(t, n) for t in terms), key=lambda g: (g[0], g[1]))
+    a, b = _growth(e, n)
     if a == 0 and b == 0:
         return "O(1)"
     parts = []
@@ -131,11 +155,18 @@ def big_o(expr: sympy.Expr, n: sympy.Symbol | None) -> str:
 # ---- the analysis ----------------------------------------------------------------------
 
 def _owned_params(g: Graph, n: Node) -> sympy.Expr:
+    """Weights the node owns (named under it); a fixed sparsity pattern counts its non-zeros."""
+    from seqdsl.analysis.ops import _weight_density
+
     total = sympy.Integer(0)
     for p in n.inputs:
         src = g.node(p.node)
         if src.kind == OpKind.PARAM and src.name.startswith(n.name + "."):
-            total += src.out.numel()
+            count = src.out.numel()
+            if n.attr("sparsity") is not None and p.role in ("weight", "w1", "w2"):
+                rows, cols = src.out.shape
+                count = count * _weight_density(n, rows, cols)
+            total += count
     return total
 
 

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import re
+
 from seqdsl.analysis.report import Report
+
+_SAFE_NAME = re.compile(r"Symbol\('([A-Za-z_][A-Za-z0-9_]*)'\)")
+
+
+def _plain(text: str) -> str:
+    """JSON writes N as Symbol('N') so that sympify parses it back; a table shows N."""
+    return _SAFE_NAME.sub(r"\1", text)
 
 
 def _fmt(v: float) -> str:
@@ -31,9 +40,9 @@ def render(report: Report, formulas: bool = True) -> str:
             for c in row["candidates"]:
                 mark = "*" if c["algorithm"] == row["algorithm"] else " "
                 lines.append(f"{'':<40}   {mark} {c['algorithm']:<13} est. {c['estimated_seconds']:.3g} s   "
-                             f"flops = {c['flops']}")
+                             f"flops = {_plain(c['flops'])}")
             if formulas:
-                lines.append(f"{'':<40}     hbm = {row['hbm_bytes']}")
+                lines.append(f"{'':<40}     hbm = {_plain(row['hbm_bytes'])}")
     t = d["total"]
     v = t["values"]
     lines.append("-" * len(header))
@@ -43,5 +52,5 @@ def render(report: Report, formulas: bool = True) -> str:
     if formulas:
         lines += ["", "formulas of the total:"]
         for key in ("flops", "matmul_flops", "param_count", "activation_bytes", "hbm_bytes"):
-            lines.append(f"  {key} = {t[key]}")
+            lines.append(f"  {key} = {_plain(t[key])}")
     return "\n".join(lines)

@@ -163,10 +163,11 @@ def causal(ctx, offset):
     return _mask(M.Causal(sympy.sympify(offset)))
 
 
-@builtin("mask", P("size", "dim"))
-def window(ctx, size):
-    """|i − j| < size. With causal(): the last ``size`` keys up to i."""
-    return _mask(M.Window(size))
+@builtin("mask", P("size", "dim"), P("block", "dim", 1))
+def window(ctx, size, block):
+    """|i − j| < size. With causal(): the last ``size`` keys up to i. With ``block`` = b the
+    band counts blocks: query block r sees key blocks r − size < c < r + size."""
+    return _mask(M.Window(size, sympy.sympify(block)))
 
 
 @builtin("mask", P("size", "dim"))
@@ -187,10 +188,11 @@ def global_tokens(ctx, count):
     return _mask(M.Global(count))
 
 
-@builtin("mask", P("count", "dim"), P("block", "dim"), P("seed", "int", 0))
-def random_blocks(ctx, count, block, seed):
-    """Each query block sees ``count`` key blocks drawn at compile time with ``seed`` (BigBird)."""
-    return _mask(M.RandomBlocks(count, block, seed))
+@builtin("mask", P("count", "dim"), P("block", "dim"), P("seed", "int", 0), P("per_head", "bool", False))
+def random_blocks(ctx, count, block, seed, per_head):
+    """Each query block sees ``count`` key blocks drawn at compile time with ``seed`` (BigBird);
+    ``per_head`` draws again for every head."""
+    return _mask(M.RandomBlocks(count, block, seed, per_head))
 
 
 @builtin("mask", P("start", "scalar"), P("stop", "scalar", None))
@@ -291,10 +293,14 @@ def alibi(ctx, slopes):
     return Struct("bias", M.Bias("alibi", M.Ref(role)), ((role, slopes),))
 
 
-@builtin("bias", P("heads", "dim"), P("buckets", "dim", 32))
-def relative(ctx, heads, buckets):
-    """A learned bias per head and clipped relative distance (T5-style), ``buckets`` of them."""
-    table = ctx.param("relative_bias", (heads, buckets), Init("zeros"))
+@builtin("bias", P("heads", "dim"), P("buckets", "dim", 32), P("table", "tensor", None))
+def relative(ctx, heads, buckets, table):
+    """A learned bias per head and clipped relative distance (T5-style), ``buckets`` of them;
+    ``table`` [heads, buckets] shares one table between layers."""
+    if table is None:
+        table = ctx.param("relative_bias", (heads, buckets), Init("zeros"))
+    elif table.type.rank != 2 or not (same_dim(table.type.shape[0], heads) and same_dim(table.type.shape[1], buckets)):
+        raise ctx.error(f"relative(): table must be [{heads}, {buckets}], got {table.type}")
     role = ctx.el.new_role("bias_table")
     return Struct("bias", M.Bias("relative", M.Ref(role), buckets), ((role, table),))
 
@@ -352,6 +358,8 @@ def ssm(ctx, kind, state, init, disc, mimo, conj, **tensors):
         pairs.append((role, v))
     if kind == "shift" and disc != "zoh":
         raise ctx.error("a shift SSM has no discretisation; leave disc out")
+    if kind == "ema":
+        disc = "none"   # Mega's damped EMA is defined in discrete time
     obj = M.SSMKernel(kind, state, init, disc if kind != "shift" else "none", tuple(refs), mimo, conj)
     return Struct("kernel", obj, tuple(pairs), (("ssm", obj, ctx.pos),))
 

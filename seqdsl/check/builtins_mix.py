@@ -69,6 +69,13 @@ def mix(ctx: Ctx, q, k, v, score, feature, mask, norm, algorithm, chunk, block, 
                             hint="write mask = causal() & decay(...)")
     if len(decays) > 1:
         raise ctx.error("only one decay(...) per mix")
+    n_keys = v.type.shape[-2]
+    for leaf in leaves:
+        if isinstance(leaf, M.RandomBlocks):
+            ctx.el.require(sympy.Le(leaf.count * leaf.block, n_keys),
+                           f"random_blocks({leaf.count}, block = {leaf.block}) draws more blocks than the "
+                           f"{n_keys} keys hold", ctx.pos)
+
 
     if score is None and q is not None and not toeplitz:
         scale = d_k ** sympy.Rational(-1, 2) if norm == "softmax" else sympy.Integer(1)
@@ -96,7 +103,36 @@ def mix(ctx: Ctx, q, k, v, score, feature, mask, norm, algorithm, chunk, block, 
     hints = tuple((n, val) for n, val in (("algorithm", algorithm), ("chunk", chunk), ("block", block),
                                           ("dtype", dtype)) if val is not None)
     spec = M.MixSpec(score.obj if score else None, feature_obj, mask_obj, norm, hints)
+    spec, inputs = _local_roles(spec, inputs)
     return ctx.node(OpKind.MIX, inputs, TensorType(out_shape), {"spec": spec})
+
+
+def _local_roles(spec: M.MixSpec, inputs):
+    """Rename the structure's roles from elaboration-wide ones (decay7) to names local to this
+    node (decay, kernel.C_re), so that the IR reads the same wherever the mix sits."""
+    mapping, used = {}, {"q", "k", "v"}
+    for role, _t in inputs:
+        if role in used:
+            continue
+        base = role.rstrip("0123456789").rstrip(".")
+        name, i = base, 1
+        while name in used:
+            name, i = f"{base}_{i}", i + 1
+        used.add(name)
+        mapping[role] = name
+    renamed = [(mapping.get(r, r), t) for r, t in inputs]
+    return _rename(spec, mapping), renamed
+
+
+def _rename(obj, mapping):
+    if isinstance(obj, M.Ref):
+        return M.Ref(mapping.get(obj.role, obj.role))
+    if isinstance(obj, tuple):
+        return tuple(_rename(x, mapping) for x in obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        changes = {f.name: _rename(getattr(obj, f.name), mapping) for f in dataclasses.fields(obj)}
+        return dataclasses.replace(obj, **changes)
+    return obj
 
 
 def _nodes(m):
@@ -171,7 +207,15 @@ def _resolve_decay(ctx: Ctx, m, inputs, batch, n_q, d_k):
     return dataclasses.replace(m, granularity=gran)
 
 
-def _ssm_shapes(kind: str, state, channels, mimo: bool, conj: bool) -> dict[str, tuple]:
+def _ssm_shapes(kind: str, state, channels, mimo: bool, conj: bool, disc: str = "zoh") -> dict[str, tuple]:
+    """The parameters of an SSM kernel generator for ``channels`` channels."""
+    shapes = _ssm_shapes_all(kind, state, channels, mimo, conj)
+    if disc == "none":
+        shapes.pop("log_dt", None)   # no discretisation step (DLR, Mega's EMA)
+    return shapes
+
+
+def _ssm_shapes_all(kind: str, state, channels, mimo: bool, conj: bool) -> dict[str, tuple]:
     half = state / 2 if conj and kind in ("diag", "dplr") else state
     if kind == "shift":
         return {"C_re": (channels, state)}
@@ -212,7 +256,7 @@ def _create_pending(ctx: Ctx, item, inputs, v, q, batch, feature_obj, mask_obj):
 
 def _complete_ssm(ctx: Ctx, obj: M.SSMKernel, pos, inputs, v, mask_obj):
     channels = v.type.shape[-1]
-    want = _ssm_shapes(obj.kind, obj.state, channels, obj.mimo, obj.conj)
+    want = _ssm_shapes(obj.kind, obj.state, channels, obj.mimo, obj.conj, obj.disc)
     have = dict(obj.params)
     given = dict(inputs)
     for name, ref in have.items():
@@ -226,14 +270,28 @@ def _complete_ssm(ctx: Ctx, obj: M.SSMKernel, pos, inputs, v, mask_obj):
                             f"channels and state {show_dim(obj.state)}, got {t.type}")
     refs = dict(have)
     for name, shape in want.items():
-        if name in have:
-            continue
-        t = ctx.param(f"kernel.{name}", shape, Init(f"ssm_{obj.init}", (), True))
-        role = ctx.el.new_role(f"kernel.{name}.")
-        inputs.append((role, t))
-        refs[name] = M.Ref(role)
-    new = dataclasses.replace(obj, params=tuple(sorted(refs.items())))
+        if name not in have:
+            refs[name] = _kernel_param(ctx, inputs, f"kernel.{name}", shape, obj.init)
+    reverse = ()
+    if not _is_causal(mask_obj, obj):
+        # The backward direction is a second SSM with its own weights (given tensors, if
+        # any, serve both directions).
+        reverse = tuple(sorted(
+            (name, refs[name] if name in have else _kernel_param(ctx, inputs, f"kernel_rev.{name}", shape, obj.init))
+            for name, shape in want.items()))
+    new = dataclasses.replace(obj, params=tuple(sorted(refs.items())), reverse=reverse)
     return _replace_kernel(mask_obj, obj, new)
+
+
+def _kernel_param(ctx: Ctx, inputs, path: str, shape, init: str) -> M.Ref:
+    t = ctx.param(path, shape, Init(f"ssm_{init}", (), True))
+    role = ctx.el.new_role(path + ".")
+    inputs.append((role, t))
+    return M.Ref(role)
+
+
+def _is_causal(m, kernel) -> bool:
+    return all(leaf.causal for leaf in M.mask_leaves(m) if isinstance(leaf, M.Toeplitz) and leaf.kernel is kernel)
 
 
 def _replace_kernel(m, old, new):

@@ -110,9 +110,13 @@ def _norm(ctx: Ctx, x, kind: str, bias: bool, groups=None):
     return ctx.node(OpKind.NORM, inputs, x.type, attrs)
 
 
-@builtin("layer", P("x", "tensor"), P("bias", "bool", True))
-def layernorm(ctx, x, bias):
-    """Normalise the last axis to zero mean, unit variance; learned scale (and shift)."""
+@builtin("layer", P("x", "tensor"), P("bias", "bool", True), P("affine", "bool", True))
+def layernorm(ctx, x, bias, affine):
+    """Normalise the last axis to zero mean, unit variance; learned scale (and shift) unless
+    ``affine = false``."""
+    if not affine:
+        _need_float(ctx, x, "layernorm()")
+        return ctx.node(OpKind.NORM, [("x", x)], x.type, {"fn": "layernorm"})
     return _norm(ctx, x, "layernorm", bias)
 
 
@@ -134,7 +138,8 @@ def groupnorm(ctx, x, groups):
     return _norm(ctx, x, "groupnorm", True, groups)
 
 
-ACTIVATIONS = ("relu", "gelu", "silu", "sigmoid", "tanh", "softplus", "elu1", "identity")
+ACTIVATIONS = ("relu", "gelu", "silu", "sigmoid", "tanh", "softplus", "elu1", "identity", "sin", "cos", "exp",
+               "square", "sign", "abs")
 
 
 @builtin("layer", P("x", "tensor"), P("hidden", "dim"), P("out", "dim", None),
@@ -215,6 +220,18 @@ def softmax(ctx: Ctx, x, axis):
     return ctx.node(OpKind.SOFTMAX, [("x", x)], x.type, {"axis": _axis(ctx, x, axis)})
 
 
+@builtin("layer", P("x", "tensor"), P("fraction", "scalar", 1), P("base", "scalar", 10000))
+def rotary(ctx: Ctx, x, fraction, base):
+    """Rotary position embedding (RoFormer) of x [.., N, D]: rotate pairs of the first
+    fraction·D features by angles n·base^(−2i/d) for position n (the axis −2)."""
+    _need_float(ctx, x, "rotary()")
+    if x.type.rank < 2:
+        raise ctx.error(f"rotary() needs [.., N, D], got {x.type}")
+    ctx.el.require(sympy.Eq(sympy.Mod(x.type.shape[-1] * fraction, 2), 0),
+                   f"rotary(): the rotated width {show_dim(x.type.shape[-1])}·{fraction} must be even", ctx.pos)
+    return ctx.node(OpKind.UNARY, [("x", x)], x.type, {"fn": "rotary", "fraction": fraction, "base": base})
+
+
 @builtin("layer", P("x", "tensor"), P("p", "scalar", sympy.Rational(1, 10)))
 def dropout(ctx: Ctx, x, p):
     """Zero a fraction ``p`` of entries in training (scaled); identity in evaluation."""
@@ -230,7 +247,7 @@ _SYMPY_FN = {
     "rsqrt": lambda x: 1 / sympy.sqrt(x), "sign": sympy.sign,
 }
 UNARY_FNS = ("relu", "gelu", "silu", "sigmoid", "tanh", "softplus", "exp", "log", "sqrt", "abs",
-             "sin", "cos", "elu1", "square", "rsqrt", "log_sigmoid", "sign", "erf")
+             "sin", "cos", "elu1", "square", "rsqrt", "log_sigmoid", "sign", "erf", "stop_gradient")
 
 
 def _make_unary(fn_name: str):
@@ -244,7 +261,8 @@ def _make_unary(fn_name: str):
         _need_float(ctx, x, f"{fn_name}()")
         return ctx.node(OpKind.UNARY, [("x", x)], x.type, {"fn": fn_name})
     fn.__name__ = fn_name
-    fn.__doc__ = f"Elementwise {fn_name}."
+    fn.__doc__ = ("The identity forward; no gradient flows back through it." if fn_name == "stop_gradient"
+                  else f"Elementwise {fn_name}.")
     return fn
 
 

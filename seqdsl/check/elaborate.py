@@ -26,6 +26,7 @@ from seqdsl.ir.graph import Graph, OpKind, Port
 from seqdsl.ir.types import TensorType, broadcast, same_dim, show_dim
 
 MAX_UNROLL = 4096
+CONSTANTS = {"pi": sympy.pi}   # looked up after every declared name, so a dim may shadow it
 
 
 @dataclass
@@ -36,6 +37,7 @@ class Frame:
     param_prefix: str        # layer path of the parameters (no iteration index when shared)
     result: Any = None
     returned: bool = False
+    loop_outer: set[str] | None = None   # names bound before the innermost repeat
 
 
 @dataclass
@@ -176,6 +178,18 @@ class Elaborator:
             k += 1
         return out
 
+    def same(self, a: sympy.Basic, b: sympy.Basic) -> bool:
+        """Equal sizes. A number equals a size expression that has that value at the sizes
+        this elaboration is for (a stack of L unrolled layers has L = 16 entries)."""
+        if same_dim(a, b):
+            return True
+        a_num, b_num = sympy.sympify(a).is_number, sympy.sympify(b).is_number
+        if a_num != b_num:
+            expr = b if a_num else a
+            value = sympy.sympify(expr).subs(self.subs)
+            return value.is_number and value == (a if a_num else b)
+        return False
+
     def check_dim(self, d: sympy.Basic, pos: Pos, what: str) -> None:
         value = sympy.sympify(d).subs(self.subs)
         if value.is_number and (not value.is_integer or value <= 0):
@@ -192,6 +206,8 @@ class Elaborator:
             return Func(name, self.prog.definitions[name])
         if name in B.REGISTRY:
             return Func(name)
+        if name in CONSTANTS:
+            return Scalar(CONSTANTS[name])
         return Word(name, pos)
 
     def unknown(self, frame: Frame | None, w: Word) -> SeqError:
@@ -383,7 +399,7 @@ class Elaborator:
                 frame.locals[dim_expr.id] = Scalar(actual)   # bound by unification
                 continue
             expected = self.dim_value(frame, dim_expr)
-            if not same_dim(expected, actual):
+            if not self.same(expected, actual):
                 raise SeqError(f"{d.name}: argument {p.name!r} must have shape {self.type_text(frame, want)}, "
                                f"got {v.type} (axis {i}: {show_dim(expected)} vs {show_dim(actual)})", pos)
 
@@ -407,7 +423,7 @@ class Elaborator:
                 raise SeqError(f"{d.name} must return a tensor {_type_text(want)}, returns {describe(got)}",
                                want.pos)
             shape = tuple(self.dim_value(frame, x) for x in want.dims)
-            if len(shape) != got.type.rank or not all(same_dim(a, b) for a, b in zip(shape, got.type.shape)):
+            if len(shape) != got.type.rank or not all(self.same(a, b) for a, b in zip(shape, got.type.shape)):
                 raise SeqError(f"{d.name} declares that it returns {self.type_text(frame, want)} "
                                f"but returns {got.type}", want.pos)
 
@@ -423,7 +439,8 @@ class Elaborator:
             case A.Assign(targets=targets, value=e):
                 # A fresh name names the layer it computes (q = linear(x, D) -> "q"); a rebinding
                 # (x = block(x)) leaves the callee's name.
-                fresh = len(targets) == 1 and targets[0] not in frame.locals
+                fresh = len(targets) == 1 and (targets[0] not in frame.locals or (
+                    frame.loop_outer is not None and targets[0] not in frame.loop_outer))
                 hint = targets[0] if fresh else None
                 v = self.value(frame, self.eval(frame, e, name=hint))
                 if len(targets) == 1:
@@ -473,6 +490,8 @@ class Elaborator:
             raise SeqError(f"repeat count {count} is out of range (0..{MAX_UNROLL})", s.count.pos)
         scope = self.instance(frame, "layers")
         saved = frame.prefix, frame.param_prefix
+        saved_outer = frame.loop_outer
+        frame.loop_outer = set(frame.locals)
         if s.shared:
             self.shared_depth += 1
         try:
@@ -486,6 +505,7 @@ class Elaborator:
                     raise SeqError("'return' inside 'repeat' is not allowed", s.pos)
         finally:
             frame.prefix, frame.param_prefix = saved
+            frame.loop_outer = saved_outer
             if s.shared:
                 self.shared_depth -= 1
 
@@ -546,6 +566,9 @@ def elaborate(prog: Program, entry: str | None = None, sizes: dict | None = None
                 el.require(sympy.Eq(sympy.Mod(num, den), 0),
                            f"{info.name} = {info.derived} must be a whole number", info.pos)
     root = Frame(d, {}, "", "")
+    for p in d.params:   # config parameters used in input shapes take their defaults here
+        if isinstance(p, A.ConfigParam):
+            root.locals[p.name] = el.value(root, el.eval(root, p.default))
     inputs = []
     for p in d.params:
         if isinstance(p, A.TensorParam):

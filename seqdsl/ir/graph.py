@@ -48,8 +48,6 @@ class OpKind(enum.Enum):
     DROPOUT = "dropout"
     HASH = "hash"              # LSH bucket ids (random rotations, fixed seed)
     SORT_BLOCKS = "sort_blocks"  # Sinkhorn-sorted blocks: block permutation from scores
-    TOPK = "topk"              # indices of the k largest along an axis
-    GATHER = "gather"          # rows of x at integer indices
     MIX = "mix"                # the token-mixing template (attrs: spec)
     MOE = "moe"                # mixture of experts (attrs: body, experts, top_k)
     FIXED_POINT = "fixed_point"  # weight-tied block iterated to a fixed point (attrs: body)
