@@ -35,6 +35,15 @@ class Checked:
     param_count: sympy.Expr
     constraints: list
 
+    def value(self, expr: sympy.Expr) -> sympy.Basic:
+        """``expr`` (e.g. ``param_count``) at the sizes this entry was checked at."""
+        subs = {}
+        for name, v in self.sizes.items():
+            info = self.program.dims.get(name)
+            if info is not None:
+                subs[info.symbol] = v
+        return sympy.sympify(expr).xreplace(subs)
+
     @property
     def inputs(self) -> list[tuple[str, TensorType]]:
         return [(n.name, n.out) for n in self.graph.inputs]

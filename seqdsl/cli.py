@@ -109,7 +109,7 @@ def graph(
 
     checked = check_api(file, entry, **parse_sets(set_))
     if output is None:
-        typer.echo(to_dot(checked.graph, with_params=params))
+        typer.echo(to_dot(checked.graph, with_params=params), nl=False)
         return
     typer.echo(f"wrote {output} ({len(checked.graph)} nodes), {write_graph(checked.graph, output, with_params=params)}")
 
@@ -166,6 +166,7 @@ def analyze_complexity(
     ] = None,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Draw cost against N to this PNG/SVG.")] = None,
     formulas: Annotated[bool, typer.Option("--formulas/--no-formulas", help="Show formulas in the table.")] = True,
+    mixers_only: Annotated[bool, typer.Option("--mixers-only", help="List only the mixers (total of all).")] = False,
 ) -> None:
     """FLOPs, matrix FLOPs, parameters, activation memory and memory traffic of every layer
     of FILE, as formulas and numbers, with the algorithm chosen for each mixer and why."""
@@ -182,7 +183,7 @@ def analyze_complexity(
     if json_out:
         typer.echo(json.dumps(report.to_dict(), indent=2))
     else:
-        typer.echo(render(report, formulas=formulas))
+        typer.echo(render(report, formulas=formulas, mixers_only=mixers_only))
     if plot is not None:
         from seqdsl.analysis.plot import plot_costs
 

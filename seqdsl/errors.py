@@ -64,8 +64,13 @@ class SeqError(ValueError):
 
     def render(self) -> str:
         """The message as the CLI prints it: location, source line with a caret, hint."""
-        where = str(self.pos) if self.pos.line > 0 else self.pos.file
-        out = [f"{where}: error: {self.message}"]
+        if self.pos.line > 0:
+            head = f"{self.pos}: error: "
+        elif self.pos.file != NOWHERE.file:
+            head = f"{self.pos.file}: error: "
+        else:
+            head = "error: "
+        out = [head + self.message]
         text = source_line(self.pos.file, self.pos.line)
         if text is not None:
             width = 1

@@ -17,9 +17,12 @@ from seqdsl.analysis.estimates import SRAM, Estimates
 from seqdsl.ir import mix as M
 from seqdsl.ir.graph import Graph, Node, OpKind
 
-DEFAULT_CHUNK = 64       # chunk of the chunked linear and chunked-FFT algorithms
-DEFAULT_BLOCK = 64       # query/key tile of the tiled softmax on a CPU
-DEFAULT_FFT_CHUNK = 4096  # FFT length of one chunk of the chunked-FFT convolution
+# Tile and chunk sizes stay symbols in the formulas (a mix's hint replaces them by its
+# number); their values are in the report's sizes.
+BLOCK = sympy.Symbol("BLOCK", positive=True, integer=True)          # tile of the tiled softmax
+CHUNK = sympy.Symbol("CHUNK", positive=True, integer=True)          # chunk of chunked linear attention
+FFT_CHUNK = sympy.Symbol("FFT_CHUNK", positive=True, integer=True)  # FFT length of one chunk
+TILE_DEFAULTS = {BLOCK: 64, CHUNK: 64, FFT_CHUNK: 4096}
 LOG2 = sympy.log(2)
 
 
@@ -71,7 +74,7 @@ class PairCounts:
     exact: bool                  # closed form or exact count (False: an upper bound)
 
 
-def pair_counts(g: Graph, n: Node, s: MixShapes, subs: dict, block: int) -> PairCounts:
+def pair_counts(g: Graph, n: Node, s: MixShapes, subs: dict, block) -> PairCounts:
     """Kept pairs and visited tiles, preferring closed forms; numbers at ``subs`` otherwise."""
     mask = n.spec.mask
     buckets = _bucket_count(g, n, mask)
@@ -82,7 +85,8 @@ def pair_counts(g: Graph, n: Node, s: MixShapes, subs: dict, block: int) -> Pair
     nq, nk = (sympy.sympify(x).subs(subs) for x in (s.nq, s.nk))
     concrete_mask = _subs_mask(mask, subs)
     if nq.is_Integer and nk.is_Integer and concrete_mask is not None and int(nq) * int(nk) <= masks.MAX_EXACT:
-        counted = masks.exact_counts(concrete_mask, int(nq), int(nk), block, block)
+        b = int(sympy.sympify(block).subs(subs))
+        counted = masks.exact_counts(concrete_mask, int(nq), int(nk), b, b)
         if counted is not None:
             p, t = counted
             return PairCounts(pairs if pairs is not None else sympy.Integer(p),
@@ -149,7 +153,7 @@ def softmax_materialized(s: MixShapes, pc: PairCounts) -> Estimates:
     )
 
 
-def softmax_tiled(s: MixShapes, pc: PairCounts, block: int) -> Estimates:
+def softmax_tiled(s: MixShapes, pc: PairCounts, block) -> Estimates:
     """Online softmax over the visited tiles only (FlashAttention-2 order: each query tile
     streams the key tiles it needs). flops = G·T·(2Dk + 2Dv + 5) with T = tiles·B² the
     pairs in visited tiles. HBM, with the paper's tile of B = SRAM/(4·Dk) rows: Q read and
@@ -166,7 +170,7 @@ def softmax_tiled(s: MixShapes, pc: PairCounts, block: int) -> Estimates:
     )
 
 
-def softmax_backward(algorithm: str, s: MixShapes, fwd: Estimates, pc: PairCounts, block: int) -> Estimates:
+def softmax_backward(algorithm: str, s: MixShapes, fwd: Estimates, pc: PairCounts, block) -> Estimates:
     """Backward of softmax attention. Materialised (FlashAttention's Algorithm 3): four
     products (dV = PᵀdO, dP = dO·Vᵀ, dS, dQ = dS·K, dK = dSᵀQ): 2× the forward products;
     HBM e·(7·G·Nq·Nk + io + 4·G·Nq·Dv). Tiled: S and P are recomputed (2.5× the forward
@@ -356,7 +360,7 @@ def candidates(g: Graph, n: Node, subs: dict) -> list[Candidate]:
         out.append(Candidate(name, fwd, bwd if bwd is not None else _default_backward(fwd), exact, steps))
 
     if fam in ("softmax", "content_sparse", "synthetic"):
-        block = int(spec.hint("block") or DEFAULT_BLOCK)
+        block = spec.hint("block") or BLOCK
         if s.dk is None:   # given scores: the only work is softmax and P·V
             full = s.g * s.nq * s.nk
             mm = 2 * full * s.dv
@@ -377,7 +381,7 @@ def candidates(g: Graph, n: Node, subs: dict) -> list[Candidate]:
         return out
     if fam in ("linear", "decayed_linear"):
         f = feature_width(g, n, s)
-        chunk = spec.hint("chunk") or DEFAULT_CHUNK
+        chunk = spec.hint("chunk") or CHUNK
         add("quadratic", linear_quadratic(g, n, s, f))
         add("recurrent", linear_recurrent(g, n, s, f), steps=s.nk)
         add("chunked", linear_chunked(g, n, s, f, chunk), steps=s.nk / chunk)
@@ -386,7 +390,7 @@ def candidates(g: Graph, n: Node, subs: dict) -> list[Candidate]:
         kern = next(x for x in M.mask_leaves(spec.mask) if isinstance(x, M.Toeplitz))
         channels = s.dv
         state = kern.kernel.state if isinstance(kern.kernel, M.SSMKernel) else sympy.Integer(0)
-        chunk = spec.hint("chunk") or DEFAULT_FFT_CHUNK
+        chunk = spec.hint("chunk") or FFT_CHUNK
         add("direct", toeplitz_direct(s, kern, state, channels))
         add("fft", toeplitz_fft(s, kern, state, channels))
         if isinstance(kern.kernel, M.SSMKernel):
@@ -412,7 +416,7 @@ def sdpa_supported(spec: M.MixSpec, s: MixShapes) -> bool:
     return len(kinds) == 1 and isinstance(kinds[0], M.Causal) and kinds[0].offset == 0
 
 
-def _sdpa_pairs(spec, s: MixShapes, block: int):
+def _sdpa_pairs(spec, s: MixShapes, block):
     causal = any(isinstance(t, M.Causal) for t in M.conjuncts(spec.mask))
     tq = s.nq / block
     tiles = tq * (tq + 1) / 2 if causal else tq * (s.nk / block)

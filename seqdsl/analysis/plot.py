@@ -29,6 +29,8 @@ def _curves(checked, machine, n_values):
             subs[sympy.Symbol(k, real=True)] = v
         for sym in _free(c.graph):
             subs.setdefault(sympy.Symbol(sym, positive=True, integer=True), 1)
+        for sym, value in mixers.TILE_DEFAULTS.items():
+            subs.setdefault(sym, value)
         for node in c.graph.nodes(OpKind.MIX):
             label = f"{node.spec.family}: {node.spec.mask}"
             key = seen.setdefault(label, node.name)

@@ -35,6 +35,7 @@ class Report:
     n_symbol: sympy.Symbol | None
     machine: Machine
     backward: bool
+    _subs: dict | None = field(default=None, repr=False)
 
     def subs(self) -> dict:
         out = {sympy.Symbol(k, positive=True, integer=True): v for k, v in self.sizes.items() if k != "SRAM"}
@@ -43,7 +44,10 @@ class Report:
         return out
 
     def value(self, e: sympy.Expr) -> float:
-        v = sympy.sympify(e).subs(self.subs())
+        """The expression at the report's sizes (nan if a size is missing)."""
+        if self._subs is None:
+            self._subs = self.subs()
+        v = sympy.sympify(e).xreplace(self._subs)   # exact symbols: xreplace is enough, and fast
         try:
             return float(v)
         except TypeError:
@@ -191,6 +195,8 @@ def analyze_graph(graph: Graph, model: str, sizes: dict, backward: bool = False,
     all_sizes = dict(sizes)
     for sym in _free_dims(graph):
         all_sizes.setdefault(sym, sympy.Integer(1))
+    for sym, value in mixers.TILE_DEFAULTS.items():
+        all_sizes.setdefault(sym.name, sympy.Integer(value))
     all_sizes["SRAM"] = sympy.Integer(m.sram_elements)
     subs = {}
     for k, v in all_sizes.items():

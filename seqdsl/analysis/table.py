@@ -23,7 +23,8 @@ def _fmt(v: float) -> str:
     return f"{v:.3g}"
 
 
-def render(report: Report, formulas: bool = True) -> str:
+def render(report: Report, formulas: bool = True, mixers_only: bool = False) -> str:
+    """The table; ``mixers_only`` keeps the mix rows (and the total of everything)."""
     d = report.to_dict()
     sizes = ", ".join(f"{k}={v}" for k, v in d["sizes"].items())
     lines = [f"model {d['model']} — {d['pass']}, machine model '{d['machine']}'", f"sizes: {sizes}", ""]
@@ -31,6 +32,8 @@ def render(report: Report, formulas: bool = True) -> str:
              f"{'act. B':>8} {'HBM B':>8}  big-O"
     lines += [header, "-" * len(header)]
     for row in d["layers"]:
+        if mixers_only and not row["op"].startswith("mix/"):
+            continue
         v = row["values"]
         name = row["name"] if len(row["name"]) <= 40 else "…" + row["name"][-39:]
         lines.append(f"{name:<40} {row['op']:<22} {row['algorithm']:<13} {_fmt(v['flops']):>8} "
