@@ -35,7 +35,6 @@ class Report:
     n_symbol: sympy.Symbol | None
     machine: Machine
     backward: bool
-    _subs: dict | None = field(default=None, repr=False)
 
     def subs(self) -> dict:
         out = {sympy.Symbol(k, positive=True, integer=True): v for k, v in self.sizes.items() if k != "SRAM"}
@@ -45,9 +44,9 @@ class Report:
 
     def value(self, e: sympy.Expr) -> float:
         """The expression at the report's sizes (nan if a size is missing)."""
-        if self._subs is None:
-            self._subs = self.subs()
-        v = sympy.sympify(e).xreplace(self._subs)   # exact symbols: xreplace is enough, and fast
+        e = sympy.sympify(e)
+        # by name, so that an expression parsed back from the JSON (plain symbols) works too
+        v = e.xreplace({s: self.sizes[s.name] for s in e.free_symbols if s.name in self.sizes})
         try:
             return float(v)
         except TypeError:
