@@ -99,6 +99,38 @@ def closed_tiles(mask, nq, nk, br, bc) -> sympy.Expr | None:
     return None
 
 
+def leaf_tiles(mask, nq, nk, block, bucket_count=None) -> sympy.Expr | None:
+    """Tiles of block × block one mask leaf touches (an upper bound where alignment
+    matters); None if unknown (then all tiles)."""
+    tq = nq / block
+    match mask:
+        case M.Full() | M.Decay() | M.Toeplitz() | M.Strided():
+            return tq * nk / block
+        case M.Causal(offset=o):
+            return tq * (tq + 1) / 2 + tq * o / block
+        case M.Window(size=w, block=blk) if blk == 1:
+            return tq * (2 * w / block + 1)
+        case M.Window(size=w, block=blk):
+            return (nq / blk) * (2 * w - 1) * sympy.Max(1, blk / block) ** 2
+        case M.Local(size=b):
+            return tq * sympy.Max(1, b / block)
+        case M.Global(count=g):
+            return 2 * tq * sympy.Max(1, g / block)
+        case M.RandomBlocks(count=k, block=b):
+            return (nq / b) * k * sympy.Max(1, b / block) ** 2
+        case M.KeyRange(start=a, stop=stop):
+            return tq * (((nk if stop is None else stop) - a) / block + 1)
+        case M.Butterfly(block=b):
+            return (nq / b) * (1 + sympy.log(nq / b, 2)) * sympy.Max(1, b / block) ** 2
+        case M.Buckets():
+            # sorted by bucket first (Reformer), the pairs pack into dense tiles
+            pairs = closed_pairs(mask, nq, nk, bucket_count)
+            return None if pairs is None else pairs / block ** 2 + tq
+        case M.BlockMap(block=b):
+            return tq * sympy.Max(1, b / block)
+    return None
+
+
 # ---- exact counts at concrete sizes ------------------------------------------------
 
 def _predicate(mask, i: np.ndarray, j: np.ndarray, nb_rng) -> np.ndarray | None:

@@ -75,61 +75,43 @@ class PairCounts:
 
 
 def pair_counts(g: Graph, n: Node, s: MixShapes, subs: dict, block) -> PairCounts:
-    """Kept pairs and visited tiles, preferring closed forms; numbers at ``subs`` otherwise."""
+    """Kept pairs and visited tiles as formulas: closed forms where the mask algebra has
+    them; otherwise (unions, compositions) an upper bound built from the parts' closed
+    forms, and the row is marked as a bound."""
     mask = n.spec.mask
     buckets = _bucket_count(g, n, mask)
     pairs = masks.closed_pairs(mask, s.nq, s.nk, buckets)
     tiles = masks.closed_tiles(mask, s.nq, s.nk, block, block)
-    if pairs is not None and tiles is not None:
-        return PairCounts(pairs, tiles, True)
-    nq, nk = (sympy.sympify(x).subs(subs) for x in (s.nq, s.nk))
-    concrete_mask = _subs_mask(mask, subs)
-    if nq.is_Integer and nk.is_Integer and concrete_mask is not None and int(nq) * int(nk) <= masks.MAX_EXACT:
-        b = int(sympy.sympify(block).subs(subs))
-        counted = masks.exact_counts(concrete_mask, int(nq), int(nk), b, b)
-        if counted is not None:
-            p, t = counted
-            return PairCounts(pairs if pairs is not None else sympy.Integer(p),
-                              tiles if tiles is not None else sympy.Integer(t), True)
-    # An upper bound: the sum over the union's parts, at most everything.
-    bound = _union_bound(mask, s, buckets)
-    # Tiles: the kept pairs packed densely (content-based masks are sorted by bucket first),
-    # plus one partial tile per query tile.
-    full_tiles = (s.nq / block) * (s.nk / block)
-    return PairCounts(pairs if pairs is not None else bound,
-                      tiles if tiles is not None else sympy.Min(full_tiles, bound / block ** 2 + s.nq / block),
-                      False)
+    exact = pairs is not None and tiles is not None
+    if pairs is None:
+        pairs = _pair_bound(mask, s, buckets)
+    if tiles is None:
+        tiles = _tile_bound(mask, s, buckets, block)
+    return PairCounts(pairs, tiles, exact)
 
 
-def _union_bound(mask, s: MixShapes, buckets) -> sympy.Expr:
+def _pair_bound(mask, s: MixShapes, buckets) -> sympy.Expr:
+    """|A ∪ B| ≤ |A| + |B| and |A ∩ B| ≤ min(|A|, |B|), never more than Nq·Nk."""
+    return sympy.Min(s.nq * s.nk, _sum_of_parts(mask, lambda leaf: masks.closed_pairs(
+        leaf, s.nq, s.nk, buckets), s.nq * s.nk))
+
+
+def _tile_bound(mask, s: MixShapes, buckets, block) -> sympy.Expr:
+    """Visited tiles, bounded the same way from each part's tiles."""
+    full = (s.nq / block) * (s.nk / block)
+    return sympy.Min(full, _sum_of_parts(mask, lambda leaf: masks.closed_tiles(leaf, s.nq, s.nk, block, block)
+                                         or masks.leaf_tiles(leaf, s.nq, s.nk, block, buckets), full))
+
+
+def _sum_of_parts(mask, closed, everything) -> sympy.Expr:
+    found = closed(mask)
+    if found is not None:
+        return found
     if isinstance(mask, M.Or):
-        return sympy.Min(s.nq * s.nk, _union_bound(mask.left, s, buckets) + _union_bound(mask.right, s, buckets))
+        return _sum_of_parts(mask.left, closed, everything) + _sum_of_parts(mask.right, closed, everything)
     if isinstance(mask, M.And):
-        left = masks.closed_pairs(mask, s.nq, s.nk, buckets)
-        if left is not None:
-            return left
-        return sympy.Min(_union_bound(mask.left, s, buckets), _union_bound(mask.right, s, buckets))
-    found = masks.closed_pairs(mask, s.nq, s.nk, buckets)
-    return s.nq * s.nk if found is None else found
-
-
-def _subs_mask(mask, subs: dict):
-    """The mask with its sizes replaced by numbers; None if some stay symbolic."""
-    import dataclasses
-    if isinstance(mask, (M.And, M.Or)):
-        a, b = _subs_mask(mask.left, subs), _subs_mask(mask.right, subs)
-        return None if a is None or b is None else type(mask)(a, b)
-    if isinstance(mask, (M.Buckets, M.BlockMap)):
-        return None
-    changes = {}
-    for f in dataclasses.fields(mask):
-        v = getattr(mask, f.name)
-        if isinstance(v, sympy.Basic):
-            num = v.subs(subs)
-            if not num.is_number:
-                return None
-            changes[f.name] = num
-    return dataclasses.replace(mask, **changes)
+        return sympy.Min(_sum_of_parts(mask.left, closed, everything), _sum_of_parts(mask.right, closed, everything))
+    return everything
 
 
 # ======================================================================================
