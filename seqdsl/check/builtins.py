@@ -13,12 +13,12 @@ from typing import Any
 
 import sympy
 
-from seqdsl.check.signature import REQUIRED, Builtin, P, bind
-from seqdsl.check.values import Func, Init, ListV, Scalar, Struct, Tensor, TupleV, Word, describe
+from seqdsl.check.signature import Builtin, P, bind
+from seqdsl.check.values import Init, Scalar, Struct, Tensor, Word, describe
 from seqdsl.errors import Pos, SeqError
 from seqdsl.ir import mix as M
 from seqdsl.ir.graph import OpKind
-from seqdsl.ir.types import TensorType, broadcast, same_dim, show_dim
+from seqdsl.ir.types import TensorType, same_dim
 
 REGISTRY: dict[str, Builtin] = {}
 

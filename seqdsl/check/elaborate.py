@@ -18,12 +18,11 @@ import sympy
 from seqdsl.check import builtins as B
 from seqdsl.check.program import Program
 from seqdsl.check.scalars import arith, number
-from seqdsl.check.values import Func, ListV, Scalar, Str, Struct, Tensor, TupleV, Word, describe
+from seqdsl.check.values import Func, ListV, Scalar, Str, Tensor, TupleV, Word, describe
 from seqdsl.errors import Pos, SeqError
 from seqdsl.frontend import ast as A
-from seqdsl.ir import mix as M
 from seqdsl.ir.graph import Graph, OpKind, Port
-from seqdsl.ir.types import TensorType, broadcast, same_dim, show_dim
+from seqdsl.ir.types import TensorType, same_dim, show_dim
 
 MAX_UNROLL = 4096
 CONSTANTS = {"pi": sympy.pi}   # looked up after every declared name, so a dim may shadow it
