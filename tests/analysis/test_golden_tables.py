@@ -1,5 +1,6 @@
 """Golden cost tables: every example analysed at its default sizes, reviewed in the diff
-(the mixers' rows with every candidate, and the model's total as formulas).
+(the mixers' rows with every candidate, and the model's total as formulas); every
+example's JSON validates against the schema of SPEC §5.
 
 Regenerate with ``pytest tests/analysis --update-golden`` (or SEQDSL_UPDATE_GOLDEN=1).
 """
@@ -7,13 +8,20 @@ Regenerate with ``pytest tests/analysis --update-golden`` (or SEQDSL_UPDATE_GOLD
 from __future__ import annotations
 
 import difflib
+import json
 import os
 from pathlib import Path
 
 import pytest
 
 import seqdsl
+from seqdsl.analysis.schema import REPORT_SCHEMA
 from seqdsl.analysis.table import render
+
+try:
+    import jsonschema
+except ImportError:  # the schema is also checked in test_report.py, which says why it skips
+    jsonschema = None
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*/*.seq"))
@@ -31,6 +39,8 @@ def _update(request) -> bool:
 @pytest.mark.parametrize("path", EXAMPLES, ids=[f"{p.parent.name}-{p.stem}" for p in EXAMPLES])
 def test_cost_table_matches_golden(path, request):
     report = seqdsl.analyze(path)
+    if jsonschema is not None:
+        jsonschema.validate(json.loads(json.dumps(report.to_dict())), REPORT_SCHEMA)
     text = render(report, mixers_only=True).replace(str(ROOT) + "/", "") + "\n"
     golden = GOLDEN / f"{path.parent.name}-{path.stem}.txt"
     if _update(request) or not golden.exists():
