@@ -5,9 +5,9 @@ mixers follow one template (Y = M · V with M described by score, feature map, m
 decay, kernel and normalisation), checks every shape, and reports what it is made of.
 """
 
-from seqdsl.api import Checked, analyze, check, parse
+from seqdsl.api import Checked, analyze, check, compile, load, parse  # noqa: A004
 from seqdsl.errors import SeqError
 
 __version__ = "0.1.0"
 
-__all__ = ["Checked", "SeqError", "__version__", "analyze", "check", "parse"]
+__all__ = ["Checked", "SeqError", "__version__", "analyze", "check", "compile", "load", "parse"]

@@ -9,6 +9,7 @@ import sympy
 
 from seqdsl.check.elaborate import Elaborated, elaborate
 from seqdsl.check.program import Program, load_program
+from seqdsl.errors import SeqError
 from seqdsl.frontend import ast as A
 from seqdsl.ir.graph import Graph, OpKind, verify
 from seqdsl.ir.types import TensorType
@@ -80,6 +81,60 @@ def analyze(source: str | Path | Program, entry: str | None = None, *, backward:
     checked = check(source, entry, **sizes)
     return analyze_graph(checked.graph, checked.entry, checked.sizes, backward=backward, machine=machine,
                          forced=algorithms)
+
+
+BACKENDS = ("auto", "torch", "triton")
+
+
+@dataclass
+class Compiled:
+    """What ``compile`` wrote and chose."""
+
+    path: Path
+    class_name: str
+    choices: list
+    source: str
+
+
+def _lower(source, entry, backend: str, sizes: dict):
+    from codegen.torch.emit import emit_module
+
+    if backend not in BACKENDS:
+        raise SeqError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "triton":
+        raise SeqError("the triton backend is not built yet (tracked in its own issue); use backend='torch'",
+                       hint="backend='auto' uses torch")
+    checked = check(source, entry, **sizes)
+    name = str(checked.program.file)
+    emitted = emit_module(checked.graph, checked.entry, checked.sizes, name)
+    return checked, emitted
+
+
+def compile(source: str | Path, out_dir: str | Path, backend: str = "auto", entry: str | None = None,
+            **dims) -> Compiled:
+    """Write the generated PyTorch module of ``entry`` to ``out_dir`` (what the CLI's
+    ``compile`` does) and return what was chosen for each mixer."""
+    from codegen.torch.emit import _ident
+    from codegen.torch.load import write_module
+
+    checked, emitted = _lower(source, entry, backend, dims)
+    path = write_module(emitted.source, Path(out_dir), _ident(checked.entry))
+    return Compiled(path, emitted.class_name, emitted.choices, emitted.source)
+
+
+def load(source: str | Path, entry: str | None = None, backend: str = "auto", **dims):
+    """An ``nn.Module`` for ``entry`` (default: the file's model). ``dims`` sets declared
+    dims and options by name. Its forward takes the entry's inputs in declaration order;
+    ``example_inputs(**sizes)`` makes random ones."""
+    from codegen.torch.emit import _ident
+    from codegen.torch.load import load_source
+
+    checked, emitted = _lower(source, entry, backend, dims)
+    module = load_source(emitted.source, _ident(checked.entry))
+    model = getattr(module, emitted.class_name)()
+    model.choices = emitted.choices
+    model.source = emitted.source
+    return model
 
 
 def check_all(source: str | Path | Program, entry: str | None = None, **sizes) -> Checked:

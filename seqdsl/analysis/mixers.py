@@ -254,9 +254,12 @@ def _kernel_generation(spec_kernel, channels, n_len, state) -> Estimates:
 
 
 def toeplitz_direct(s: MixShapes, kern, state, channels) -> Estimates:
-    """y_i = Σ_{j≤i} K[i−j] u_j directly: G·C·N² (causal; 2·G·C·N² bidirectional)."""
+    """y_i = Σ_{j≤i} K[i−j] u_j directly: G·C·N² (causal; 2·G·C·N² bidirectional). A shift
+    SSM's kernel has only S taps (K_l = 0 for l ≥ S): a short convolution, G·C·N·S."""
     causal = kern.causal
     pairs = s.nq * (s.nq + 1) / 2 if causal else s.nq * s.nq
+    if isinstance(kern.kernel, M.SSMKernel) and kern.kernel.kind == "shift":
+        pairs = s.nq * state * (1 if causal else 2)
     work = 2 * s.g * s.dv * pairs
     return _kernel_generation(kern.kernel, channels, s.nq, state) + Estimates(
         flops=work, activation_bytes=s.e * (channels * s.nq + s.g * s.nq * s.dv),

@@ -362,7 +362,9 @@ def rearrange(ctx: Ctx, x, pattern, sizes):
         raise ctx.error(f"rearrange(): axes {', '.join(sorted(missing))} of {pattern!r} disappear",
                         hint="use mean(), sum() or a slice to remove an axis")
     shape = tuple(sympy.Mul(*[known[n] for n in g if n != "1"]) if g else _ONE for g in right)
-    return ctx.node(OpKind.REARRANGE, [("x", x)], TensorType(shape, x.type.dtype), {"pattern": pattern})
+    given_sizes = tuple(sorted((k, v) for k, v in sizes.items()))
+    return ctx.node(OpKind.REARRANGE, [("x", x)], TensorType(shape, x.type.dtype),
+                    {"pattern": pattern, "sizes": given_sizes})
 
 
 @builtin("shape", P("x", "tensor"), P("a", "int", -2), P("b", "int", -1))

@@ -164,7 +164,7 @@ class Elaborator:
                 return old
             raise SeqError(f"parameter {path!r} is declared twice", pos)
         kind = OpKind.PARAM if trainable else OpKind.BUFFER
-        t = self.node(kind, frame, name, [], TensorType(shape), pos, {"init": str(init)},
+        t = self.node(kind, frame, name, [], TensorType(shape), pos, {"init": init},
                       full_name=self._unique_path(path))
         self.params[path] = t
         return t

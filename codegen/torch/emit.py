@@ -1,0 +1,443 @@
+"""Lower a checked layer graph to the source of a PyTorch module.
+
+One code path: ``seqdsl compile --backend torch`` writes this source, and ``seqdsl.load``
+executes the very same text. The source is straight-line code, one line per layer, with
+the layer path and output shape in a comment; token mixers call the family runtimes in
+codegen/softmax, codegen/linear and codegen/toeplitz with their structure spelled out
+(mask constructors, decay, kernel kind, algorithm).
+
+Nothing from a .seq file is pasted unescaped: names become identifiers made of
+[A-Za-z0-9_] only, and every string (paths, patterns) is written with ``repr``.
+"""
+
+from __future__ import annotations
+
+import keyword
+import re
+from dataclasses import dataclass, field
+
+import sympy
+
+from seqdsl.analysis import mixers as cost
+from seqdsl.analysis.select import MACHINES, choose
+from seqdsl.ir import mix as M
+from seqdsl.ir.graph import Graph, Node, OpKind, Port
+
+
+@dataclass
+class Choice:
+    """What was chosen for one mixer, and why."""
+
+    path: str
+    family: str
+    algorithm: str
+    estimates: dict[str, float]
+    forced: bool
+
+
+@dataclass
+class Emitted:
+    source: str
+    class_name: str
+    choices: list[Choice] = field(default_factory=list)
+
+
+def _ident(text: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9_]", "_", text).strip("_") or "t"
+    if name[0].isdigit():
+        name = "t_" + name
+    if keyword.iskeyword(name):
+        name += "_"
+    return name
+
+
+def class_name(entry: str) -> str:
+    return "".join(part.capitalize() for part in _ident(entry).split("_")) or "Model"
+
+
+class _Sizes:
+    """Sizes as Python source: numbers where known, else dims bound from the inputs."""
+
+    def __init__(self, values: dict[str, int], runtime_dims: set[str]):
+        self.values = values
+        self.runtime = runtime_dims
+
+    def subs(self, e) -> sympy.Expr:
+        e = sympy.sympify(e)
+        return e.xreplace({s: sympy.Integer(self.values[s.name]) if s.name in self.values and
+                           float(self.values[s.name]).is_integer() else sympy.Float(self.values[s.name])
+                           for s in e.free_symbols if s.name in self.values})
+
+    def code(self, e) -> str:
+        v = self.subs(e)
+        if v.is_Integer:
+            return str(int(v))
+        if v.is_number:
+            return repr(float(v))
+        unknown = {s.name for s in v.free_symbols} - self.runtime
+        if unknown:
+            raise ValueError(f"size {e} depends on {', '.join(sorted(unknown))}, which has no value")
+        text = sympy.pycode(v)
+        return f"int({text})" if v.is_integer is not False else text
+
+    def number(self, e) -> float | int:
+        v = self.subs(e)
+        if not v.is_number:
+            raise ValueError(f"{e} must be known when the module is generated")
+        return int(v) if v.is_Integer else float(v)
+
+
+class _Writer:
+    def __init__(self, graph: Graph, sizes: _Sizes, cls: str, machine: str, choices: list[Choice],
+                 classes: list[str]):
+        self.g = graph
+        self.sizes = sizes
+        self.cls = cls
+        self.machine = MACHINES[machine]
+        self.choices = choices
+        self.classes = classes
+        self.init: list[str] = []
+        self.body: list[str] = []
+        self.var: dict[tuple[int, int], str] = {}
+        self.used: set[str] = set()
+
+    # ---- names
+    def name_for(self, n: Node, index: int = 0) -> str:
+        base = _ident(n.name.split(".")[-1] if n.kind != OpKind.INPUT else n.name)
+        base = base if not base[0].isdigit() else "t_" + base
+        name, k = base, 1
+        while name in self.used or name in ("self", "rt", "torch", "M", "F", "nn"):
+            name, k = f"{base}_{k}", k + 1
+        self.used.add(name)
+        self.var[(n.id, index)] = name
+        return name
+
+    def ref(self, port: Port | None) -> str:
+        if port is None:
+            return "None"
+        return self.var[(port.node, port.index)]
+
+    def inp(self, n: Node, role: str) -> str:
+        return self.ref(n.input(role))
+
+    def emit(self, n: Node, expr: str) -> None:
+        out = self.name_for(n)
+        shapes = ", ".join(str(t) for t in n.outs)
+        self.body.append(f"        {out} = {expr}  # {n.name}: {shapes}")
+
+    # ---- the graph
+    def run(self) -> None:
+        for n in self.g.nodes():
+            handler = getattr(self, f"op_{n.kind.value}", None)
+            if handler is None:
+                raise NotImplementedError(f"the torch backend has no lowering for {n.kind.value} ({n.name})")
+            handler(n)
+
+    # weights
+    def op_param(self, n: Node, trainable: bool = True) -> None:
+        init = n.attr("init")
+        kind, args = init.kind, init.args
+        shape = ", ".join(self.sizes.code(d) for d in n.out.shape)
+        if kind.startswith("ssm_"):
+            ssm_kind = _kernel_kind(self.g, n)
+            self.init.append(f"        self.add_weight({n.name!r}, rt_ssm_init({ssm_kind!r}, {kind[4:]!r}, "
+                             f"{n.name.rsplit('.', 1)[-1]!r}, ({shape},), gen), {trainable})")
+        else:
+            args_text = ", ".join(repr(float(self.sizes.number(a))) for a in args)
+            self.init.append(f"        self.add_weight({n.name!r}, rt.init_tensor({kind!r}, ({shape},), "
+                             f"({args_text}{',' if len(args) == 1 else ''}), gen), {trainable})")
+        self.var[(n.id, 0)] = f"self.w({n.name!r})"   # read where it is used
+
+    def op_buffer(self, n: Node) -> None:
+        self.op_param(n, trainable=False)
+
+    def op_input(self, n: Node) -> None:
+        self.name_for(n)
+
+    def op_get(self, n: Node) -> None:
+        p = n.inputs[0]
+        self.emit(n, f"{self.ref(p)}[{p.index}]")
+
+    # layers
+    def op_linear(self, n: Node) -> None:
+        mask = self._weight_mask(n, "weight", "weight_mask")
+        self.emit(n, f"rt.linear({self.inp(n, 'x')}, {self.inp(n, 'weight')}, {self.inp(n, 'bias')}{mask})")
+
+    def _weight_mask(self, n: Node, role: str, buffer: str, arg: str = "weight_mask") -> str:
+        sparsity = n.attr("sparsity")
+        if sparsity is None:
+            return ""
+        shape = self.g.type_of(n.input(role)).shape
+        rows, cols = (self.sizes.number(d) for d in shape)
+        path = f"{n.name}.{buffer}"
+        self.init.append(f"        self.add_weight({path!r}, {self.mask_source(sparsity)}.dense({rows}, {cols})"
+                         f".float(), trainable=False)")
+        return f", {arg}=self.w({path!r})"
+
+    def op_seq_project(self, n: Node) -> None:
+        self.emit(n, f"rt.seq_project({self.inp(n, 'x')}, {self.inp(n, 'weight')})")
+
+    def op_embed(self, n: Node) -> None:
+        self.emit(n, f"rt.embed({self.inp(n, 'tokens')}, {self.inp(n, 'table')})")
+
+    def op_norm(self, n: Node) -> None:
+        fn, x = n.attr("fn"), self.inp(n, "x")
+        w, b = self.inp(n, "weight"), self.inp(n, "bias")
+        if fn == "layernorm":
+            self.emit(n, f"rt.layernorm({x}, {w}, {b})")
+        elif fn == "rmsnorm":
+            self.emit(n, f"rt.rmsnorm({x}, {w})")
+        elif fn == "batchnorm":
+            self.emit(n, f"rt.batchnorm({x}, {w}, {b})")
+        else:
+            self.emit(n, f"rt.groupnorm({x}, {w}, {b}, groups={self.sizes.code(n.attr('groups'))})")
+
+    def op_mlp(self, n: Node) -> None:
+        masks = self._weight_mask(n, "w1", "w1_mask", "w1_mask") + self._weight_mask(n, "w2", "w2_mask", "w2_mask")
+        self.emit(n, f"rt.mlp({self.inp(n, 'x')}, {self.inp(n, 'w1')}, {self.inp(n, 'b1')}, {self.inp(n, 'w2')}, "
+                     f"{self.inp(n, 'b2')}, act={n.attr('act')!r}, gated={bool(n.attr('gated'))}{masks})")
+
+    def op_conv1d(self, n: Node) -> None:
+        self.emit(n, f"rt.conv1d({self.inp(n, 'x')}, {self.inp(n, 'weight')}, {self.inp(n, 'bias')}, "
+                     f"causal={bool(n.attr('causal'))})")
+
+    def op_pool(self, n: Node) -> None:
+        self.emit(n, f"rt.pool({self.inp(n, 'x')}, {self.sizes.code(n.attr('size'))}, {n.attr('fn')!r})")
+
+    def op_reduce(self, n: Node) -> None:
+        self.emit(n, f"rt.reduce({self.inp(n, 'x')}, {n.attr('fn')!r}, {n.attr('axis')}, {bool(n.attr('keep'))})")
+
+    def op_softmax(self, n: Node) -> None:
+        self.emit(n, f"torch.softmax({self.inp(n, 'x')}, dim={n.attr('axis')})")
+
+    def op_unary(self, n: Node) -> None:
+        fn = n.attr("fn")
+        if fn == "rotary":
+            self.emit(n, f"rt.rotary({self.inp(n, 'x')}, {self.sizes.number(n.attr('fraction'))!r}, "
+                         f"{self.sizes.number(n.attr('base'))!r})")
+        else:
+            self.emit(n, f"rt.UNARY[{fn!r}]({self.inp(n, 'x')})")
+
+    def op_binary(self, n: Node) -> None:
+        op = n.attr("op")
+        a, b = self.inp(n, "a"), self.inp(n, "b")
+        scalar = n.attr("scalar")
+        if scalar is not None:
+            literal = self.scalar_code(scalar)
+            a, b = (literal, b) if n.attr("side") == "left" else (a, literal)
+        self.emit(n, f"{a} {op} {b}")
+
+    def scalar_code(self, e) -> str:
+        v = self.sizes.subs(e)
+        if v.is_number:
+            return repr(int(v)) if v.is_Integer else repr(float(v))
+        return f"({self.sizes.code(e)})"
+
+    def op_matmul(self, n: Node) -> None:
+        self.emit(n, f"{self.inp(n, 'a')} @ {self.inp(n, 'b')}")
+
+    def op_rearrange(self, n: Node) -> None:
+        x = self.inp(n, "x")
+        if n.attr("pattern") is not None:
+            sizes = "".join(f", {_ident(k)}={self.sizes.code(v)}" for k, v in n.attr("sizes", ()))
+            self.emit(n, f"rt.rearrange({x}, {n.attr('pattern')!r}{sizes})")
+        elif n.attr("perm") is not None:
+            self.emit(n, f"{x}.permute({', '.join(str(p) for p in n.attr('perm'))})")
+        else:
+            shape = ", ".join(self.sizes.code(d) for d in n.attr("expand"))
+            self.emit(n, f"{x}.expand({shape})")
+
+    def op_slice(self, n: Node) -> None:
+        parts = []
+        for item in n.attr("index"):
+            if item[0] == "new":
+                parts.append("None")
+            elif item[0] == "index":
+                parts.append(self.sizes.code(item[1]))
+            else:
+                parts.append(f"{self.sizes.code(item[1])}:{self.sizes.code(item[2])}")
+        self.emit(n, f"{self.inp(n, 'x')}[{', '.join(parts)}]")
+
+    def op_concat(self, n: Node) -> None:
+        items = ", ".join(self.ref(p) for p in n.inputs)
+        self.emit(n, f"torch.cat([{items}], dim={n.attr('axis')})")
+
+    def op_dropout(self, n: Node) -> None:
+        self.emit(n, f"F.dropout({self.inp(n, 'x')}, {self.sizes.number(n.attr('p'))!r}, self.training)")
+
+    def op_positions(self, n: Node) -> None:
+        if n.attr("fn") == "arange":
+            self.emit(n, f"rt.arange({self.sizes.code(n.out.shape[0])})")
+        else:
+            self.emit(n, f"rt.sinusoidal({self.sizes.code(n.out.shape[0])}, {self.sizes.code(n.out.shape[1])})")
+
+    def op_hash(self, n: Node) -> None:
+        d = self.sizes.number(self.g.type_of(n.input("x")).shape[-1])
+        buckets = self.sizes.number(n.attr("buckets"))
+        path = f"{n.name}.rotation"
+        self.init.append(f"        self.add_weight({path!r}, torch.randn({d}, {max(1, buckets // 2)}, "
+                         f"generator=torch.Generator().manual_seed({int(n.attr('seed'))})), trainable=False)")
+        self.emit(n, f"rt.lsh({self.inp(n, 'x')}, self.w({path!r}))")
+
+    def op_sort_blocks(self, n: Node) -> None:
+        self.emit(n, f"rt.sinkhorn_sort({self.inp(n, 'x')}, {self.inp(n, 'weight')}, "
+                     f"{self.sizes.code(n.attr('block'))}, {int(n.attr('iters'))})")
+
+    # blocks used as functions
+    def _body_class(self, n: Node, what: str) -> str:
+        body: Graph = n.attr("body")
+        name = f"{self.cls}_{_ident(n.name)}_{what}"
+        sub = _Writer(body, self.sizes, name, self.machine.name, self.choices, self.classes)
+        sub.run()
+        self.classes.append(sub.source(tuple(_ident(i.name) for i in body.inputs)))
+        return name
+
+    def op_moe(self, n: Node) -> None:
+        cls = self._body_class(n, "expert")
+        count = self.sizes.number(n.attr("copies"))
+        path = f"{n.name}.experts"
+        self.init.append(f"        self.add_module_at({path!r}, nn.ModuleList([{cls}() for _ in range({count})]))")
+        self.emit(n, f"rt.moe({self.inp(n, 'x')}, {self.inp(n, 'router')}, self.module_at({path!r}), "
+                     f"top_k={int(n.attr('top_k'))}, capacity={self.sizes.number(n.attr('capacity'))!r}, owner=self)")
+
+    def op_fixed_point(self, n: Node) -> None:
+        cls = self._body_class(n, "cell")
+        path = f"{n.name}.cell"
+        self.init.append(f"        self.add_module_at({path!r}, {cls}())")
+        self.emit(n, f"rt.fixed_point(self.module_at({path!r}), {self.inp(n, 'z')}, {self.inp(n, 'x')}, "
+                     f"iters={int(n.attr('iters'))}, tol={self.sizes.number(n.attr('tol'))!r})")
+
+    def op_recurrent(self, n: Node) -> None:
+        cls = self._body_class(n, "step")
+        path = f"{n.name}.step"
+        self.init.append(f"        self.add_module_at({path!r}, {cls}())")
+        out = self.name_for(n)
+        self.body.append(f"        {out} = rt.recurrent(self.module_at({path!r}), {self.inp(n, 'x')}, "
+                         f"{self.inp(n, 'state')}, {self.sizes.code(n.attr('segment'))})  # {n.name}")
+        self.var[(n.id, 1)] = f"{out}[1]"
+        self.var[(n.id, 0)] = f"{out}[0]"
+
+    # the token mixer
+    def op_mix(self, n: Node) -> None:
+        from codegen.torch import mixers as lower_mix
+
+        choice = self.choose(n)
+        expr = lower_mix.call(self, n, choice.algorithm)
+        others = ", ".join(f"{a} {t:.3g} s" for a, t in choice.estimates.items() if a != choice.algorithm)
+        why = "forced by the file" if choice.forced else f"est. {choice.estimates[choice.algorithm]:.3g} s"
+        self.body.append(f"        # {n.spec.family} mixer: {choice.algorithm} ({why}" +
+                         (f"; {others}" if others else "") + f") on the '{self.machine.name}' model")
+        self.emit(n, expr)
+
+    def choose(self, n: Node) -> Choice:
+        subs = {}
+        for name, v in self.sizes.values.items():
+            subs[sympy.Symbol(name, positive=True, integer=True)] = v
+            subs[sympy.Symbol(name, real=True)] = v
+        for s in self.sizes.runtime:
+            subs[sympy.Symbol(s, positive=True, integer=True)] = 1
+        for sym, value in cost.TILE_DEFAULTS.items():
+            subs[sym] = value
+        cands = cost.candidates(self.g, n, subs)
+        forced = n.spec.hint("algorithm")
+        best, times = choose(cands, self.machine, subs, forced)
+        c = Choice(n.name, n.spec.family, best.algorithm, times, forced is not None)
+        self.choices.append(c)
+        return c
+
+    def mask_source(self, mask, tensors: dict[str, str] | None = None) -> str:
+        from codegen.torch import mixers as lower_mix
+        return lower_mix.mask_source(self, mask, tensors or {})
+
+    # ---- output
+    def source(self, arg_names: tuple[str, ...]) -> str:
+        outs = ", ".join(self.ref(p) for p in self.g.outputs)
+        lines = [f"class {self.cls}(rt.SeqModule):"]
+        lines.append(f"    INPUTS = {tuple((i.name, i.out.dtype, _shape_spec(i.out.shape, self.sizes)) for i in self.g.inputs)!r}")
+        lines.append(f"    SIZES = {self.sizes.values!r}")
+        lines.append("")
+        lines.append("    def __init__(self, seed: int = 0):")
+        lines.append("        super().__init__()")
+        lines.append("        gen = torch.Generator().manual_seed(seed)")
+        lines += self.init or ["        pass"]
+        lines.append("")
+        args = ", ".join(self.var[(i.id, 0)] for i in self.g.inputs)
+        lines.append(f"    def forward(self, {args}):")
+        for dim, (inp, axis) in _runtime_dims(self.g, self.sizes).items():
+            lines.append(f"        {dim} = {self.var[(inp, 0)]}.shape[{axis}]")
+        lines += self.body
+        lines.append(f"        return {outs}")
+        return "\n".join(lines) + "\n"
+
+
+def _shape_spec(shape, sizes: _Sizes) -> tuple:
+    out = []
+    for d in shape:
+        v = sizes.subs(d)
+        out.append(int(v) if v.is_Integer else str(d))
+    return tuple(out)
+
+
+def _runtime_dims(g: Graph, sizes: _Sizes) -> dict[str, tuple[int, int]]:
+    """Dims without a value, bound from the first input axis that is exactly that dim."""
+    found: dict[str, tuple[int, int]] = {}
+    for i in g.inputs:
+        for axis, d in enumerate(i.out.shape):
+            d = sympy.sympify(d)
+            if d.is_Symbol and d.name in sizes.runtime and d.name not in found:
+                found[d.name] = (i.id, axis)
+    return found
+
+
+def _kernel_kind(g: Graph, param: Node) -> str:
+    """The kind of the SSM kernel this weight belongs to (shift, diag, dplr, ema)."""
+    for n in g.nodes(OpKind.MIX):
+        if any(p.node == param.id for p in n.inputs):
+            for leaf in M.mask_leaves(n.spec.mask):
+                if isinstance(leaf, M.Toeplitz) and isinstance(leaf.kernel, M.SSMKernel):
+                    return leaf.kernel.kind
+    raise ValueError(f"{param.name} is an SSM weight that no SSM kernel reads")
+
+
+HEADER = '''"""{title}
+
+Generated by seqdsl {version} from {source} (entry: {entry}).
+Sizes: {sizes}
+Regenerate with `seqdsl compile`; `seqdsl.load` runs exactly this text.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from codegen import masks as M
+from codegen.torch import runtime as rt
+from codegen.torch.mixers import ssm_init_factory
+from codegen.linear.torch_impl import linear_attention
+from codegen.softmax.torch_impl import given_attention, softmax_attention
+from codegen.toeplitz.torch_impl import toeplitz_mix
+'''
+
+
+def emit_module(graph: Graph, entry: str, sizes: dict, source_name: str, machine: str = "cpu") -> Emitted:
+    """The Python source of an ``nn.Module`` computing ``graph``."""
+    from seqdsl import __version__
+
+    values = {k: (int(v) if sympy.sympify(v).is_Integer else float(v)) for k, v in sizes.items()}
+    runtime = set()
+    for i in graph.inputs:
+        for d in i.out.shape:
+            runtime |= {s.name for s in sympy.sympify(d).free_symbols if s.name not in values}
+    sz = _Sizes(values, runtime)
+    cls = class_name(entry)
+    choices: list[Choice] = []
+    classes: list[str] = []
+    w = _Writer(graph, sz, cls, machine, choices, classes)
+    w.run()
+    main = w.source(())
+    head = HEADER.format(title=f"{cls}: the PyTorch module of {entry}", version=__version__,
+                         source=source_name, entry=entry,
+                         sizes=", ".join(f"{k}={v}" for k, v in values.items()) or "none")
+    ssm_line = "rt_ssm_init = ssm_init_factory()\n"
+    text = head + "\n" + ssm_line + "\n\n" + "\n\n".join(classes + [main])
+    return Emitted(text, cls, choices)

@@ -1,0 +1,141 @@
+"""Lowering of MIX nodes: the call to the family runtime, with the structure spelled out.
+
+A softmax mixer becomes ``softmax_attention(q, k, v, M.And(M.Causal(0), M.Window(256)),
+scale=0.125, algorithm='tiled', block=64)``; a linear one ``linear_attention(...,
+feature='elu1', norm='sum', decay=..., algorithm='chunked', chunk=64)``; a Toeplitz one
+``toeplitz_mix(v, kind='diag', params={...}, algorithm='fft')``.
+"""
+
+from __future__ import annotations
+
+from seqdsl.ir import mix as M
+from seqdsl.ir.graph import Node
+
+
+def supports(node: Node) -> tuple[bool, str]:
+    """The torch backend lowers every family of the template."""
+    return True, "every mixer family has a PyTorch runtime"
+
+
+def _tensor(w, n: Node, ref: M.Ref | None) -> str:
+    return "None" if ref is None else w.ref(n.input(ref.role))
+
+
+def mask_source(w, mask, tensors: dict[str, str]) -> str:
+    """Constructor calls of codegen.masks for a mask of the IR."""
+    num = w.sizes.number
+    match mask:
+        case M.Full():
+            return "M.Full()"
+        case M.Causal(offset=o):
+            return f"M.Causal({num(o)})"
+        case M.Window(size=s, block=b):
+            return f"M.Window({num(s)}, block={num(b)})"
+        case M.Local(size=s):
+            return f"M.Local({num(s)})"
+        case M.Strided(stride=s):
+            return f"M.Strided({num(s)})"
+        case M.Global(count=c):
+            return f"M.Global({num(c)})"
+        case M.RandomBlocks(count=c, block=b, seed=seed, per_head=ph):
+            return f"M.RandomBlocks({num(c)}, block={num(b)}, seed={int(seed)}, per_head={bool(ph)})"
+        case M.KeyRange(start=a, stop=b):
+            return f"M.KeyRange({num(a)}, {None if b is None else num(b)})"
+        case M.Butterfly(block=b):
+            return f"M.Butterfly({num(b)})"
+        case M.Buckets(ids=r):
+            return f"M.Buckets({tensors[r.role]})"
+        case M.BlockMap(ids=r, block=b):
+            return f"M.BlockMap({tensors[r.role]}, block={num(b)})"
+        case M.And(left=a, right=b):
+            return f"M.And({mask_source(w, a, tensors)}, {mask_source(w, b, tensors)})"
+        case M.Or(left=a, right=b):
+            return f"M.Or({mask_source(w, a, tensors)}, {mask_source(w, b, tensors)})"
+    raise ValueError(f"{mask} is not a boolean mask")
+
+
+def call(w, n: Node, algorithm: str) -> str:
+    spec = n.spec
+    roles = {p.role: w.ref(p) for p in n.inputs}
+    fam = spec.family
+    if fam in ("softmax", "content_sparse", "synthetic"):
+        return _softmax(w, n, spec, roles, algorithm)
+    if fam in ("linear", "decayed_linear"):
+        return _linear(w, n, spec, roles, algorithm)
+    return _toeplitz(w, n, spec, roles, algorithm)
+
+
+def _structural(mask) -> M.Mask:
+    """The boolean part of a softmax mask (decays and kernels never reach softmax)."""
+    return mask
+
+
+def _softmax(w, n, spec: M.MixSpec, roles, algorithm) -> str:
+    mask = mask_source(w, _structural(spec.mask), roles)
+    if isinstance(spec.score, M.Given):
+        return f"given_attention({roles[spec.score.scores.role]}, {roles['v']}, {mask})"
+    score = spec.score
+    args = [roles["q"], roles["k"], roles["v"], mask, f"scale={float(w.sizes.number(score.scale))!r}"]
+    if score.bias is not None:
+        table = "None" if score.bias.table is None else roles[score.bias.table.role]
+        args.append(f"bias=({score.bias.kind!r}, {table})")
+    if score.cap is not None:
+        args.append(f"cap={float(w.sizes.number(score.cap))!r}")
+    args.append(f"algorithm={algorithm!r}")
+    if algorithm == "tiled":
+        args.append(f"block={int(w.sizes.number(spec.hint('block') or 64))}")
+    return f"softmax_attention({', '.join(args)})"
+
+
+def _linear(w, n, spec: M.MixSpec, roles, algorithm) -> str:
+    args = [roles["q"], roles["k"], roles["v"]]
+    f = spec.feature
+    if f is not None:
+        args.append(f"feature={f.kind!r}")
+        if f.projection is not None:
+            args.append(f"projection={roles[f.projection.role]}")
+    args.append(f"norm={spec.norm!r}")
+    args.append(f"causal={spec.causal}")
+    decay = next((x for x in M.mask_leaves(spec.mask) if isinstance(x, M.Decay)), None)
+    if decay is not None:
+        rate = roles[decay.rate.role] if isinstance(decay.rate, M.Ref) else repr(float(w.sizes.number(decay.rate)))
+        args.append(f"decay={rate}")
+        args.append(f"log_decay={decay.log}")
+    scale = spec.score.scale if isinstance(spec.score, M.Dot) else 1
+    args.append(f"scale={float(w.sizes.number(scale))!r}")
+    args.append(f"algorithm={algorithm!r}")
+    if algorithm == "chunked":
+        args.append(f"chunk={int(w.sizes.number(spec.hint('chunk') or 64))}")
+    return f"linear_attention({', '.join(args)})"
+
+
+def _toeplitz(w, n, spec: M.MixSpec, roles, algorithm) -> str:
+    t = next(x for x in M.mask_leaves(spec.mask) if isinstance(x, M.Toeplitz))
+    k = t.kernel
+    args = [roles["v"]]
+    if isinstance(k, M.ExplicitKernel):
+        args.append(f"explicit_kernel={roles[k.kernel.role]}")
+        args.append("kind=None, params=None, disc=None, conj=True, mimo=False")
+    else:
+        params = ", ".join(f"{name!r}: {roles[ref.role]}" for name, ref in k.params)
+        args.append(f"kind={k.kind!r}")
+        args.append(f"params={{{params}}}")
+        if k.reverse:
+            rev = ", ".join(f"{name!r}: {roles[ref.role]}" for name, ref in k.reverse)
+            args.append(f"reverse_params={{{rev}}}")
+        args.append(f"disc={k.disc!r}, conj={k.conj}, mimo={k.mimo}")
+    args.append(f"causal={t.causal}")
+    args.append(f"algorithm={algorithm!r}")
+    if algorithm == "chunked_fft":
+        args.append(f"chunk={int(w.sizes.number(spec.hint('chunk') or 4096))}")
+    return f"toeplitz_mix({', '.join(args)})"
+
+
+def ssm_init_factory():
+    """``init(kind, init, name, shape, generator)`` for the weights of SSM kernels."""
+    from codegen.toeplitz.kernels import init_ssm_params
+
+    def init(kind: str, init_name: str, name: str, shape: tuple, generator=None):
+        return init_ssm_params(kind, init_name, {name: tuple(shape)}, generator)[name]
+
+    return init

@@ -1,0 +1,306 @@
+"""What generated PyTorch modules call: the ordinary layers, and the module base class.
+
+The token mixers live in their family folders (codegen/softmax, codegen/linear,
+codegen/toeplitz); this file holds everything else a layer graph needs, each function
+the plain PyTorch form of one IR op kind.
+"""
+
+from __future__ import annotations
+
+import math
+
+import einops
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# ---- the module base class ------------------------------------------------------------
+
+
+class SeqModule(nn.Module):
+    """A generated module. Weights are registered under their layer paths ("layers.3.q.weight")
+    through nested containers, so ``named_parameters()`` gives the names of the .seq file."""
+
+    #: (name, dtype, shape) of the forward's inputs; shape entries are ints or dim names.
+    INPUTS: tuple = ()
+    #: values of the dims and options the module was generated for
+    SIZES: dict = {}
+
+    def add_weight(self, path: str, tensor: torch.Tensor, trainable: bool = True) -> None:
+        *scopes, leaf = path.split(".")
+        owner: nn.Module = self
+        for scope in scopes:
+            child = owner._modules.get(scope)
+            if child is None:
+                child = nn.Module()
+                owner.add_module(scope, child)
+            owner = child
+        if trainable:
+            owner.register_parameter(leaf, nn.Parameter(tensor))
+        else:
+            owner.register_buffer(leaf, tensor)
+
+    def add_module_at(self, path: str, module: nn.Module) -> None:
+        *scopes, leaf = path.split(".")
+        owner: nn.Module = self
+        for scope in scopes:
+            child = owner._modules.get(scope)
+            if child is None:
+                child = nn.Module()
+                owner.add_module(scope, child)
+            owner = child
+        owner.add_module(leaf, module)
+
+    def module_at(self, path: str) -> nn.Module:
+        owner: nn.Module = self
+        for scope in path.split("."):
+            owner = owner._modules[scope]
+        return owner
+
+    def w(self, path: str) -> torch.Tensor:
+        """The weight or buffer at ``path``."""
+        owner: nn.Module = self
+        *scopes, leaf = path.split(".")
+        for scope in scopes:
+            owner = owner._modules[scope]
+        return getattr(owner, leaf)
+
+    def example_inputs(self, **sizes) -> tuple:
+        """Random tensors that fit the declared inputs (ints for token ids); ``sizes`` gives
+        the dims without a value (B = 2 by default)."""
+        known = {**self.SIZES, **sizes}
+        out = []
+        gen = torch.Generator().manual_seed(0)
+        for _name, dtype, shape in self.INPUTS:
+            dims = tuple(int(known.get(d, 2)) if isinstance(d, str) else int(d) for d in shape)
+            if dtype == "int":
+                high = int(known.get("V", known.get("vocab", 16)))
+                out.append(torch.randint(0, max(2, high), dims, generator=gen))
+            elif dtype == "bool":
+                out.append(torch.rand(dims, generator=gen) > 0.5)
+            else:
+                out.append(torch.randn(dims, generator=gen))
+        return tuple(out)
+
+
+# ---- initialisation ----------------------------------------------------------------------
+
+def init_tensor(kind: str, shape: tuple[int, ...], args: tuple = (), generator: torch.Generator | None = None
+                ) -> torch.Tensor:
+    """normal(std), uniform(lo, hi), zeros, ones, constant(c), orthogonal(scale),
+    orthogonal_gaussian(seed): rows of ω for random features (orthogonal blocks, χ norms)."""
+    if kind == "normal":
+        return torch.randn(shape, generator=generator) * float(args[0] if args else 0.02)
+    if kind == "uniform":
+        lo, hi = (float(a) for a in args)
+        return torch.rand(shape, generator=generator) * (hi - lo) + lo
+    if kind == "zeros":
+        return torch.zeros(shape)
+    if kind == "ones":
+        return torch.ones(shape)
+    if kind == "constant":
+        return torch.full(shape, float(args[0]))
+    if kind == "orthogonal":
+        t = torch.empty(shape)
+        nn.init.orthogonal_(t, gain=float(args[0]) if args else 1.0, generator=generator)
+        return t
+    if kind == "orthogonal_gaussian":
+        gen = torch.Generator().manual_seed(int(args[0]) if args else 0)
+        rows, cols = shape
+        blocks = []
+        for _ in range(math.ceil(rows / cols)):
+            q, _r = torch.linalg.qr(torch.randn(cols, cols, generator=gen))
+            blocks.append(q.T)
+        w = torch.cat(blocks)[:rows]
+        norms = torch.randn(rows, cols, generator=gen).norm(dim=1, keepdim=True)
+        return w * norms
+    raise ValueError(f"unknown init {kind!r}")
+
+
+# ---- layers ------------------------------------------------------------------------------
+
+def linear(x, weight, bias=None, weight_mask=None):
+    """x Wᵀ + b; a fixed sparsity pattern multiplies the weight."""
+    if weight_mask is not None:
+        weight = weight * weight_mask
+    return F.linear(x, weight, bias)
+
+
+def seq_project(x, weight):
+    """[.., N, D] -> [.., k, D] with weight [k, N] (Linformer's E, F)."""
+    return torch.einsum("...nd,kn->...kd", x, weight)
+
+
+def embed(tokens, table):
+    return F.embedding(tokens, table)
+
+
+def layernorm(x, weight=None, bias=None):
+    return F.layer_norm(x, x.shape[-1:], weight, bias)
+
+
+def rmsnorm(x, weight, eps: float = 1e-6):
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+
+
+def batchnorm(x, weight, bias, eps: float = 1e-5):
+    """Per channel (last axis), over every other axis, with the batch's statistics."""
+    dims = tuple(range(x.dim() - 1))
+    mean = x.mean(dims, keepdim=True)
+    var = x.var(dims, keepdim=True, unbiased=False)
+    return (x - mean) * torch.rsqrt(var + eps) * weight + bias
+
+
+def groupnorm(x, weight, bias, groups: int, eps: float = 1e-5):
+    """Normalise groups of channels of the last axis (e.g. one group per head)."""
+    shape = x.shape
+    g = x.reshape(*shape[:-1], groups, shape[-1] // groups)
+    g = (g - g.mean(-1, keepdim=True)) * torch.rsqrt(g.var(-1, keepdim=True, unbiased=False) + eps)
+    return g.reshape(shape) * weight + bias
+
+
+def activation(name: str, x):
+    return UNARY[name](x)
+
+
+def mlp(x, w1, b1, w2, b2, act: str, gated: bool, w1_mask=None, w2_mask=None):
+    h = linear(x, w1, b1, w1_mask)
+    if gated:
+        a, g = h.chunk(2, dim=-1)
+        h = activation(act, a) * g
+    else:
+        h = activation(act, h)
+    return linear(h, w2, b2, w2_mask)
+
+
+def conv1d(x, weight, bias=None, causal: bool = True):
+    """Depthwise convolution along the sequence of x [.., N, C] with weight [C, width]."""
+    lead, n, c = x.shape[:-2], x.shape[-2], x.shape[-1]
+    width = weight.shape[-1]
+    u = x.reshape(-1, n, c).transpose(1, 2)
+    pad = (width - 1, 0) if causal else ((width - 1) // 2, width // 2)
+    y = F.conv1d(F.pad(u, pad), weight.unsqueeze(1), bias, groups=c)
+    return y.transpose(1, 2).reshape(*lead, n, c)
+
+
+def pool(x, size: int, fn: str):
+    """Non-overlapping windows of ``size`` along the sequence (axis −2)."""
+    g = x.reshape(*x.shape[:-2], x.shape[-2] // size, size, x.shape[-1])
+    return {"mean": g.mean(-2), "sum": g.sum(-2), "max": g.amax(-2)}[fn]
+
+
+def reduce(x, fn: str, axis: int, keep: bool):
+    if fn == "max":
+        return x.amax(axis, keepdim=keep)
+    return getattr(x, fn)(axis, keepdim=keep)
+
+
+def rotary(x, fraction: float = 1.0, base: float = 10000.0):
+    """RoFormer's rotation of feature pairs by position (axis −2)."""
+    n, d = x.shape[-2], x.shape[-1]
+    rot = int(d * fraction) // 2 * 2
+    half = rot // 2
+    freq = base ** (-torch.arange(half, dtype=torch.float32, device=x.device) / half)
+    angle = torch.arange(n, dtype=torch.float32, device=x.device)[:, None] * freq
+    cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
+    x1, x2, rest = x[..., :half], x[..., half:rot], x[..., rot:]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos, rest], dim=-1)
+
+
+UNARY = {
+    "relu": F.relu, "gelu": F.gelu, "silu": F.silu, "sigmoid": torch.sigmoid, "tanh": torch.tanh,
+    "softplus": F.softplus, "exp": torch.exp, "log": torch.log, "sqrt": torch.sqrt, "abs": torch.abs,
+    "sin": torch.sin, "cos": torch.cos, "elu1": lambda x: F.elu(x) + 1, "square": torch.square,
+    "rsqrt": torch.rsqrt, "log_sigmoid": F.logsigmoid, "sign": torch.sign, "erf": torch.erf,
+    "stop_gradient": torch.Tensor.detach, "identity": lambda x: x,
+}
+
+
+def rearrange(x, pattern: str, **sizes):
+    return einops.rearrange(x, pattern, **sizes)
+
+
+def arange(n: int, device=None):
+    return torch.arange(n, dtype=torch.float32, device=device)
+
+
+def sinusoidal(n: int, dim: int, device=None):
+    """The Transformer's fixed encodings [n, dim]: sin on even, cos on odd features."""
+    pos = torch.arange(n, dtype=torch.float32, device=device)[:, None]
+    i = torch.arange(0, dim, 2, dtype=torch.float32, device=device)
+    angle = pos / (10000.0 ** (i / dim))
+    out = torch.zeros(n, dim, device=device)
+    out[:, 0::2] = torch.sin(angle)
+    out[:, 1::2] = torch.cos(angle[:, : dim // 2])
+    return out
+
+
+def lsh(x, rotation):
+    """Angular LSH: argmax over [xR, −xR] for a fixed random rotation R [D, buckets/2]."""
+    proj = x @ rotation
+    return torch.cat([proj, -proj], dim=-1).argmax(-1)
+
+
+def sinkhorn_sort(x, weight, block: int, iters: int):
+    """For each block of rows, the key block to attend: block sums -> scores against the
+    learned [nb, D] table -> Sinkhorn normalisation in log space -> argmax (hard)."""
+    nb = x.shape[-2] // block
+    summary = x.reshape(*x.shape[:-2], nb, block, x.shape[-1]).sum(-2)
+    logits = summary @ weight.T
+    for _ in range(iters):
+        logits = logits - torch.logsumexp(logits, dim=-1, keepdim=True)
+        logits = logits - torch.logsumexp(logits, dim=-2, keepdim=True)
+    return logits.argmax(-1)
+
+
+# ---- blocks used as functions ------------------------------------------------------------
+
+def moe(x, router, experts: nn.ModuleList, top_k: int, capacity: float, owner: nn.Module):
+    """Switch-style routing: each token goes to its top-k experts (weighted by the router's
+    probability); tokens beyond an expert's capacity pass through unchanged. The
+    load-balancing loss (Fedus et al.: E · Σ_e f_e · p_e) is left in ``owner.aux_loss``."""
+    shape = x.shape
+    tokens = x.reshape(-1, shape[-1])
+    probs = torch.softmax(tokens @ router.T, dim=-1)
+    weight, index = probs.topk(top_k, dim=-1)
+    n_exp = len(experts)
+    cap = max(1, int(math.ceil(capacity * tokens.shape[0] * top_k / n_exp)))
+    out = None
+    for e, expert in enumerate(experts):
+        rows, slot = (index == e).nonzero(as_tuple=True)
+        rows, slot = rows[:cap], slot[:cap]
+        if rows.numel() == 0:
+            continue
+        y = expert(tokens[rows].unsqueeze(0)).squeeze(0)
+        if out is None:
+            out = torch.zeros(tokens.shape[0], y.shape[-1], dtype=y.dtype, device=y.device)
+        out = out.index_add(0, rows, y * weight[rows, slot].unsqueeze(-1))
+    if out is None:
+        out = torch.zeros_like(tokens)
+    fraction = torch.stack([(index == e).any(-1).float().mean() for e in range(n_exp)])
+    owner.aux_loss = n_exp * (fraction * probs.mean(0)).sum()
+    return out.reshape(*shape[:-1], out.shape[-1])
+
+
+def fixed_point(cell: nn.Module, z, x, iters: int, tol: float):
+    """Deep equilibrium: iterate z ← cell(z, x) without gradients until the relative change
+    is below ``tol`` (at most ``iters`` steps), then one step with gradients (the
+    one-step "phantom" gradient of implicit differentiation)."""
+    args = () if x is None else (x,)
+    with torch.no_grad():
+        for _ in range(iters):
+            nxt = cell(z, *args)
+            done = (nxt - z).norm() <= tol * (z.norm() + 1e-12)
+            z = nxt
+            if done:
+                break
+    return cell(z.detach(), *args)
+
+
+def recurrent(step: nn.Module, x, state, segment: int):
+    """Apply ``step(x_segment, state) -> (y_segment, state')`` over consecutive segments."""
+    outs = []
+    for start in range(0, x.shape[-2], segment):
+        y, state = step(x[..., start:start + segment, :], state)
+        outs.append(y)
+    return torch.cat(outs, dim=-2), state
