@@ -410,13 +410,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from codegen import masks as M
 from codegen.torch import runtime as rt
-from codegen.torch.mixers import ssm_init_factory
-from codegen.linear.torch_impl import linear_attention
-from codegen.softmax.torch_impl import given_attention, softmax_attention
-from codegen.toeplitz.torch_impl import toeplitz_mix
 '''
+
+# Imports of the mixer families, added when the module uses them.
+FAMILY_IMPORTS = {
+    "masks": "from codegen import masks as M",
+    "softmax": "from codegen.softmax.torch_impl import given_attention, softmax_attention",
+    "linear": "from codegen.linear.torch_impl import linear_attention",
+    "toeplitz": "from codegen.toeplitz.torch_impl import toeplitz_mix",
+    "ssm_init": "from codegen.torch.mixers import ssm_init_factory",
+}
 
 
 def emit_module(graph: Graph, entry: str, sizes: dict, source_name: str, machine: str = "cpu") -> Emitted:
@@ -438,6 +442,18 @@ def emit_module(graph: Graph, entry: str, sizes: dict, source_name: str, machine
     head = HEADER.format(title=f"{cls}: the PyTorch module of {entry}", version=__version__,
                          source=source_name, entry=entry,
                          sizes=", ".join(f"{k}={v}" for k, v in values.items()) or "none")
-    ssm_line = "rt_ssm_init = ssm_init_factory()\n"
-    text = head + "\n" + ssm_line + "\n\n" + "\n\n".join(classes + [main])
+    body = "\n\n".join(classes + [main])
+    needed = []
+    families = {c.family for c in choices}
+    if families & {"softmax", "content_sparse", "synthetic"} or "M." in body:
+        needed += ["masks", "softmax"]
+    if families & {"linear", "decayed_linear"}:
+        needed.append("linear")
+    if "toeplitz" in families:
+        needed.append("toeplitz")
+    if "rt_ssm_init(" in body:
+        needed.append("ssm_init")
+    imports = "".join(FAMILY_IMPORTS[k] + "\n" for k in needed)
+    ssm_line = "\nrt_ssm_init = ssm_init_factory()\n" if "ssm_init" in needed else ""
+    text = head + imports + ssm_line + "\n\n" + body
     return Emitted(text, cls, choices)
