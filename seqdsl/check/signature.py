@@ -67,7 +67,9 @@ def bind(el, b: Builtin, args: list, kwargs: dict[str, tuple[Any, Pos]], pos: Po
         if p.name not in raw:
             if p.default is REQUIRED:
                 raise SeqError(f"{b.name}() is missing argument {p.name!r}", pos, hint=usage(b))
-            out[p.name] = p.default
+            # sizes stay exact: a default of 64 is sympy's 64, so that 64 / 2 is 32, not 32.0
+            out[p.name] = sympy.Integer(p.default) if p.kind in ("scalar", "dim") and type(p.default) is int \
+                else p.default
             continue
         v, vpos = raw[p.name]
         out[p.name] = coerce(el, b, p, v, vpos)

@@ -239,6 +239,6 @@ Item = Import | DimDecl | OptionDecl | Require | Definition
 
 @dataclass(frozen=True)
 class Module:
-    file: str
+    file: str = field(compare=False)
     items: tuple[Item, ...]
     pos: Pos = _pos()

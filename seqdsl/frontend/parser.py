@@ -7,6 +7,7 @@ handlers receive their children by name (``v_args(inline=True)``), never by inde
 from __future__ import annotations
 
 import functools
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -250,11 +251,13 @@ class _ToAst(Transformer):
         return tuple(items)
 
 
-def _syntax_error(err: lark.exceptions.UnexpectedInput, file: str) -> SeqError:
+def _syntax_error(err: lark.exceptions.UnexpectedInput, file: str, text: str) -> SeqError:
     line, col = err.line, err.column
     pos = Pos(file, line, col)
     if isinstance(err, lark.exceptions.UnexpectedCharacters):
         ch = err.char
+        if ch == '"':
+            return SeqError("unterminated string", pos, hint='a string ends with " on the same line')
         return SeqError(f"unexpected character {ch!r}", pos)
     if isinstance(err, lark.exceptions.UnexpectedEOF):
         return SeqError("unexpected end of file", pos, hint="is a '}' or ')' missing?")
@@ -262,17 +265,28 @@ def _syntax_error(err: lark.exceptions.UnexpectedInput, file: str) -> SeqError:
     expected = sorted({_TOKEN_NAMES.get(t, repr(t)) for t in err.expected})
     if tok.type == "$END":
         what = "end of file"
-        pos = Pos(file, max(1, line), max(1, col))
+        lines = text.splitlines() or [""]
+        pos = Pos(file, len(lines) + (1 if text.endswith("\n") else 0),
+                  1 if text.endswith("\n") else len(lines[-1]) + 1)
     else:
         what = f"{str(tok)!r}"
         pos = Pos(file, tok.line, tok.column, tok.end_line, tok.end_column)
     hint = None
     if len(expected) <= 6:
         hint = "expected " + ", ".join(expected)
+    if tok.type == "$END":
+        hint = "is a '}' or ')' missing?" + (f" ({hint})" if hint else "")
+    if set(err.expected) == {"COMMA", "EQUAL"}:
+        hint = "a statement that starts with a name assigns to it: name = ..."
+    if "RPAR" in err.expected and tok.type in ("RBRACE", "$END", "NAME", "RETURN"):
+        hint = "is a ')' missing?"
     if tok.type == "EQUAL" and "'='" not in expected:
         hint = "'=' here is not allowed; use '==' to compare"
+        before = re.search(r"(\w+)\s*$", text.splitlines()[tok.line - 1][: tok.column - 1])
+        if before and before.group(1) in _KEYWORDS:
+            hint = f"{before.group(1)!r} is a keyword and cannot be used as a name"
     if tok.type in ("DEF_KIND", "DTYPE", "SHARED", "COMP_OP") or str(tok) in _KEYWORDS:
-        hint = f"{str(tok)!r} is a reserved word and cannot be used as a name"
+        hint = f"{str(tok)!r} is a keyword and cannot be used as a name here"
     return SeqError(f"syntax error: unexpected {what}", pos, hint=hint)
 
 
@@ -289,7 +303,7 @@ def parse_text(text: str, file: str = "<string>") -> A.Module:
     try:
         tree = _lark().parse(text)
     except lark.exceptions.UnexpectedInput as err:
-        raise _syntax_error(err, file) from None
+        raise _syntax_error(err, file, text) from None
     try:
         return _ToAst(file).transform(tree)
     except lark.exceptions.VisitError as err:

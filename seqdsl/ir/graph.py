@@ -154,9 +154,6 @@ def verify(g: Graph) -> None:
     """Check the invariants every pass must keep; raise :class:`VerifyError` otherwise."""
     if not nx.is_directed_acyclic_graph(g.nx):
         raise VerifyError(f"{g.name}: the graph has a cycle")
-    for src, dst in g.nx.edges():
-        if src >= dst:
-            raise VerifyError(f"{g.name}: node {dst} reads a later node {src}; ids must be topological")
     names: set[str] = set()
     for n in g.nodes():
         if not isinstance(n.kind, OpKind):
@@ -184,6 +181,9 @@ def verify(g: Graph) -> None:
     for p in g.outputs:
         if p.node not in g._nodes:
             raise VerifyError(f"{g.name}: output reads missing node {p.node}")
+    for src, dst in g.nx.edges():
+        if src >= dst:
+            raise VerifyError(f"{g.name}: node {dst} reads a later node {src}; ids must be topological")
 
 
 def _refs(obj: Any) -> list[Ref]:
