@@ -26,7 +26,8 @@ class SeqModule(nn.Module):
     #: values of the dims and options the module was generated for
     SIZES: dict = {}
 
-    def add_weight(self, path: str, tensor: torch.Tensor, trainable: bool = True) -> None:
+    def _scope(self, path: str) -> tuple[nn.Module, str]:
+        """The container that holds ``path``'s last name, created on the way if missing."""
         *scopes, leaf = path.split(".")
         owner: nn.Module = self
         for scope in scopes:
@@ -35,35 +36,26 @@ class SeqModule(nn.Module):
                 child = nn.Module()
                 owner.add_module(scope, child)
             owner = child
+        return owner, leaf
+
+    def add_weight(self, path: str, tensor: torch.Tensor, trainable: bool = True) -> None:
+        owner, leaf = self._scope(path)
         if trainable:
             owner.register_parameter(leaf, nn.Parameter(tensor))
         else:
             owner.register_buffer(leaf, tensor)
 
     def add_module_at(self, path: str, module: nn.Module) -> None:
-        *scopes, leaf = path.split(".")
-        owner: nn.Module = self
-        for scope in scopes:
-            child = owner._modules.get(scope)
-            if child is None:
-                child = nn.Module()
-                owner.add_module(scope, child)
-            owner = child
+        owner, leaf = self._scope(path)
         owner.add_module(leaf, module)
 
     def module_at(self, path: str) -> nn.Module:
-        owner: nn.Module = self
-        for scope in path.split("."):
-            owner = owner._modules[scope]
-        return owner
+        return self.get_submodule(path)
 
     def w(self, path: str) -> torch.Tensor:
         """The weight or buffer at ``path``."""
-        owner: nn.Module = self
-        *scopes, leaf = path.split(".")
-        for scope in scopes:
-            owner = owner._modules[scope]
-        return getattr(owner, leaf)
+        owner, leaf = path.rsplit(".", 1) if "." in path else ("", path)
+        return getattr(self.get_submodule(owner), leaf)
 
     def example_inputs(self, **sizes) -> tuple:
         """Random tensors that fit the declared inputs (ints for token ids); ``sizes`` gives

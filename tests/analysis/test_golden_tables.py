@@ -7,9 +7,7 @@ Regenerate with ``pytest tests/analysis --update-golden`` (or SEQDSL_UPDATE_GOLD
 
 from __future__ import annotations
 
-import difflib
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -28,28 +26,10 @@ EXAMPLES = sorted((ROOT / "examples").glob("*/*.seq"))
 GOLDEN = ROOT / "tests" / "golden" / "analysis"
 
 
-def _update(request) -> bool:
-    try:
-        flag = request.config.getoption("--update-golden")
-    except ValueError:
-        flag = False
-    return bool(flag) or os.environ.get("SEQDSL_UPDATE_GOLDEN") == "1"
-
-
 @pytest.mark.parametrize("path", EXAMPLES, ids=[f"{p.parent.name}-{p.stem}" for p in EXAMPLES])
-def test_cost_table_matches_golden(path, request):
+def test_cost_table_matches_golden(path, golden):
     report = seqdsl.analyze(path)
     if jsonschema is not None:
         jsonschema.validate(json.loads(json.dumps(report.to_dict())), REPORT_SCHEMA)
     text = render(report, mixers_only=True).replace(str(ROOT) + "/", "") + "\n"
-    golden = GOLDEN / f"{path.parent.name}-{path.stem}.txt"
-    if _update(request) or not golden.exists():
-        golden.parent.mkdir(parents=True, exist_ok=True)
-        golden.write_text(text)
-        if not _update(request):
-            pytest.fail(f"wrote the missing golden {golden.relative_to(ROOT)}: review it and rerun")
-        return
-    expected = golden.read_text()
-    if text != expected:
-        diff = "".join(difflib.unified_diff(expected.splitlines(True), text.splitlines(True), "golden", "now"))
-        pytest.fail(f"{path.name}: the cost table changed (rerun with --update-golden if intended)\n{diff[:4000]}")
+    golden(GOLDEN / f"{path.parent.name}-{path.stem}.txt", text)

@@ -6,8 +6,6 @@ hint) stored in tests/golden/errors/<case>.txt; regenerate with --update-golden 
 
 from __future__ import annotations
 
-import difflib
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -16,9 +14,6 @@ import seqdsl
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "tests" / "golden" / "errors"
-_spec = importlib.util.spec_from_file_location("_conftest", ROOT / "tests" / "conftest.py")
-_conf = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_conf)
 
 HEAD = "dim B, N = 16, D = 8, H = 2\n"
 QKV = "q: [B, H, N, D], k: [B, H, N, D], v: [B, H, N, D]"
@@ -96,7 +91,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_error_message(name, request):
+def test_error_message(name, golden):
     source, sizes, (line, column) = CASES[name]
     with pytest.raises(seqdsl.SeqError) as info:
         seqdsl.check(source, **sizes)
@@ -104,15 +99,7 @@ def test_error_message(name, request):
     text = err.render() + "\n"
     assert "Traceback" not in text
     assert (err.line, err.column) == (line, column), text
-    golden = GOLDEN / f"{name}.txt"
-    if _conf.update_golden(request.config) or not golden.exists():
-        golden.parent.mkdir(parents=True, exist_ok=True)
-        golden.write_text(text)
-        if not _conf.update_golden(request.config):
-            pytest.fail(f"wrote the missing golden {golden.name}; review it and rerun")
-        return
-    expected = golden.read_text()
-    assert text == expected, "".join(difflib.unified_diff(expected.splitlines(True), text.splitlines(True)))
+    golden(GOLDEN / f"{name}.txt", text)
 
 
 def test_at_least_30_distinct_cases():

@@ -1,0 +1,340 @@
+"""PyTorch runtime of the Toeplitz family: y = M v with M_ij = K[i − j] (SPEC §1).
+
+K comes from an SSM (``kind`` + ``params``, see ``kernels.py``) or is given explicitly
+([L, C] taps). The algorithms (the cost model picks one; each can be forced):
+
+- ``direct``: conv1d with the kernel's taps — N taps, or S for a shift SSM.
+  O(N·L) per channel; exact; the short-sequence path.
+- ``fft``: pad to N + L − 1 (≈ 2N), y = irfft(rfft(u)·rfft(K))[:N]. O(N log N), but the
+  kernel, its transform and the padded input are O(N) per channel, all at once.
+- ``chunked_fft`` (SSM kernels): FlashConv's state passing. Chunks of ``chunk`` tokens are
+  convolved by FFT with the first ``chunk`` taps; the SSM state crosses chunk boundaries,
+  so beyond input and output the memory is O(group + C·state). Groups of chunks are
+  processed together, their boundary states found by :func:`state.carry`.
+- ``scan`` (SSM kernels): the recurrence, chunked as Mamba-2's SSD: inside blocks of
+  ``scan_block`` tokens the quadratic form (the Toeplitz block for per-channel SSMs, the
+  λ^{t−s} decay matrix for S5's MIMO state), across blocks the state carried with
+  log-space powers — no Python loop over tokens (DPLR's dense state: a loop over blocks).
+
+A shift SSM is a finite filter of S taps: every algorithm but ``fft`` runs it as the S-tap
+convolution, which is exactly its shift-register recurrence.
+
+Bidirectional (``causal=False``): y = conv(u, K) + flip(conv(flip(u), K_rev)), K_rev from
+``reverse_params`` with its tap 0 left out so that the diagonal counts once; an explicit
+kernel mirrors itself.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from codegen.toeplitz import state as st
+from codegen.toeplitz.kernels import (
+    DenseSSM,
+    DiagSSM,
+    ShiftSSM,
+    System,
+    dense_powers,
+    discretize,
+    system_kernel,
+    vandermonde,
+)
+
+ALGORITHMS = ("direct", "fft", "chunked_fft", "scan")
+GROUP_TOKENS = 1 << 15     # tokens per vectorised group of chunks (bounds the working set)
+
+
+# ---- plain convolutions ---------------------------------------------------------------
+
+
+def _fft_len(m: int) -> int:
+    """The smallest 2^a·3^b·5^c ≥ m (sizes pocketfft transforms fastest)."""
+    best = 1 << max(0, (m - 1).bit_length())
+    p5 = 1
+    while p5 < best:
+        p35 = p5
+        while p35 < best:
+            n = p35
+            while n < m:
+                n *= 2
+            best = min(best, n)
+            p35 *= 3
+        p5 *= 5
+    return best
+
+
+def fft_conv(u: Tensor, K: Tensor) -> Tensor:
+    """Causal y_i = Σ_{j≤i} K[i−j] u_j by FFT. u [B, N, C]; K [L, C] or [L, C_out, C_in]."""
+    n = u.shape[1]
+    size = _fft_len(n + K.shape[0] - 1)
+    uf = torch.fft.rfft(u, n=size, dim=1)                  # read N·C, write size·C complex
+    Kf = torch.fft.rfft(K, n=size, dim=0)
+    yf = uf * Kf if K.dim() == 2 else torch.einsum("bfi,foi->bfo", uf, Kf)
+    return torch.fft.irfft(yf, n=size, dim=1)[:, :n]
+
+
+def direct_conv(u: Tensor, K: Tensor) -> Tensor:
+    """Causal y_i = Σ_{j≤i} K[i−j] u_j by conv1d (cross-correlation with the flipped taps)."""
+    L = K.shape[0]
+    x = F.pad(u.transpose(1, 2), (L - 1, 0))               # [B, C, L − 1 + N]
+    if K.dim() == 2:
+        y = F.conv1d(x, K.flip(0).transpose(0, 1)[:, None, :], groups=K.shape[1])
+    else:
+        y = F.conv1d(x, K.flip(0).permute(1, 2, 0))
+    return y.transpose(1, 2)
+
+
+def _block_toeplitz(K: Tensor) -> Tensor:
+    """[C, T, T] with T[c, t, s] = K[t − s, c] for s ≤ t."""
+    T = K.shape[0]
+    d = torch.arange(T)[:, None] - torch.arange(T)[None, :]
+    return (K[d.clamp(min=0)] * (d >= 0)[..., None].to(K.dtype)).permute(2, 0, 1)
+
+
+# ---- output sink: preallocated when no graph is built ----------------------------------
+
+
+class _Sink:
+    def __init__(self, batch: int, n: int, channels: int, dtype: torch.dtype, graph: bool):
+        self.graph, self.pieces, self.pos = graph, [], 0
+        self.buf = None if graph else torch.empty(batch, n, channels, dtype=dtype)
+
+    def add(self, y: Tensor) -> None:
+        if self.graph:
+            self.pieces.append(y)
+        else:
+            self.buf[:, self.pos:self.pos + y.shape[1]] = y
+        self.pos += y.shape[1]
+
+    def result(self) -> Tensor:
+        return torch.cat(self.pieces, dim=1) if self.graph else self.buf
+
+
+# ---- chunked algorithms ----------------------------------------------------------------
+
+
+def _diag_group(ug: Tensor, sys: DiagSSM, T: int, fft: bool, h: Tensor | None) -> tuple[Tensor, Tensor]:
+    """G chunks of T tokens of a per-channel diagonal SSM at once. ug [B, C, G, T]."""
+    Bn, C, G, _ = ug.shape
+    z = sys.log_lam
+    M = z.shape[-1]
+    cplx = z.is_complex()
+    K = vandermonde(sys.scale * sys.c * sys.b, z, T)                       # taps [C, T]
+    if fft:
+        y = torch.fft.irfft(torch.fft.rfft(ug, n=2 * T) * torch.fft.rfft(K, n=2 * T)[:, None], n=2 * T)[..., :T]
+    else:
+        y = torch.einsum("cts,bcgs->bcgt", _block_toeplitz(K.transpose(0, 1)), ug)   # T² per channel-chunk
+    V = sys.b[..., None] * st.powers(z, 0, T).flip(-1)                    # b λ^{T−1−t}  [C, M, T]
+    W = sys.scale * sys.c[..., None] * st.powers(z, 1, T)                 # scale c λ^{t+1}
+    if cplx:
+        V = torch.cat([V.real, V.imag], dim=1)
+        W = torch.cat([W.real, -W.imag], dim=1)
+    s = torch.einsum("bcgt,ckt->bgck", ug, V)                             # chunk-local end states
+    if cplx:
+        s = torch.complex(s[..., :M], s[..., M:])
+    H, h = st.carry((T * z).reshape(-1), s.reshape(Bn, G, -1), None if h is None else h.reshape(Bn, -1))
+    H = H.reshape(Bn, G, C, M)
+    if cplx:
+        H = torch.cat([H.real, H.imag], dim=-1)
+    y = y + torch.einsum("bgck,ckt->bcgt", H, W)                          # what entering states add
+    return y.permute(0, 2, 3, 1).reshape(Bn, G * T, C), h.reshape(Bn, C, M)
+
+
+def _mimo_group(ug: Tensor, sys: DiagSSM, T: int, fft: bool, h: Tensor | None) -> tuple[Tensor, Tensor]:
+    """G chunks of T tokens of S5's MIMO diagonal SSM. ug [B, G, T, C_in]."""
+    Bn, G, _, _ = ug.shape
+    z, b, c = sys.log_lam, sys.b, sys.c
+    x = torch.complex(ug @ b.real.transpose(0, 1), ug @ b.imag.transpose(0, 1))   # B̄ u  [B, G, T, M]
+    P_in = st.powers(z, 0, T).flip(-1)                                     # λ^{T−1−t} [M, T]
+    P_out = st.powers(z, 1, T).transpose(0, 1)                             # λ^{t+1}   [T, M]
+    if fft:
+        K = system_kernel(sys, T)                                          # [T, C_out, C_in]
+        uf = torch.fft.rfft(ug, n=2 * T, dim=2)
+        y = torch.fft.irfft(torch.einsum("bgfi,foi->bgfo", uf, torch.fft.rfft(K, n=2 * T, dim=0)), n=2 * T,
+                            dim=2)[:, :, :T]
+        s = torch.einsum("mt,bgtm->bgm", P_in, x)
+    else:
+        d = torch.arange(T)[:, None] - torch.arange(T)[None, :]
+        D = torch.exp(z[:, None, None] * d.clamp(min=0).to(z.real.dtype)) * (d >= 0)   # λ^{t−s} [M, T, T]
+        hloc = torch.einsum("mts,bgsm->bgtm", D, x)                        # states from the chunk's inputs
+        s = hloc[:, :, -1]
+    H, h = st.carry(T * z, s, h)
+    hin = P_out * H[:, :, None, :]                                         # λ^{t+1} H_g
+    if fft:
+        y = y + sys.scale * (hin @ c.transpose(0, 1)).real
+    else:
+        y = sys.scale * ((hloc + hin) @ c.transpose(0, 1)).real
+    return y.reshape(Bn, G * T, -1), h
+
+
+def _diag_chunked(u: Tensor, sys: DiagSSM, T: int, fft: bool, h: Tensor | None, sink: _Sink) -> Tensor:
+    Bn, N, C = u.shape
+    nfull = N // T
+    per = max(1, GROUP_TOKENS // T)
+    spans = [(g0 * T, min(nfull, g0 + per) * T, T) for g0 in range(0, nfull, per)]
+    if N > nfull * T:
+        spans.append((nfull * T, N, N - nfull * T))
+    for a, e, t in spans:
+        ug = u[:, a:e].reshape(Bn, (e - a) // t, t, -1)
+        if sys.mimo:
+            y, h = _mimo_group(ug, sys, t, fft, h)
+        else:
+            y, h = _diag_group(ug.permute(0, 3, 1, 2), sys, t, fft, h)
+        sink.add(y)
+    return h
+
+
+def _dense_chunked(u: Tensor, sys: DenseSSM, T: int, fft: bool, h: Tensor | None, sink: _Sink) -> Tensor:
+    """DPLR's dense Ā: chunk by chunk (the state is [C, S]; the carry is a matrix product)."""
+    N = u.shape[1]
+    cd = sys.A.dtype
+    for a in range(0, N, T):
+        t = min(T, N - a)
+        X = dense_powers(sys.A, sys.b, t)                                  # Ā^j B̄  [C, S, t]
+        K = (sys.scale * torch.einsum("cs,csj->jc", sys.c, X)).real       # taps [t, C]
+        uk = u[:, a:a + t]
+        y = fft_conv(uk, K) if fft else torch.einsum("cts,bsc->btc", _block_toeplitz(K), uk)
+        if h is not None:
+            y = y + st.state_output(sys, h, t)
+        s = torch.einsum("csj,bjc->bcs", X.flip(-1), uk.to(cd))
+        h = s if h is None else st.advance(sys, h, t) + s
+        sink.add(y)
+    return h
+
+
+# ---- dispatch -------------------------------------------------------------------------
+
+
+def _shift_run(u: Tensor, sys: ShiftSSM, algorithm: str, h: Tensor | None) -> tuple[Tensor, Tensor]:
+    S = sys.taps.shape[1]
+    K = sys.taps.transpose(0, 1)                                           # [S, C]
+    if h is not None:                                                      # prepend u_{−S+1} … u_{−1}
+        u = torch.cat([h[..., : S - 1].flip(-1).transpose(1, 2), u], dim=1)
+    y = fft_conv(u, K) if algorithm == "fft" else direct_conv(u, K)
+    hN = st.input_state(sys, u)
+    return (y if h is None else y[:, S - 1:]), hN
+
+
+def _run(u: Tensor, sys: System, algorithm: str, chunk: int, scan_block: int, h0: Tensor | None,
+         want_state: bool, graph: bool) -> tuple[Tensor, Tensor | None]:
+    """One causal pass: (y [B, N, C_out], the final state if asked)."""
+    if isinstance(sys, ShiftSSM):
+        y, h = _shift_run(u, sys, algorithm, h0)
+        return y, h
+    if algorithm in ("direct", "fft"):
+        K = system_kernel(sys, u.shape[1])
+        y = direct_conv(u, K) if algorithm == "direct" else fft_conv(u, K)
+        if h0 is not None:
+            y = y + st.state_output(sys, h0, u.shape[1])
+        return y, (st.final_state(sys, u, h0) if want_state else None)
+    T = chunk if algorithm == "chunked_fft" else scan_block
+    T = max(1, min(T, u.shape[1]))
+    c_out = sys.channels
+    sink = _Sink(u.shape[0], u.shape[1], c_out, u.dtype, graph)
+    run = _dense_chunked if isinstance(sys, DenseSSM) else _diag_chunked
+    h = run(u, sys, T, algorithm == "chunked_fft", h0, sink)
+    return sink.result(), h
+
+
+def _tap0(sys: System) -> Tensor:
+    return system_kernel(sys, 1)[0]
+
+
+def toeplitz_mix(v: Tensor, *, kind: str | None = None, params: dict[str, Tensor] | None = None,
+                 reverse_params: dict[str, Tensor] | None = None, explicit_kernel: Tensor | None = None,
+                 causal: bool = True, disc: str | None = None, conj: bool = True, mimo: bool = False,
+                 algorithm: str = "fft", chunk: int = 4096, scan_block: int = 64,
+                 initial_state: Tensor | None = None, return_state: bool = False,
+                 kernel_length: int | None = None) -> Tensor | tuple[Tensor, Tensor]:
+    """Toeplitz mixing of v [..., N, C] → [..., N, C] (MIMO: C_out channels).
+
+    Either an SSM (``kind``, ``params``, ``disc``, ``conj``, ``mimo``; ``reverse_params`` for the
+    backward direction when ``causal=False``) or ``explicit_kernel`` [L, C] (L ≤ N taps used).
+    ``algorithm``: direct | fft | chunked_fft | scan (the last two for SSM kernels only);
+    ``chunk`` is chunked_fft's FFT chunk, ``scan_block`` the scan's block. Causal SSMs carry a
+    state: ``initial_state`` [..., C, M] (see ``state.py`` for each kind's layout) and
+    ``return_state=True`` returns (y, final state). ``kernel_length`` is DSS's normalisation
+    length (default N)."""
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"unknown Toeplitz algorithm {algorithm!r}; expected one of {', '.join(ALGORITHMS)}")
+    lead, (N, C) = v.shape[:-2], v.shape[-2:]
+    u = v.reshape(-1, N, C)
+    if explicit_kernel is not None:
+        return _explicit(u, explicit_kernel, causal, algorithm).reshape(*lead, N, C)
+    if kind is None or params is None:
+        raise ValueError("toeplitz_mix needs an SSM (kind and params) or an explicit_kernel")
+    stateful = initial_state is not None or return_state
+    if stateful and not causal:
+        raise ValueError("a bidirectional Toeplitz mix has no recurrent state (it reads the future)")
+    length = kernel_length or N
+    sys = discretize(kind, params, disc=disc, conj=conj, mimo=mimo, length=length)
+    tensors = [v, *params.values(), *(reverse_params or {}).values()]
+    if initial_state is not None:
+        tensors.append(initial_state)
+    graph = torch.is_grad_enabled() and any(t.requires_grad for t in tensors if t is not None)
+    h0 = None if initial_state is None else initial_state.reshape(u.shape[0], *initial_state.shape[len(lead):])
+    y, h = _run(u, sys, algorithm, chunk, scan_block, h0, return_state, graph)
+    if not causal:
+        if reverse_params is None:
+            raise ValueError("a bidirectional SSM mix (causal=False) needs reverse_params, the backward "
+                             "direction's own SSM")
+        rsys = discretize(kind, reverse_params, disc=disc, conj=conj, mimo=mimo, length=length)
+        ur = u.flip(1)
+        yr, _ = _run(ur, rsys, algorithm, chunk, scan_block, None, False, graph)
+        k0 = _tap0(rsys)
+        yr = yr - (ur * k0 if k0.dim() == 1 else ur @ k0.transpose(0, 1))  # the diagonal counts once
+        y = y + yr.flip(1)
+    y = y.reshape(*lead, N, y.shape[-1])
+    if return_state:
+        return y, h.reshape(*lead, *h.shape[1:])
+    return y
+
+
+def _explicit(u: Tensor, K: Tensor, causal: bool, algorithm: str) -> Tensor:
+    if algorithm not in ("direct", "fft"):
+        raise ValueError(f"algorithm {algorithm!r} passes an SSM's state between chunks; an explicit kernel "
+                         "runs with 'direct' or 'fft'")
+    if K.dim() != 2 or K.shape[1] != u.shape[-1]:
+        raise ValueError(f"an explicit kernel must be [L, C] with C = {u.shape[-1]}, got {tuple(K.shape)}")
+    K = K[: u.shape[1]]
+    conv = direct_conv if algorithm == "direct" else fft_conv
+    y = conv(u, K)
+    if not causal:   # mirrored: M_ij = K[|i − j|], the diagonal once
+        y = y + conv(u.flip(1), torch.cat([torch.zeros_like(K[:1]), K[1:]])).flip(1)
+    return y
+
+
+# ---- generation -------------------------------------------------------------------------
+
+
+def recurrent_step(state: Tensor | None, u_t: Tensor, *, kind: str | None = None,
+                   params: dict[str, Tensor] | None = None, disc: str | None = None, conj: bool = True,
+                   mimo: bool = False, kernel_length: int | None = None,
+                   system: System | None = None) -> tuple[Tensor, Tensor]:
+    """One token of a causal SSM mix: u_t [..., C] → (y_t [..., C_out], new state).
+
+    ``state`` None starts from zero. Pass ``system`` (from ``kernels.discretize``) to skip the
+    discretisation at every step; ``kernel_length`` is DSS's L."""
+    sys = system if system is not None else discretize(kind, params, disc=disc, conj=conj, mimo=mimo,
+                                                       length=kernel_length)
+    lead = u_t.shape[:-1]
+    x = u_t.reshape(-1, u_t.shape[-1])
+    h = st.zero_state(sys, x.shape[0], x.dtype) if state is None else state.reshape(x.shape[0], *state.shape[len(lead):])
+    if isinstance(sys, ShiftSSM):
+        h = torch.cat([x[..., None], h[..., :-1]], dim=-1)
+        y = (sys.taps * h).sum(-1)
+    elif isinstance(sys, DenseSSM):
+        h = torch.einsum("cst,bct->bcs", sys.A, h) + sys.b * x[..., None].to(sys.b.dtype)
+        y = sys.scale * (sys.c * h).sum(-1).real
+    elif sys.mimo:
+        lam = torch.exp(sys.log_lam)
+        h = lam * h + x.to(sys.b.dtype) @ sys.b.transpose(0, 1)
+        y = sys.scale * (h @ sys.c.transpose(0, 1)).real
+    else:
+        lam = torch.exp(sys.log_lam)
+        h = lam * h + sys.b * x[..., None].to(sys.b.dtype)
+        y = sys.scale * (sys.c * h).sum(-1)
+        y = y.real if y.is_complex() else y
+    return y.reshape(*lead, -1), h.reshape(*lead, *h.shape[1:])
