@@ -166,7 +166,7 @@ def test_h3_equals_its_two_recurrences():
         c_shift = find("shift_ssm.kernel.C_re")                      # [D, S]
         taps = torch.zeros(c_shift.shape[0], n, dtype=q.dtype)
         taps[:, : c_shift.shape[1]] = c_shift
-        ks = torch.stack([sum(taps[:, l] * k[:, t - l] for l in range(t + 1)) for t in range(n)], dim=1)
+        ks = torch.stack([sum(taps[:, lag] * k[:, t - lag] for lag in range(t + 1)) for t in range(n)], dim=1)
         ks = ks + k * find("D_shift")
         kv = ks * v
         # diagonal SSM (ZOH): the S4D kernel of its parameters, then its D skip
