@@ -26,7 +26,7 @@ def test_every_example_has_small_sizes():
 def test_example_runs_forward_and_backward(name):
     sizes = SMALL[name]
     model = seqdsl.load(ROOT / "examples" / name, **sizes)
-    inputs = model.example_inputs(**sizes)
+    inputs = [t.requires_grad_(True) if t.is_floating_point() else t for t in model.example_inputs(**sizes)]
     out = model(*inputs)
     outs = out if isinstance(out, tuple) else (out,)
     checked = seqdsl.check(ROOT / "examples" / name, **sizes)
@@ -37,7 +37,8 @@ def test_example_runs_forward_and_backward(name):
         assert torch.isfinite(o).all(), "non-finite output"
     loss = sum(o.float().square().mean() for o in outs if o.is_floating_point())
     loss.backward()
-    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    grads = [p.grad for p in model.parameters() if p.requires_grad] + \
+        [t.grad for t in inputs if t.is_floating_point()]
     if grads:
         assert any(g is not None and g.abs().sum() > 0 for g in grads), "no gradient reached the weights"
         assert all(g is None or torch.isfinite(g).all() for g in grads), "non-finite gradient"
