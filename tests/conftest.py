@@ -2,15 +2,61 @@
 
 ``--update-golden`` (or SEQDSL_UPDATE_GOLDEN=1) rewrites golden files instead of comparing;
 the ``golden`` fixture does the comparison for every golden-file test.
+
+``EXAMPLES`` is every ``examples/**/*.seq`` found at collection time (others add examples
+while the suite grows): a test that takes an argument named ``example`` runs once per file,
+with ids like ``mixers-gla`` (test modules cannot import this file: the suite runs with
+``--import-mode=importlib``).
+The ``checked_example`` fixture checks an example at its default sizes once per session, so
+that the many tests that read an example's graph do not re-elaborate it.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 from pathlib import Path
 
 import pytest
+
+import seqdsl
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = sorted((ROOT / "examples").glob("**/*.seq"))
+
+
+def example_id(path: Path) -> str:
+    """``mixers-gla`` for examples/mixers/gla.seq: readable and unique across folders."""
+    return "-".join(path.relative_to(ROOT / "examples").with_suffix("").parts)
+
+
+def pytest_generate_tests(metafunc):
+    if "example" in metafunc.fixturenames:
+        metafunc.parametrize("example", EXAMPLES, ids=[example_id(p) for p in EXAMPLES])
+
+
+@functools.cache
+def _checked(path: Path) -> seqdsl.Checked:
+    return seqdsl.check(path)
+
+
+@pytest.fixture(scope="session")
+def checked_example():
+    """``checked_example(path)``: ``seqdsl.check(path)`` at the default sizes, cached for the
+    session. Read the result; do not mutate its graph."""
+    return _checked
+
+
+@pytest.fixture
+def check_text():
+    """``check_text(src, **sizes)``: check a program given as text (entry: its model, else
+    its last definition)."""
+
+    def run(src: str, entry: str | None = None, **sizes) -> seqdsl.Checked:
+        return seqdsl.check(src if src.endswith("\n") else src + "\n", entry, **sizes)
+
+    return run
 
 
 def pytest_addoption(parser):

@@ -29,7 +29,8 @@ Conventions (the same everywhere in the family):
 - DPLR (S4, Gu et al. 2022): A = diag(Λ) − P P* with P shared by the channels (the form
   S4's Cauchy/Woodbury algorithm computes: its low-rank term is P Qᵀ with Q = P̄).
   The kernel is computed exactly from the dense discretised Ā — ``bilinear`` Ā = (I − ΔA/2)⁻¹
-  (I + ΔA/2), B̄ = (I − ΔA/2)⁻¹ΔB; ``zoh`` Ā = exp(ΔA), B̄ = A⁻¹(Ā − I)B; ``none`` Ā = exp(A) —
+  (I + ΔA/2), B̄ = (I − ΔA/2)⁻¹ΔB; ``zoh`` Ā = exp(ΔA), B̄ = A⁻¹(Ā − I)B (both from one
+  exponential of the augmented matrix [[ΔA, ΔB], [0, 0]]); ``none`` Ā = exp(A) —
   by blocked powers: K[l0 + j] = (C Ā^{l0}) (Ā^j B̄), O(L·S) per channel after O(b·S²) set-up.
   This replaces S4's Cauchy kernel at the roots of unity (same result, no FFT of the
   generating function, and the same Ā serves the state-passing algorithms).
@@ -53,6 +54,18 @@ DISCS = ("zoh", "bilinear", "dss", "none")
 INITS = ("s4d_lin", "s4d_inv", "s4d_real", "legs", "dss", "dlr", "random")
 
 DT_MIN, DT_MAX = 1e-3, 1e-1
+
+# exp(x) for x below this is flushed to 0: far below anything the outputs can resolve, and
+# left alone it becomes a denormal number, which makes every product that reads it ~100×
+# slower on x86 (S4D's powers λ^l reach 1e-89 within a few thousand taps).
+_EXP_FLOOR = {torch.float16: -10.0, torch.bfloat16: -80.0, torch.float32: -80.0, torch.float64: -700.0}
+
+
+def exp_flushed(x: Tensor) -> Tensor:
+    """exp(x), with results whose magnitude is below e^-80 (fp32; e^-700 fp64) set to 0."""
+    re = x.real if x.is_complex() else x
+    tiny = re < _EXP_FLOOR.get(re.dtype, -80.0)
+    return torch.where(tiny, 0, torch.exp(torch.where(tiny, 0, x)))   # no denormal anywhere, backward too
 
 
 # ---- discretised forms ----------------------------------------------------------------
@@ -175,9 +188,14 @@ def discretize(kind: str, params: dict[str, Tensor], *, disc: str, conj: bool = 
         return DenseSSM(torch.linalg.matrix_exp(full), b, c)
     dA = dt[:, None, None] * full
     if disc == "zoh":
-        Abar = torch.linalg.matrix_exp(dA)
-        Bbar = torch.linalg.solve(full, ((Abar - eye) @ b[..., None]))[..., 0]
-        return DenseSSM(Abar, Bbar, c)
+        # Van Loan: exp([[ΔA, ΔB], [0, 0]]) = [[Ā, B̄], [0, 1]] with B̄ = A⁻¹(e^{ΔA} − I)B, without
+        # the cancellation of e^{ΔA} − I (which costs fp32 three digits at Δ = 1e-3)
+        S = full.shape[-1]
+        aug = torch.zeros(full.shape[0], S + 1, S + 1, dtype=full.dtype)
+        aug[:, :S, :S] = dA
+        aug[:, :S, S] = dt[:, None] * b
+        E = torch.linalg.matrix_exp(aug)
+        return DenseSSM(E[:, :S, :S], E[:, :S, S], c)
     back = eye - dA / 2
     return DenseSSM(torch.linalg.solve(back, eye + dA / 2),
                     torch.linalg.solve(back, (dt[:, None] * b)[..., None])[..., 0], c)
@@ -186,44 +204,50 @@ def discretize(kind: str, params: dict[str, Tensor], *, disc: str, conj: bool = 
 # ---- kernels --------------------------------------------------------------------------
 
 
-def _block_for(rows: int) -> int:
-    """Taps per block so that a block of powers holds about 2^21 numbers."""
-    return max(16, (1 << 21) // max(1, rows))
+def _two_level(z: Tensor, length: int) -> tuple[int, int, Tensor, Tensor, Tensor]:
+    """l = k·b + j: (b, k_count, λ^j [C, M, b], λ^{k·b} [C, M, k_count], j as reals)."""
+    b = 1 << max(4, min(12, math.ceil(math.log2(max(1.0, math.sqrt(length))))))
+    k_count = -(-length // b)
+    rd = z.real.dtype
+    j = torch.arange(b, dtype=rd)
+    return b, k_count, exp_flushed(z[..., None] * j), exp_flushed(z[..., None] * (torch.arange(k_count, dtype=rd) * b)), j
 
 
 class _Vandermonde(torch.autograd.Function):
-    """K[c, l] = Re Σ_m w[c, m] exp(l·z[c, m]) for l < L, computed in blocks of taps, forward
-    and backward, so that memory is O(C·M·block + C·L) instead of O(C·M·L).
+    """K[c, l] = Re Σ_m w[c, m] exp(l·z[c, m]) for l < L.
 
-    Gradients (PyTorch's convention for complex inputs, grad = ∂/∂Re + i ∂/∂Im):
-    grad_w = Σ_l g_l conj(e^{lz}),  grad_z = conj(w) Σ_l g_l l conj(e^{lz})."""
+    Two levels, l = k·b + j with b ≈ √L: λ^l = λ^{kb}·λ^j, so K = Re((w λ^{kb})ᵀ_k · λ^j) is one
+    batched matrix product of [C, L/b, M] by [C, M, b] — C·M·L multiply-adds and only
+    C·M·(b + L/b) exponentials (the one-level Vandermonde spends C·M·L exponentials and as
+    much memory). Backward likewise, with PyTorch's convention for complex inputs
+    (grad = ∂/∂Re + i ∂/∂Im): grad_w = Σ_l g_l conj(λ^l), grad_z = conj(w) Σ_l g_l·l·conj(λ^l)."""
 
     @staticmethod
     def forward(ctx, w: Tensor, z: Tensor, length: int) -> Tensor:
         ctx.save_for_backward(w, z)
         ctx.length = length
-        out = torch.empty(w.shape[0], length, dtype=w.real.dtype)
-        step = _block_for(w.numel())
-        for l0 in range(0, length, step):
-            ls = torch.arange(l0, min(length, l0 + step), dtype=out.dtype)
-            V = torch.exp(z[..., None] * ls)                       # [C, M, b]  read C·M, write C·M·b
-            out[:, l0:l0 + len(ls)] = torch.einsum("cm,cml->cl", w, V).real
-        return out
+        C = w.shape[0]
+        _, k_count, Pj, Qk, _ = _two_level(z, length)
+        A = (w[..., None] * Qk).transpose(1, 2)                   # [C, K, M]  w λ^{kb}
+        if A.is_complex():   # Re(A·P) = [Re A, −Im A]·[Re P; Im P], a real product
+            out = torch.cat([A.real, -A.imag], dim=-1) @ torch.cat([Pj.real, Pj.imag], dim=1)
+        else:
+            out = A @ Pj                                          # read C·M·(K + b), write C·L
+        return out.reshape(C, -1)[:, :length]
 
     @staticmethod
     def backward(ctx, g: Tensor):
         w, z = ctx.saved_tensors
-        gw = torch.zeros_like(w)
-        gs = torch.zeros_like(z)
-        step = _block_for(w.numel())
-        g = g.to(w.dtype)
-        for l0 in range(0, ctx.length, step):
-            ls = torch.arange(l0, min(ctx.length, l0 + step), dtype=w.real.dtype)
-            V = torch.exp(z[..., None] * ls).conj()
-            gb = g[:, l0:l0 + len(ls)]
-            gw += torch.einsum("cl,cml->cm", gb, V)
-            gs += torch.einsum("cl,cml->cm", gb * ls, V)
-        gz = gs * w.conj()
+        C = w.shape[0]
+        b, k_count, Pj, Qk, j = _two_level(z, ctx.length)
+        gp = torch.nn.functional.pad(g, (0, k_count * b - ctx.length)).reshape(C, k_count, b).to(Pj.dtype)
+        Pc = Pj.conj().transpose(1, 2)                            # [C, b, M]
+        G = gp @ Pc                                               # Σ_j g conj(λ^j)      [C, K, M]
+        Gj = (gp * j) @ Pc                                        # Σ_j g·j conj(λ^j)
+        Qc = Qk.conj().transpose(1, 2)                            # [C, K, M]
+        kb = (torch.arange(k_count, dtype=j.dtype) * b)[:, None]
+        gw = (Qc * G).sum(1)
+        gz = (Qc * (kb * G + Gj)).sum(1) * w.conj()
         return (gw if ctx.needs_input_grad[0] else None), (gz if ctx.needs_input_grad[1] else None), None
 
 
@@ -275,7 +299,7 @@ def system_kernel(sys: System, length: int) -> Tensor:
         return dense_kernel(sys, length).transpose(0, 1)
     if sys.mimo:
         ls = torch.arange(length, dtype=sys.c.real.dtype)
-        V = torch.exp(sys.log_lam[None, :] * ls[:, None])                  # [L, M]
+        V = exp_flushed(sys.log_lam[None, :] * ls[:, None])                # [L, M]
         return sys.scale * torch.einsum("lm,om,mi->loi", V, sys.c, sys.b).real
     return vandermonde(sys.scale * sys.c * sys.b, sys.log_lam, length).transpose(0, 1)
 

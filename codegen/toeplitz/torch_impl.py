@@ -39,7 +39,6 @@ from codegen.toeplitz.kernels import (
     dense_powers,
     discretize,
     system_kernel,
-    vandermonde,
 )
 
 ALGORITHMS = ("direct", "fft", "chunked_fft", "scan")
@@ -115,62 +114,113 @@ class _Sink:
 # ---- chunked algorithms ----------------------------------------------------------------
 
 
-def _diag_group(ug: Tensor, sys: DiagSSM, T: int, fft: bool, h: Tensor | None) -> tuple[Tensor, Tensor]:
-    """G chunks of T tokens of a per-channel diagonal SSM at once. ug [B, C, G, T]."""
-    Bn, C, G, _ = ug.shape
-    z = sys.log_lam
+class _DenseGrad(torch.autograd.Function):
+    """The identity, whose backward hands on a contiguous gradient. The batched products
+    before it would otherwise receive a broadcast (stride-0, as from ``y.sum()``) or
+    permuted gradient, which CPU BLAS cannot take, and PyTorch then multiplies with a
+    naive loop, ~100× slower."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> Tensor:
+        return g.contiguous()
+
+
+class _DiagBases:
+    """What every chunk of T tokens of a diagonal SSM reuses, from one table λ^t, t ≤ T.
+
+    A chunk of t ≤ T tokens (the last one may be short) slices the same tables: taps
+    K[:t], input weights b λ^{t−1−s} (the last t rows of Vt), output weights scale c λ^{s+1}
+    (the first t columns of W). Layouts are the ones the batched products read directly:
+    per channel, operands are [C, rows, t] with rows = batch × chunks."""
+
+    def __init__(self, sys: DiagSSM, T: int, fft: bool):
+        self.sys, self.T, self.fft = sys, T, fft
+        z = sys.log_lam
+        self.cplx = z.is_complex()
+        P = st.powers(z, 0, T + 1)                                         # λ^t  [(C,) M, T + 1]
+        if sys.mimo:
+            self.P_in = P[:, :T].flip(-1)                                  # λ^{T−1−t}  [M, T]
+            self.P_out = P[:, 1:]                                          # λ^{t+1}    [M, T]
+            if fft:
+                self.K = sys.scale * torch.einsum("ml,om,mi->loi", P[:, :T], sys.c, sys.b).real   # [T, Co, Ci]
+            else:
+                d = torch.arange(T)[None, :] - torch.arange(T)[:, None]   # t − s, indexed [s, t]
+                self.Dt = P[:, d.clamp(min=0)] * (d >= 0)                  # λ^{t−s} as [M, s, t]
+            return
+        K = torch.einsum("cm,cml->cl", sys.scale * sys.c * sys.b, P[..., :T])
+        self.K = K.real if self.cplx else K                                # taps [C, T]
+        V = sys.b[..., None] * P[..., :T].flip(-1)                         # b λ^{T−1−t}  [C, M, T]
+        W = sys.scale * sys.c[..., None] * P[..., 1:]                      # scale c λ^{t+1}
+        if self.cplx:   # real forms, so that real inputs never get a complex copy
+            V = torch.cat([V.real, V.imag], dim=1)
+            W = torch.cat([W.real, -W.imag], dim=1)
+        self.Vt, self.W = V.transpose(1, 2).contiguous(), W                # [C, T, k], [C, k, T]
+        self.Kf = torch.fft.rfft(self.K, n=2 * T) if fft else None
+        self.TzT = None if fft else _block_toeplitz(self.K.transpose(0, 1)).transpose(1, 2).contiguous()
+
+    def intra(self, X: Tensor, t: int) -> Tensor:
+        """Per-channel convolution inside each chunk, X [C, rows, t]."""
+        if self.fft:
+            Kf = self.Kf if t == self.T else torch.fft.rfft(self.K[:, :t], n=2 * t)
+            return torch.fft.irfft(torch.fft.rfft(X, n=2 * t) * Kf[:, None], n=2 * t)[..., :t]
+        return X @ self.TzT[:, :t, :t]                                     # t² per channel and chunk
+
+
+def _diag_group(ug: Tensor, bs: _DiagBases, t: int, h: Tensor | None) -> tuple[Tensor, Tensor]:
+    """G chunks of t tokens of a per-channel diagonal SSM at once. ug [B, G, t, C]."""
+    Bn, G, _, C = ug.shape
+    z = bs.sys.log_lam
     M = z.shape[-1]
-    cplx = z.is_complex()
-    K = vandermonde(sys.scale * sys.c * sys.b, z, T)                       # taps [C, T]
-    if fft:
-        y = torch.fft.irfft(torch.fft.rfft(ug, n=2 * T) * torch.fft.rfft(K, n=2 * T)[:, None], n=2 * T)[..., :T]
-    else:
-        y = torch.einsum("cts,bcgs->bcgt", _block_toeplitz(K.transpose(0, 1)), ug)   # T² per channel-chunk
-    V = sys.b[..., None] * st.powers(z, 0, T).flip(-1)                    # b λ^{T−1−t}  [C, M, T]
-    W = sys.scale * sys.c[..., None] * st.powers(z, 1, T)                 # scale c λ^{t+1}
-    if cplx:
-        V = torch.cat([V.real, V.imag], dim=1)
-        W = torch.cat([W.real, -W.imag], dim=1)
-    s = torch.einsum("bcgt,ckt->bgck", ug, V)                             # chunk-local end states
-    if cplx:
+    X = ug.permute(3, 0, 1, 2).reshape(C, Bn * G, t)                     # one copy: [C, rows, t]
+    y = bs.intra(X, t)
+    s = X @ bs.Vt[:, bs.T - t:]                                            # chunk-local end states [C, rows, k]
+    if bs.cplx:
         s = torch.complex(s[..., :M], s[..., M:])
-    H, h = st.carry((T * z).reshape(-1), s.reshape(Bn, G, -1), None if h is None else h.reshape(Bn, -1))
-    H = H.reshape(Bn, G, C, M)
-    if cplx:
+    s = s.reshape(C, Bn, G, M).permute(1, 2, 0, 3).reshape(Bn, G, C * M)
+    H, h = st.carry((t * z).reshape(-1), s, None if h is None else h.reshape(Bn, -1))
+    H = H.reshape(Bn, G, C, M).permute(2, 0, 1, 3).reshape(C, Bn * G, M)
+    if bs.cplx:
         H = torch.cat([H.real, H.imag], dim=-1)
-    y = y + torch.einsum("bgck,ckt->bcgt", H, W)                          # what entering states add
-    return y.permute(0, 2, 3, 1).reshape(Bn, G * T, C), h.reshape(Bn, C, M)
+    y = _DenseGrad.apply(y + H @ bs.W[..., :t])                           # what entering states add
+    return y.reshape(C, Bn, G * t).permute(1, 2, 0), h.reshape(Bn, C, M)
 
 
-def _mimo_group(ug: Tensor, sys: DiagSSM, T: int, fft: bool, h: Tensor | None) -> tuple[Tensor, Tensor]:
-    """G chunks of T tokens of S5's MIMO diagonal SSM. ug [B, G, T, C_in]."""
+def _mimo_group(ug: Tensor, bs: _DiagBases, t: int, h: Tensor | None) -> tuple[Tensor, Tensor]:
+    """G chunks of t tokens of S5's MIMO diagonal SSM. ug [B, G, t, C_in]."""
     Bn, G, _, _ = ug.shape
+    sys = bs.sys
     z, b, c = sys.log_lam, sys.b, sys.c
-    x = torch.complex(ug @ b.real.transpose(0, 1), ug @ b.imag.transpose(0, 1))   # B̄ u  [B, G, T, M]
-    P_in = st.powers(z, 0, T).flip(-1)                                     # λ^{T−1−t} [M, T]
-    P_out = st.powers(z, 1, T).transpose(0, 1)                             # λ^{t+1}   [T, M]
-    if fft:
-        K = system_kernel(sys, T)                                          # [T, C_out, C_in]
-        uf = torch.fft.rfft(ug, n=2 * T, dim=2)
-        y = torch.fft.irfft(torch.einsum("bgfi,foi->bgfo", uf, torch.fft.rfft(K, n=2 * T, dim=0)), n=2 * T,
-                            dim=2)[:, :, :T]
-        s = torch.einsum("mt,bgtm->bgm", P_in, x)
+    M = z.shape[0]
+    flat = ug.reshape(-1, ug.shape[-1])                                    # [rows·t, C_in]
+    x = torch.complex(b.real @ flat.transpose(0, 1), b.imag @ flat.transpose(0, 1))   # B̄ u  [M, rows·t]
+    x = x.reshape(M, Bn * G, t)
+    if bs.fft:
+        n = 2 * t
+        uf = torch.fft.rfft(ug, n=n, dim=2)
+        yf = torch.einsum("bgfi,foi->bgfo", uf, torch.fft.rfft(bs.K[:t], n=n, dim=0))
+        y = torch.fft.irfft(yf, n=n, dim=2)[:, :, :t]
+        s = (x * bs.P_in[:, None, bs.T - t:]).sum(-1)                     # [M, rows]
     else:
-        d = torch.arange(T)[:, None] - torch.arange(T)[None, :]
-        D = torch.exp(z[:, None, None] * d.clamp(min=0).to(z.real.dtype)) * (d >= 0)   # λ^{t−s} [M, T, T]
-        hloc = torch.einsum("mts,bgsm->bgtm", D, x)                        # states from the chunk's inputs
-        s = hloc[:, :, -1]
-    H, h = st.carry(T * z, s, h)
-    hin = P_out * H[:, :, None, :]                                         # λ^{t+1} H_g
-    if fft:
-        y = y + sys.scale * (hin @ c.transpose(0, 1)).real
-    else:
-        y = sys.scale * ((hloc + hin) @ c.transpose(0, 1)).real
-    return y.reshape(Bn, G * T, -1), h
+        hloc = x @ bs.Dt[:, :t, :t]                                        # states from the chunk's inputs
+        s = hloc[..., -1]
+    H, h = st.carry(t * z, s.transpose(0, 1).reshape(Bn, G, M), h)
+    hin = bs.P_out[:, None, :t] * H.reshape(Bn * G, M).transpose(0, 1)[..., None]   # λ^{t+1} H_g [M, rows, t]
+    hs = hin if bs.fft else hloc + hin
+    cr = torch.cat([c.real, -c.imag], dim=1)                               # Re(c h) = [Re c, −Im c]·[Re h; Im h]
+    ys = sys.scale * (cr @ torch.cat([hs.real, hs.imag], dim=0).reshape(2 * M, -1))   # [C_out, rows·t]
+    ys = _DenseGrad.apply(ys).reshape(-1, Bn, G * t).permute(1, 2, 0)
+    if bs.fft:
+        return y.reshape(Bn, G * t, -1) + ys, h
+    return ys, h
 
 
 def _diag_chunked(u: Tensor, sys: DiagSSM, T: int, fft: bool, h: Tensor | None, sink: _Sink) -> Tensor:
     Bn, N, C = u.shape
+    bases = _DiagBases(sys, T, fft)
     nfull = N // T
     per = max(1, GROUP_TOKENS // T)
     spans = [(g0 * T, min(nfull, g0 + per) * T, T) for g0 in range(0, nfull, per)]
@@ -178,29 +228,38 @@ def _diag_chunked(u: Tensor, sys: DiagSSM, T: int, fft: bool, h: Tensor | None, 
         spans.append((nfull * T, N, N - nfull * T))
     for a, e, t in spans:
         ug = u[:, a:e].reshape(Bn, (e - a) // t, t, -1)
-        if sys.mimo:
-            y, h = _mimo_group(ug, sys, t, fft, h)
-        else:
-            y, h = _diag_group(ug.permute(0, 3, 1, 2), sys, t, fft, h)
+        y, h = (_mimo_group if sys.mimo else _diag_group)(ug, bases, t, h)
         sink.add(y)
     return h
 
 
 def _dense_chunked(u: Tensor, sys: DenseSSM, T: int, fft: bool, h: Tensor | None, sink: _Sink) -> Tensor:
-    """DPLR's dense Ā: chunk by chunk (the state is [C, S]; the carry is a matrix product)."""
-    N = u.shape[1]
+    """DPLR's dense Ā, chunk by chunk: the state is [C, S] and its carry a matrix product, so
+    this loops over the N/T chunks (each chunk's work is batched products over channels)."""
     cd = sys.A.dtype
+    X = dense_powers(sys.A, sys.b, T)                                      # Ā^j B̄      [C, S, T]
+    R = dense_powers(sys.A.transpose(-1, -2), torch.einsum("ct,cts->cs", sys.c, sys.A), T)   # (c Ā^{t+1})ᵀ
+    K = (sys.scale * torch.einsum("cs,csj->jc", sys.c, X)).real           # taps [T, C]
+    TzT = None if fft else _block_toeplitz(K).transpose(1, 2).contiguous()
+    Xin = X.flip(-1).transpose(1, 2).contiguous()                           # Ā^{T−1−j} B̄ as [C, T, S]
+    A_T = torch.linalg.matrix_power(sys.A, T)
+    N = u.shape[1]
     for a in range(0, N, T):
         t = min(T, N - a)
-        X = dense_powers(sys.A, sys.b, t)                                  # Ā^j B̄  [C, S, t]
-        K = (sys.scale * torch.einsum("cs,csj->jc", sys.c, X)).real       # taps [t, C]
         uk = u[:, a:a + t]
-        y = fft_conv(uk, K) if fft else torch.einsum("cts,bsc->btc", _block_toeplitz(K), uk)
+        Uc = uk.permute(2, 0, 1).contiguous()                              # [C, B, t]
+        if fft:
+            y = fft_conv(uk, K[:t])
+        else:
+            y = (Uc @ TzT[:, :t, :t]).permute(1, 2, 0)
         if h is not None:
-            y = y + st.state_output(sys, h, t)
-        s = torch.einsum("csj,bjc->bcs", X.flip(-1), uk.to(cd))
-        h = s if h is None else st.advance(sys, h, t) + s
-        sink.add(y)
+            y = y + sys.scale * (h.transpose(0, 1) @ R[..., :t]).real.permute(1, 2, 0)
+        s = (Uc.to(cd) @ Xin[:, T - t:]).transpose(0, 1)                  # [B, C, S]
+        if h is not None:
+            Ak = A_T if t == T else torch.linalg.matrix_power(sys.A, t)
+            s = s + (Ak @ h.permute(1, 2, 0)).permute(2, 0, 1)
+        h = s
+        sink.add(_DenseGrad.apply(y.contiguous()) if sink.graph else y)
     return h
 
 
@@ -238,6 +297,15 @@ def _run(u: Tensor, sys: System, algorithm: str, chunk: int, scan_block: int, h0
     return sink.result(), h
 
 
+def _compute_dtype(*tensors: Tensor) -> torch.dtype:
+    """fp32 at least (CPU FFTs take no half precision), else the widest of the inputs."""
+    rd = torch.float32
+    for t in tensors:
+        if t is not None and t.is_floating_point():
+            rd = torch.promote_types(rd, t.dtype)
+    return rd
+
+
 def _tap0(sys: System) -> Tensor:
     return system_kernel(sys, 1)[0]
 
@@ -260,33 +328,40 @@ def toeplitz_mix(v: Tensor, *, kind: str | None = None, params: dict[str, Tensor
     if algorithm not in ALGORITHMS:
         raise ValueError(f"unknown Toeplitz algorithm {algorithm!r}; expected one of {', '.join(ALGORITHMS)}")
     lead, (N, C) = v.shape[:-2], v.shape[-2:]
-    u = v.reshape(-1, N, C)
     if explicit_kernel is not None:
-        return _explicit(u, explicit_kernel, causal, algorithm).reshape(*lead, N, C)
+        rd = _compute_dtype(v, explicit_kernel)
+        y = _explicit(v.reshape(-1, N, C).to(rd), explicit_kernel.to(rd), causal, algorithm)
+        return y.to(v.dtype).reshape(*lead, N, C)
     if kind is None or params is None:
         raise ValueError("toeplitz_mix needs an SSM (kind and params) or an explicit_kernel")
-    stateful = initial_state is not None or return_state
-    if stateful and not causal:
+    rd = _compute_dtype(v, *params.values())
+    u = v.reshape(-1, N, C).to(rd)
+    params = {k: t.to(rd) for k, t in params.items()}
+    reverse_params = None if reverse_params is None else {k: t.to(rd) for k, t in reverse_params.items()}
+    if not causal and (initial_state is not None or return_state):
         raise ValueError("a bidirectional Toeplitz mix has no recurrent state (it reads the future)")
+    if not causal and reverse_params is None:
+        raise ValueError("a bidirectional SSM mix (causal=False) needs reverse_params, the backward "
+                         "direction's own SSM")
     length = kernel_length or N
     sys = discretize(kind, params, disc=disc, conj=conj, mimo=mimo, length=length)
     tensors = [v, *params.values(), *(reverse_params or {}).values()]
     if initial_state is not None:
         tensors.append(initial_state)
     graph = torch.is_grad_enabled() and any(t.requires_grad for t in tensors if t is not None)
-    h0 = None if initial_state is None else initial_state.reshape(u.shape[0], *initial_state.shape[len(lead):])
+    h0 = None
+    if initial_state is not None:
+        h0 = initial_state.reshape(u.shape[0], *initial_state.shape[len(lead):])
+        h0 = h0.to(st.zero_state(sys, 1, rd).dtype)
     y, h = _run(u, sys, algorithm, chunk, scan_block, h0, return_state, graph)
     if not causal:
-        if reverse_params is None:
-            raise ValueError("a bidirectional SSM mix (causal=False) needs reverse_params, the backward "
-                             "direction's own SSM")
         rsys = discretize(kind, reverse_params, disc=disc, conj=conj, mimo=mimo, length=length)
         ur = u.flip(1)
         yr, _ = _run(ur, rsys, algorithm, chunk, scan_block, None, False, graph)
         k0 = _tap0(rsys)
         yr = yr - (ur * k0 if k0.dim() == 1 else ur @ k0.transpose(0, 1))  # the diagonal counts once
         y = y + yr.flip(1)
-    y = y.reshape(*lead, N, y.shape[-1])
+    y = y.to(v.dtype).reshape(*lead, N, y.shape[-1])
     if return_state:
         return y, h.reshape(*lead, *h.shape[1:])
     return y

@@ -118,3 +118,132 @@ def test_families_follow_the_structure():
     for call, family in families.items():
         text = head + f"mixer m({qkv}) {{\n  return {call}\n}}\n"
         assert seqdsl.check(text).mixers[0].spec.family == family, call
+
+
+# ---- more of the same rules, and known bugs ---------------------------------------------
+
+M = dim_symbol("M")
+
+
+def test_broadcast_edge_cases():
+    assert broadcast((), (N, D)) == (N, D)
+    assert broadcast((ONE,), (N,)) == (N,)
+    assert broadcast((N,), (ONE,)) == (N,)
+    assert broadcast((N,), (M,)) is None                     # different symbols never broadcast
+    assert broadcast((H, ONE, ONE), (B, ONE, N, D)) == (B, H, N, D)
+    assert broadcast((2 * N,), (N + N,)) == (2 * N,)         # provably equal expressions match
+    assert not same_dim(N, M) and not same_dim(N, N + 1)
+    assert same_dim((N + 1) - 1, N) and same_dim(D / H * H, D)
+
+
+def test_rearrange_records_divisibility_when_the_size_is_unknown():
+    text = ("dim N = 8, D, H = 4\nmixer m(x: [N, D]) -> [N, H, D / H] {\n"
+            "  return rearrange(x, \"n (h d) -> n h d\", h = H)\n}\n")
+    checked = seqdsl.check(text)                          # D unknown: the constraint waits
+    assert any("divisible" in msg for _c, msg, _p in checked.constraints)
+    assert seqdsl.check(text, D=12).outputs[0].shape == (N, H, D / H)
+    with pytest.raises(seqdsl.SeqError, match="divisible"):
+        seqdsl.check(text, D=10)
+
+
+def test_rearrange_merge_and_unit_axes():
+    t = out("dim B = 2, N = 8, D = 4, H = 2\nmixer m(x: [B, H, N, D]) {\n"
+            "  return rearrange(x, \"b h n d -> b n (h d) 1\")\n}\n")
+    assert t.shape == (B, N, H * D, ONE)
+
+
+def test_derived_dim_matches_the_split_it_names():
+    text = ("dim B = 2, N = 8, D = 12, H = 3\ndim Dh = D / H\n"
+            "mixer m(x: [B, N, D]) -> [B, H, N, Dh] {\n  return rearrange(x, \"b n (h d) -> b h n d\", h = H)\n}\n")
+    assert out(text).shape == (B, H, N, D / H)
+    with pytest.raises(seqdsl.SeqError, match="whole number"):
+        seqdsl.check(text, D=10)
+
+
+def test_matmul_broadcasts_batch_dims_of_different_rank():
+    t = out("dim B = 2, H = 4, N = 8, D = 3\nmixer m(a: [B, 1, N, D], b: [H, D, N]) {\n  return a @ b\n}\n")
+    assert t.shape == (B, H, N, N)
+    with pytest.raises(seqdsl.SeqError, match="do not broadcast"):
+        seqdsl.check("dim B = 2, H = 4, N = 8, D = 3\nmixer m(a: [B, N, D], b: [H, D, N]) {\n  return a @ b\n}\n")
+
+
+def test_slices_with_symbolic_bounds_and_new_axes():
+    head = "dim B = 2, N = 16, M = 4, D = 2\n"
+    assert out(head + "mixer m(x: [B, N, D]) {\n  return x[:, -M:, ..., None]\n}\n").shape == (B, M, D, ONE)
+    assert out(head + "mixer m(x: [B, N, D]) {\n  return x[:, :-M]\n}\n").shape == (B, N - M, D)
+    assert out(head + "mixer m(x: [B, N, D]) {\n  return x[..., 0]\n}\n").shape == (B, N)
+    assert out(head + "mixer m(x: [B, N, D]) {\n  return x.T\n}\n").shape == (B, dim_symbol("D"), N)
+
+
+def test_config_parameter_binds_once_and_is_checked_after():
+    text = ("dim B = 2, N = 16, M = 4, D = 8\nblock f(x: [B, T, D], y: [B, T, D], T = N) -> [B, T, D] {\n"
+            "  return x + y\n}\n")
+    assert out(text + "model m(a: [B, M, D], b: [B, M, D]) {\n  return f(a, b)\n}\n").shape == (B, M, D)
+    with pytest.raises(seqdsl.SeqError, match=r"argument 'y' must have shape \[B, M, D\]"):
+        seqdsl.check(text + "model m(a: [B, M, D], b: [B, N, D]) {\n  return f(a, b)\n}\n")
+    # given explicitly, the config parameter is not inferred
+    with pytest.raises(seqdsl.SeqError, match="must have shape"):
+        seqdsl.check(text + "model m(a: [B, M, D], b: [B, M, D]) {\n  return f(a, b, T = N)\n}\n")
+
+
+def test_parameter_count_of_two_transformer_layers_is_the_hand_formula():
+    text = ("dim B, N = 16, D = 8, H = 2, L = 2\nblock layer(x: [B, N, D]) -> [B, N, D] {\n"
+            "  q = rearrange(linear(x, D), \"b n (h d) -> b h n d\", h = H)\n"
+            "  k = rearrange(linear(x, D), \"b n (h d) -> b h n d\", h = H)\n"
+            "  v = rearrange(linear(x, D), \"b n (h d) -> b h n d\", h = H)\n"
+            "  x = x + linear(rearrange(mix(q, k, v, mask = causal()), \"b h n d -> b n (h d)\"), D)\n"
+            "  return x + mlp(layernorm(x), 4 * D)\n}\n"
+            "model m(x: [B, N, D]) {\n  repeat L { x = layer(layernorm(x)) }\n  return x\n}\n")
+    attention = 4 * (D * D + D)
+    mlp = (4 * D * D + 4 * D) + (4 * D * D + D)
+    norms = 2 * 2 * D
+    per_layer = attention + mlp + norms
+    checked = seqdsl.check(text)
+    assert sympy.expand(checked.param_count - 2 * per_layer) == 0
+    assert sympy.expand(seqdsl.check(text, L=5).param_count - 5 * per_layer) == 0
+    names = {n.name for n in checked.graph.params}
+    assert {"layers.0.layer.linear.weight", "layers.0.layer.linear_3.bias", "layers.1.layer.mlp.w2",
+            "layers.1.layernorm.weight"} <= names
+
+
+def test_parameter_names_follow_the_call_path():
+    """docs/language.md: `q = linear(x, D)` inside `attn` inside `layers.3` gives `layers.3.attn.q.weight`."""
+    text = ("dim N = 8, D = 4, L = 4\nblock attn(x: [N, D]) {\n  q = linear(x, D)\n  return q\n}\n"
+            "model m(x: [N, D]) {\n  repeat L { x = attn(x) }\n  return x\n}\n")
+    names = {n.name for n in seqdsl.check(text).graph.params}
+    assert "layers.3.attn.q.weight" in names and "layers.0.attn.q.bias" in names
+    shared = {n.name for n in seqdsl.check(text.replace("repeat L {", "repeat L shared {")).graph.params}
+    assert shared == {"layers.attn.q.weight", "layers.attn.q.bias"}
+
+
+def test_buffers_do_not_count_as_parameters(check_text):
+    text = ("dim N = 8, D = 4\nmixer m(x: [N, D]) {\n  param w: [D] = normal(0.02, trainable = false)\n"
+            "  param b: [D] = zeros()\n  return x * w + b\n}")
+    assert check_text(text).param_count == dim_symbol("D")
+    assert check_text(text, D=16).param_count == dim_symbol("D"), "sizes stay symbolic in the count"
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: `param w: [D]` without '= init' fails with \"a parameter's initial "
+                   "value must be an init such as normal(0.02), got Init\": the default init (an Init) is passed "
+                   "to as_init, which only accepts Structs and numbers")
+def test_param_without_init_uses_the_default(check_text):
+    checked = check_text("dim N = 8, D = 4\nmixer m(x: [N, D]) {\n  param w: [D]\n  return x * w\n}")
+    assert checked.param_count == dim_symbol("D")
+
+
+OUT_OF_RANGE = {
+    "index": "x[:, 100]",
+    "negative-index": "x[:, -100]",
+    "slice-stop": "x[:, 0:100]",
+    "negative-slice-start": "x[:, -100:]",
+    "symbolic-negative-start": "x[:, -M:]",
+}
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: indices and slice bounds are not checked against the axis: with "
+                   "N = 64, x[:, 100] and x[:, 0:100] are accepted, and x[:, -M:] with M = 100 gives length M")
+@pytest.mark.parametrize("name", sorted(OUT_OF_RANGE))
+def test_index_out_of_range_is_an_error(name):
+    text = f"dim B = 2, N = 64, D = 4, M = 100\nmixer m(x: [B, N, D]) {{\n  return {OUT_OF_RANGE[name]}\n}}\n"
+    with pytest.raises(seqdsl.SeqError, match="out of range"):
+        seqdsl.check(text)

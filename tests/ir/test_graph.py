@@ -1,19 +1,15 @@
-"""verify() catches broken graphs; every example's graph verifies; SEQDSL_DUMP writes each stage."""
+"""verify() catches broken graphs; every example's graph verifies and prints.
+(SEQDSL_DUMP is tested with the pipeline, in tests/passes/test_dce.py.)"""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 import sympy
 
-import seqdsl
 from seqdsl.ir import mix as M
 from seqdsl.ir.graph import Graph, OpKind, Port, VerifyError, format_graph, verify
 from seqdsl.ir.types import TensorType, dim_symbol
 
-ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = sorted((ROOT / "examples").glob("*/*.seq"))
 T = TensorType((dim_symbol("N"),))
 
 
@@ -66,17 +62,62 @@ def test_inputs_read_nothing():
         verify(g)
 
 
-@pytest.mark.parametrize("path", EXAMPLES, ids=[f"{p.parent.name}-{p.stem}" for p in EXAMPLES])
-def test_every_example_verifies_and_prints(path):
-    checked = seqdsl.check(path)
+def test_every_example_verifies_and_prints(example, checked_example):
+    checked = checked_example(example)
     verify(checked.graph)
     text = format_graph(checked.graph)
     assert text.startswith(f"graph {checked.entry} {{") and "return %" in text
 
 
-def test_dump_writes_every_stage(tmp_path, monkeypatch):
-    monkeypatch.setenv("SEQDSL_DUMP", str(tmp_path))
-    seqdsl.check(ROOT / "examples" / "mixers" / "gla.seq")
-    names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["00-main-elaborated.txt", "01-main-eliminate_dead_nodes.txt"] or \
-        names == ["00-gla-elaborated.txt", "01-gla-eliminate_dead_nodes.txt"]
+def test_output_reads_a_missing_node():
+    g = small_graph()
+    g.outputs = [Port("out", 42)]
+    with pytest.raises(VerifyError, match="output reads missing node 42"):
+        verify(g)
+
+
+def test_input_reads_an_output_index_the_node_lacks():
+    g = small_graph()
+    g.add(OpKind.UNARY, "z", [Port("x", 1, 3)], T, {"fn": "relu"})
+    with pytest.raises(VerifyError, match="reads output 3 of a node with fewer"):
+        verify(g)
+
+
+def test_ids_must_be_topological():
+    g = small_graph()
+    g.nx.add_edge(1, 0, role="late", index=0)
+    g.nx.remove_edge(0, 1)
+    with pytest.raises(VerifyError, match="reads a later node"):
+        verify(g)
+
+
+def test_bad_output_dtype():
+    g = small_graph()
+    g.add(OpKind.UNARY, "z", [Port("x", 0)], TensorType((dim_symbol("N"),), "complex"), {"fn": "relu"})
+    with pytest.raises(VerifyError, match="bad output type"):
+        verify(g)
+
+
+def test_mix_without_values():
+    g = Graph("g")
+    q = g.add(OpKind.INPUT, "q", [], TensorType((dim_symbol("N"), sympy.Integer(4))))
+    g.add(OpKind.MIX, "mix", [Port("q", q.id), Port("k", q.id)], q.out, {"spec": M.MixSpec(None, None, M.Full(), "softmax")})
+    with pytest.raises(VerifyError, match="needs values"):
+        verify(g)
+
+
+def test_nested_bodies_are_verified():
+    body = small_graph()
+    body.outputs = [Port("out", 7)]
+    g = small_graph()
+    g.add(OpKind.MOE, "moe", [Port("x", 0)], T, {"body": body, "copies": 2})
+    with pytest.raises(VerifyError, match="output reads missing node 7"):
+        verify(g)
+
+
+def test_nodes_are_frozen_and_hashable():
+    node = small_graph().node(1)
+    with pytest.raises(AttributeError):
+        node.name = "other"  # type: ignore[misc]
+    assert hash(node) == hash(node) and node.kind is OpKind.UNARY
+    assert node.input("x") == Port("x", 0) and node.input("nope") is None

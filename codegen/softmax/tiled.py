@@ -1,0 +1,303 @@
+"""Tiled online-softmax attention (FlashAttention-style) in eager PyTorch, for any mask.
+
+Per (batch, head): queries in blocks of ``bq``, keys in tiles of ``bk``; the steps of a
+:class:`~codegen.softmax.plan.Plan` each compute, for many query blocks at once, a partial
+output and its log-sum-exp over some of their tiles. Partial results merge by their
+log-sum-exp (online softmax), so the forward keeps O(N · chunk · bk) memory beyond the
+output and one log-sum-exp per row, which is all the backward keeps. The backward replays
+the steps: with the *final* output and log-sum-exp, every step's contribution to dq, dk,
+dv (and to the bias table) is independent, as in FlashAttention-2.
+
+Chunk kernels: PyTorch's fused CPU flash-attention op (``_scaled_dot_product_flash_
+attention_for_cpu``, which returns the log-sum-exp) when it applies — CPU, no soft cap, no
+gradient for a bias table — else a plain matmul kernel (any device, caps, bias gradients).
+Query rows with no kept key return 0.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from codegen.softmax.plan import Plan, Step, positions, step_keep
+from codegen.softmax.scores import positional_bias
+
+_FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+_FLASH_BWD = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
+_FLASH_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+def flash_available(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether PyTorch's fused CPU flash-attention op can run the chunks."""
+    return _FLASH is not None and _FLASH_BWD is not None and device.type == "cpu" and dtype in _FLASH_DTYPES
+
+
+# ---- chunk kernels -----------------------------------------------------------------
+
+
+def _flash_layout(t: Tensor, lead: tuple[int, int]) -> Tensor:
+    """5-D [B, H, R, L, X] → the 4-D layout whose dim 1 matches a mask of lead (Lb, Lh)."""
+    B, H = t.shape[:2]
+    if lead[0] == 1 and lead[1] == H and H > 1:
+        return t.reshape(B, H * t.shape[2], *t.shape[3:])
+    return t.reshape(B * H, *t.shape[2:])
+
+
+def _flash_mask(mask: Tensor, B: int, H: int) -> Tensor:
+    lb, lh = mask.shape[:2]
+    if lb == 1 and lh == H and H > 1:
+        return mask.reshape(1, H * mask.shape[2], *mask.shape[3:])
+    if lb == 1 and lh == 1:
+        return mask.reshape(1, *mask.shape[2:])
+    return mask.expand(B, H, *mask.shape[2:]).reshape(B * H, *mask.shape[2:])
+
+
+def _additive(keep: Tensor | None, bias: Tensor | None, dtype) -> Tensor | None:
+    """The float mask of the fused kernel: the bias (or 0) where kept, −inf elsewhere."""
+    if keep is None:
+        return None if bias is None else bias.to(dtype)
+    base = torch.zeros((), dtype=dtype, device=keep.device) if bias is None else bias.to(dtype)
+    return torch.where(keep, base, float("-inf"))
+
+
+def flash_forward(q, k, v, additive, scale):
+    B, H = q.shape[:2]
+    lead = (1, 1) if additive is None else additive.shape[:2]
+    out, lse = _FLASH(_flash_layout(q, lead), _flash_layout(k, lead), _flash_layout(v, lead), 0.0, False,
+                      attn_mask=None if additive is None else _flash_mask(additive, B, H), scale=scale)
+    return out.reshape(*q.shape[:-1], v.shape[-1]), lse.reshape(q.shape[:-1])
+
+
+def flash_backward(do, q, k, v, o, lse, additive, scale):
+    B, H = q.shape[:2]
+    lead = (1, 1) if additive is None else additive.shape[:2]
+    f = _flash_layout
+    dq, dk, dv = _FLASH_BWD(f(do, lead), f(q, lead), f(k, lead), f(v, lead), f(o, lead),
+                            f(lse[..., None], lead)[..., 0], 0.0, False,
+                            attn_mask=None if additive is None else _flash_mask(additive, B, H), scale=scale)
+    return dq.reshape(q.shape), dk.reshape(k.shape), dv.reshape(v.shape)
+
+
+def _scores(q, k, scale, bias, cap):
+    s = torch.matmul(q, k.transpose(-1, -2)) * scale
+    if bias is not None:
+        s = s + bias
+    t = None
+    if cap is not None:
+        t = torch.tanh(s / cap)
+        s = cap * t
+    return s, t
+
+
+def plain_forward(q, k, v, keep, bias, scale, cap):
+    s, _ = _scores(q, k, scale, bias, cap)
+    if keep is not None:
+        s = s.masked_fill(~keep, float("-inf"))
+    lse = torch.logsumexp(s, -1)
+    p = torch.exp(s - torch.where(torch.isinf(lse), 0, lse)[..., None])
+    return torch.matmul(p, v), lse
+
+
+def plain_backward(do, q, k, v, o, lse, keep, bias, scale, cap):
+    s, t = _scores(q, k, scale, bias, cap)
+    if keep is not None:
+        s = s.masked_fill(~keep, float("-inf"))
+    p = torch.exp(s - lse[..., None])                      # lse = +inf on dead rows: p = 0
+    dv = torch.matmul(p.transpose(-1, -2), do)
+    ds = p * (torch.matmul(do, v.transpose(-1, -2)) - (do * o).sum(-1, keepdim=True))
+    if cap is not None:
+        ds = ds * (1 - t * t)
+    dq = torch.matmul(ds, k) * scale
+    dk = torch.matmul(ds.transpose(-1, -2), q) * scale
+    return dq, dk, dv, ds
+
+
+# ---- the autograd function ---------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Config:
+    plan: Plan
+    scale: float
+    cap: float | None
+    bias_kind: str | None
+    flash: bool                   # the fused CPU kernel may run (device, dtype)
+
+
+def _tiles(x: Tensor, n: int, b: int, front: int = 0, back: int = 0) -> Tensor:
+    """[B, H, n, D] → contiguous tiles [B, H, front + ceil(n/b) + back, b, D], zero padded."""
+    nb = -(-n // b)
+    after = (nb + back) * b - n
+    if front or after:
+        x = torch.nn.functional.pad(x, (0, 0, front * b, after))
+    return x.contiguous().reshape(*x.shape[:2], front + nb + back, b, x.shape[-1])
+
+
+def _rows(s: Step, t: Tensor) -> Tensor:
+    """The step's query rows of a tile tensor [B, H, nqb, bq, *X] as [B, H, G, g·bq, *X]:
+    a strided view when the groups advance by a constant stride, else a gathered copy."""
+    B, H, _, bq = t.shape[:4]
+    X = t.shape[4:]
+    G, g = s.rows.shape
+    if s.q_view is not None:
+        r0, dr = s.q_view
+        inner = math.prod(X)
+        return t.as_strided((B, H, G, g * bq, *X), (t.stride(0), t.stride(1), dr * bq * inner, *t.stride()[3:]),
+                            t.storage_offset() + r0 * bq * inner)
+    return t.index_select(2, s.rows.reshape(-1)).reshape(B, H, G, g * bq, *X)
+
+
+def _keys(s: Step, t: Tensor) -> Tensor:
+    """The step's key (or value) tiles [B, H, nkb, bk, D] as [B, H, G, c·bk, D]."""
+    B, H, _, bk, D = t.shape
+    G, c = s.kidx.shape
+    if s.k_view is not None:
+        t0, dt = s.k_view
+        return t.as_strided((B, H, G, c * bk, D), (t.stride(0), t.stride(1), dt * bk * D, D, 1),
+                            t.storage_offset() + t0 * bk * D)
+    return t.index_select(2, s.kidx.reshape(-1)).reshape(B, H, G, c * bk, D)
+
+
+def _bias(cfg: Config, s: Step, table: Tensor | None, dtype) -> Tensor | None:
+    if cfg.bias_kind is None:
+        return None
+    i, j = positions(cfg.plan, s)
+    return positional_bias(cfg.bias_kind, table, i, j, cfg.plan.heads, dtype)[None]   # [1, Hb, R', L, S]
+
+
+def _use_flash(cfg: Config, table_grad: bool) -> bool:
+    return cfg.flash and cfg.cap is None and not table_grad
+
+
+def _masks(cfg: Config, s: Step, bias: Tensor | None, flash: bool, dtype):
+    """(keep, dead rows, additive mask for the fused kernel) of a step; None where none."""
+    keep, dead = step_keep(cfg.plan, s) if s.masked else (None, None)
+    if not flash:
+        return keep, dead, None
+    if bias is None and keep is not None and s.keep is keep:      # cached with the plan
+        if dtype not in s.additive:
+            s.additive[dtype] = _additive(keep, None, dtype)
+        return keep, dead, s.additive[dtype]
+    return keep, dead, _additive(keep, bias, dtype)
+
+
+def tiled_forward(cfg: Config, q: Tensor, k: Tensor, v: Tensor, table: Tensor | None) -> tuple[Tensor, Tensor]:
+    """The output tiles [B, H, nqb, bq, Dv] (padded rows included) and their log-sum-exp
+    [B, H, nqb, bq] (−inf on rows with no kept key)."""
+    p = cfg.plan
+    q_t = _tiles(q, p.nq, p.bq)
+    k_t, v_t = _tiles(k, p.nk, p.bk, p.front, p.back), _tiles(v, p.nk, p.bk, p.front, p.back)
+    out = torch.zeros(*q_t.shape[:-1], v.shape[-1], dtype=q.dtype, device=q.device)
+    lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    lse = torch.full(q_t.shape[:-1], float("-inf"), dtype=lse_dtype, device=q.device)
+    flash = _use_flash(cfg, False)
+    for s in p.steps:
+        qs, ks, vs = _rows(s, q_t), _keys(s, k_t), _keys(s, v_t)   # read G·L·D + 2·G·S·D
+        bias = _bias(cfg, s, table, q.dtype)
+        keep, dead, additive = _masks(cfg, s, bias, flash, q.dtype)
+        if flash:
+            o, l_s = flash_forward(qs, ks, vs, additive, cfg.scale)
+        else:
+            o, l_s = plain_forward(qs, ks, vs, keep, bias, cfg.scale, cfg.cap)
+        l_s = l_s.to(lse_dtype)
+        if dead is not None:                                      # the fused kernel says 0 there
+            l_s = l_s.masked_fill(dead, float("-inf"))
+        _merge(out, lse, s, o, l_s)                               # read/write G·L·Dv
+    return out, lse
+
+
+def _merge(out: Tensor, lse: Tensor, s: Step, o: Tensor, l_s: Tensor) -> None:
+    """Online softmax: fold a partial result (o, l_s) into the running (out, lse) of its rows."""
+    view = s.q_view is not None
+    if s.first and view:
+        _rows(s, out).copy_(o)
+        _rows(s, lse).copy_(l_s)
+        return
+    flat = s.rows.reshape(-1)
+    if s.first:
+        out.index_copy_(2, flat, o.reshape(*out.shape[:2], -1, *out.shape[3:]).to(out.dtype))
+        lse.index_copy_(2, flat, l_s.reshape(*lse.shape[:2], -1, lse.shape[3]))
+        return
+    o_old, l_old = _rows(s, out), _rows(s, lse)          # views, or copies when gathered
+    l_new = torch.logaddexp(l_old, l_s)
+    live = l_new > float("-inf")
+    a = torch.where(live, torch.exp(l_old - l_new), 0).to(out.dtype)[..., None]
+    b = torch.where(live, torch.exp(l_s - l_new), 0).to(out.dtype)[..., None]
+    o_old.mul_(a).addcmul_(o, b)
+    if view:
+        l_old.copy_(l_new)
+    else:
+        out.index_copy_(2, flat, o_old.reshape(*out.shape[:2], -1, *out.shape[3:]))
+        lse.index_copy_(2, flat, l_new.reshape(*lse.shape[:2], -1, lse.shape[3]))
+
+
+def tiled_backward(cfg: Config, d_out: Tensor, q: Tensor, k: Tensor, v: Tensor, table: Tensor | None,
+                   out: Tensor, lse: Tensor, need_table: bool):
+    """Gradients of q, k, v (unpadded) and of the bias table, replaying the plan's steps
+    with the final output and log-sum-exp."""
+    p = cfg.plan
+    q_t = _tiles(q, p.nq, p.bq)
+    k_t, v_t = _tiles(k, p.nk, p.bk, p.front, p.back), _tiles(v, p.nk, p.bk, p.front, p.back)
+    do_t = _tiles(d_out, p.nq, p.bq)
+    lse = torch.where(torch.isinf(lse), float("inf"), lse)        # rows with no key: p = exp(−inf) = 0
+    dq_t, dk_t, dv_t = torch.zeros_like(q_t), torch.zeros_like(k_t), torch.zeros_like(v_t)
+    B, H, nkb = k_t.shape[:3]
+    dtable = torch.zeros_like(table) if need_table else None
+    flash = _use_flash(cfg, need_table)
+    bh = torch.arange(B * H, device=q.device)[:, None] * nkb
+    for s in p.steps:
+        qs, ks, vs, dos, os_ = _rows(s, q_t), _keys(s, k_t), _keys(s, v_t), _rows(s, do_t), _rows(s, out)
+        ls = _rows(s, lse)
+        bias = _bias(cfg, s, table, q.dtype)
+        keep, _, additive = _masks(cfg, s, bias, flash, q.dtype)
+        if flash:
+            dq, dk, dv = flash_backward(dos, qs, ks, vs, os_, ls.to(qs.dtype) if qs.dtype == torch.float64 else ls,
+                                        additive, cfg.scale)
+        else:
+            dq, dk, dv, ds = plain_backward(dos, qs, ks, vs, os_, ls.to(qs.dtype), keep, bias, cfg.scale, cfg.cap)
+            if need_table:                      # d bias = d scores: through the bias's own formula
+                with torch.enable_grad():
+                    t = table.detach().requires_grad_()
+                    i, j = positions(p, s)
+                    b = positional_bias(cfg.bias_kind, t, i, j, p.heads, q.dtype)
+                    dtable += torch.autograd.grad(b, t, ds.sum_to_size(1, *b.shape)[0])[0]
+        if s.q_view is not None:                # the groups' rows never overlap
+            _rows(s, dq_t).add_(dq)
+        else:
+            dq_t.index_add_(2, s.rows.reshape(-1), dq.reshape(B, H, -1, p.bq, dq.shape[-1]))
+        G, c = s.kidx.shape
+        if s.k_view is not None and (G == 1 or s.k_view[1] >= c):   # windows that do not overlap
+            _keys(s, dk_t).add_(dk)
+            _keys(s, dv_t).add_(dv)
+        else:
+            flat = (bh + s.kidx.reshape(1, -1)).reshape(-1)
+            dk_t.view(-1, p.bk, dk_t.shape[-1]).index_add_(0, flat, dk.reshape(-1, p.bk, dk.shape[-1]))
+            dv_t.view(-1, p.bk, dv_t.shape[-1]).index_add_(0, flat, dv.reshape(-1, p.bk, dv.shape[-1]))
+
+    def untile(x: Tensor, n: int, b: int, front: int = 0) -> Tensor:
+        return x.reshape(*x.shape[:2], -1, x.shape[-1])[:, :, front * b:front * b + n]
+
+    return untile(dq_t, p.nq, p.bq), untile(dk_t, p.nk, p.bk, p.front), untile(dv_t, p.nk, p.bk, p.front), dtable
+
+
+class TiledAttention(torch.autograd.Function):
+    """q, k, v canonical [B, H, N, D] (equal D when the fused kernel may run); the bias
+    table is an input so that its gradient flows. Saves q, k, v, the output and one
+    log-sum-exp per row: O(N) beyond the inputs."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, table, cfg: Config):
+        out, lse = tiled_forward(cfg, q, k, v, table)
+        ctx.cfg = cfg
+        ctx.save_for_backward(q, k, v, table, out, lse)
+        return out.reshape(*out.shape[:2], -1, out.shape[-1])[:, :, :cfg.plan.nq]
+
+    @staticmethod
+    def backward(ctx, d_out):
+        q, k, v, table, out, lse = ctx.saved_tensors
+        need_table = table is not None and ctx.needs_input_grad[3]
+        dq, dk, dv, dt = tiled_backward(ctx.cfg, d_out.contiguous(), q, k, v, table, out, lse, need_table)
+        return dq, dk, dv, dt, None
