@@ -410,7 +410,7 @@ def index(el, frame, base, e: A.Index):
     if isinstance(base, ListV):
         if len(e.subs) != 1 or isinstance(e.subs[0], (A.Slice, A.EllipsisIndex, A.NewAxis)):
             raise ctx.error("a list takes one index")
-        i = el.value(frame, el.eval(frame, e.subs[0]))
+        i = el.value(frame, el.evaluate(frame, e.subs[0]))
         if not isinstance(i, Scalar):
             raise ctx.error(f"a list index must be a number, got {describe(i)}")
         k = el.concrete_int(i.expr, e.pos, "the index")
@@ -448,7 +448,7 @@ def index(el, frame, base, e: A.Index):
             shape.append(length)
             spec.append(("slice", lo, hi))
         else:
-            i = el.value(frame, el.eval(frame, s))
+            i = el.value(frame, el.evaluate(frame, s))
             if not isinstance(i, Scalar):
                 raise ctx.error(f"an index must be a number or a slice, got {describe(i)}")
             k = i.expr + dim if i.expr.is_negative else i.expr
@@ -460,7 +460,7 @@ def index(el, frame, base, e: A.Index):
 def _bound(el, frame, e, dim, default):
     if e is None:
         return default
-    v = el.value(frame, el.eval(frame, e))
+    v = el.value(frame, el.evaluate(frame, e))
     if not isinstance(v, Scalar):
         raise SeqError(f"a slice bound must be a number, got {describe(v)}", e.pos)
     return v.expr + dim if v.expr.is_negative else v.expr

@@ -225,7 +225,7 @@ class Elaborator:
         return v
 
     # ---- expressions -------------------------------------------------------------
-    def eval(self, frame: Frame, e: A.Expr, name: str | None = None) -> Any:
+    def evaluate(self, frame: Frame, e: A.Expr, name: str | None = None) -> Any:
         match e:
             case A.Name(id=n):
                 return self.lookup(frame, n, e.pos)
@@ -236,28 +236,28 @@ class Elaborator:
             case A.Bool(value=b):
                 return Scalar(sympy.true if b else sympy.false)
             case A.ListExpr(items=items):
-                return ListV(tuple(self.value(frame, self.eval(frame, i)) for i in items))
+                return ListV(tuple(self.value(frame, self.evaluate(frame, i)) for i in items))
             case A.Call():
                 return self.call(frame, e, name)
             case A.Index():
-                return B.index(self, frame, self.value(frame, self.eval(frame, e.base)), e)
+                return B.index(self, frame, self.value(frame, self.evaluate(frame, e.base)), e)
             case A.Attr(base=b, name=attr):
-                return B.attribute(self, frame, self.value(frame, self.eval(frame, b)), attr, e.pos)
+                return B.attribute(self, frame, self.value(frame, self.evaluate(frame, b)), attr, e.pos)
             case A.UnaryOp(op=op, operand=o):
-                return self.unary(frame, op, self.value(frame, self.eval(frame, o)), e.pos)
+                return self.unary(frame, op, self.value(frame, self.evaluate(frame, o)), e.pos)
             case A.BinOp(op="and" | "or" as op, left=l, right=r):
-                left = self.truth(self.value(frame, self.eval(frame, l)), l.pos)
+                left = self.truth(self.value(frame, self.evaluate(frame, l)), l.pos)
                 if (op == "and" and not left) or (op == "or" and left):
                     return Scalar(sympy.true if left else sympy.false)
-                right = self.truth(self.value(frame, self.eval(frame, r)), r.pos)
+                right = self.truth(self.value(frame, self.evaluate(frame, r)), r.pos)
                 return Scalar(sympy.true if right else sympy.false)
             case A.BinOp(op=op, left=l, right=r):
-                left = self.value(frame, self.eval(frame, l))
-                right = self.value(frame, self.eval(frame, r))
+                left = self.value(frame, self.evaluate(frame, l))
+                right = self.value(frame, self.evaluate(frame, r))
                 return self.binary(frame, op, left, right, e.pos)
             case A.Cond(test=t, then=a, orelse=b):
-                chosen = a if self.truth(self.value(frame, self.eval(frame, t)), t.pos) else b
-                return self.eval(frame, chosen, name)
+                chosen = a if self.truth(self.value(frame, self.evaluate(frame, t)), t.pos) else b
+                return self.evaluate(frame, chosen, name)
         raise SeqError(f"cannot evaluate {type(e).__name__}", getattr(e, "pos", None))
 
     def unary(self, frame: Frame, op: str, v: Any, pos: Pos) -> Any:
@@ -306,12 +306,12 @@ class Elaborator:
             raise self.unknown(frame, f)
         if not isinstance(f, Func):
             raise SeqError(f"{describe(f)} is not a function", e.func.pos)
-        args = [self.eval(frame, a) for a in e.args]
+        args = [self.evaluate(frame, a) for a in e.args]
         kwargs = {}
         for kw in e.kwargs:
             if kw.name in kwargs:
                 raise SeqError(f"argument {kw.name!r} given twice", kw.pos)
-            kwargs[kw.name] = (self.eval(frame, kw.value), kw.pos)
+            kwargs[kw.name] = (self.evaluate(frame, kw.value), kw.pos)
         if f.definition is not None:
             args = [self.value(frame, a) for a in args]
             kwargs = {k: (self.value(frame, v), p) for k, (v, p) in kwargs.items()}
@@ -330,7 +330,7 @@ class Elaborator:
                 return Func(e.id, self.prog.definitions[e.id])
             if e.id in B.REGISTRY:
                 return Func(e.id)
-        return self.eval(frame, e)
+        return self.evaluate(frame, e)
 
     def call_def(self, caller: Frame | None, d: A.Definition, args: list, kwargs: dict, pos: Pos,
                  inst: str, prefix: str | None = None) -> Any:
@@ -368,7 +368,7 @@ class Elaborator:
                 frame.locals[p.name] = v
         for p in d.params:
             if isinstance(p, A.ConfigParam) and p.name not in frame.locals:
-                frame.locals[p.name] = self.value(frame, self.eval(frame, p.default))
+                frame.locals[p.name] = self.value(frame, self.evaluate(frame, p.default))
         self.stack.append(d.name)
         try:
             self.run(frame, d.body)
@@ -403,7 +403,7 @@ class Elaborator:
                                f"got {v.type} (axis {i}: {show_dim(expected)} vs {show_dim(actual)})", pos)
 
     def dim_value(self, frame: Frame, e: A.Expr) -> sympy.Basic:
-        v = self.value(frame, self.eval(frame, e))
+        v = self.value(frame, self.evaluate(frame, e))
         if not isinstance(v, Scalar):
             raise SeqError(f"a shape entry must be a size, got {describe(v)}", e.pos)
         self.check_dim(v.expr, e.pos, "a shape")
@@ -441,7 +441,7 @@ class Elaborator:
                 fresh = len(targets) == 1 and (targets[0] not in frame.locals or (
                     frame.loop_outer is not None and targets[0] not in frame.loop_outer))
                 hint = targets[0] if fresh else None
-                v = self.value(frame, self.eval(frame, e, name=hint))
+                v = self.value(frame, self.evaluate(frame, e, name=hint))
                 if len(targets) == 1:
                     frame.locals[targets[0]] = v
                     return
@@ -452,16 +452,16 @@ class Elaborator:
                 for t, item in zip(targets, items):
                     frame.locals[t] = item
             case A.Return(values=values):
-                vals = [self.value(frame, self.eval(frame, v)) for v in values]
+                vals = [self.value(frame, self.evaluate(frame, v)) for v in values]
                 frame.result = vals[0] if len(vals) == 1 else TupleV(tuple(vals))
                 frame.returned = True
             case A.Repeat():
                 self.repeat(frame, s)
             case A.If(test=t, body=body, orelse=orelse):
-                self.run(frame, body if self.truth(self.value(frame, self.eval(frame, t)), t.pos) else orelse)
+                self.run(frame, body if self.truth(self.value(frame, self.evaluate(frame, t)), t.pos) else orelse)
             case A.ParamStmt(name=n, type=t, init=init):
                 shape = tuple(self.dim_value(frame, d) for d in t.dims)
-                init_v = B.default_init() if init is None else self.value(frame, self.eval(frame, init))
+                init_v = B.default_init() if init is None else self.value(frame, self.evaluate(frame, init))
                 init_v = B.as_init(init_v, init.pos if init is not None else s.pos)
                 frame.locals[n] = self.param(frame, n, shape, init_v, s.pos, trainable=init_v.trainable)
             case A.Require(test=t, message=msg):
@@ -470,18 +470,18 @@ class Elaborator:
     def require_stmt(self, frame: Frame, t: A.Expr, msg: str | None, pos: Pos) -> None:
         text = msg or f"requirement failed: {_expr_text(t)}"
         if isinstance(t, A.BinOp) and t.op in ("==", "!=", "<", "<=", ">", ">="):
-            a = self.value(frame, self.eval(frame, t.left))
-            b = self.value(frame, self.eval(frame, t.right))
+            a = self.value(frame, self.evaluate(frame, t.left))
+            b = self.value(frame, self.evaluate(frame, t.right))
             if isinstance(a, Scalar) and isinstance(b, Scalar):
                 rel = {"==": sympy.Eq, "!=": sympy.Ne, "<": sympy.Lt, "<=": sympy.Le,
                        ">": sympy.Gt, ">=": sympy.Ge}[t.op](a.expr, b.expr)
                 self.require(rel, text, pos)
                 return
-        if not self.truth(self.value(frame, self.eval(frame, t)), pos):
+        if not self.truth(self.value(frame, self.evaluate(frame, t)), pos):
             raise SeqError(text, pos)
 
     def repeat(self, frame: Frame, s: A.Repeat) -> None:
-        count_v = self.value(frame, self.eval(frame, s.count))
+        count_v = self.value(frame, self.evaluate(frame, s.count))
         if not isinstance(count_v, Scalar):
             raise SeqError(f"repeat needs a count, got {describe(count_v)}", s.count.pos)
         count = self.concrete_int(count_v.expr, s.count.pos, "the repeat count")
@@ -567,7 +567,7 @@ def elaborate(prog: Program, entry: str | None = None, sizes: dict | None = None
     root = Frame(d, {}, "", "")
     for p in d.params:   # config parameters used in input shapes take their defaults here
         if isinstance(p, A.ConfigParam):
-            root.locals[p.name] = el.value(root, el.eval(root, p.default))
+            root.locals[p.name] = el.value(root, el.evaluate(root, p.default))
     inputs = []
     for p in d.params:
         if isinstance(p, A.TensorParam):
