@@ -20,7 +20,7 @@ Conventions:
   features (identity, relu, spectral) the denominator can vanish, and that shows as inf/nan.
   The state then carries the normaliser as an extra last column: [..., F, V + 1].
 - States are [..., F, V] with F the feature width (Dk, or m / 2m for favor / spectral),
-  unscaled (``scale`` multiplies queries). ``initial_state`` broadcasts against the batch.
+  unscaled (``scale`` multiplies the output). ``initial_state`` broadcasts against the batch.
 - Non-causal: o = scale · φ(Q)(S_0 + φ(K)ᵀV); the returned state is that global sum.
 - fp16/bf16 inputs are computed in fp32 and the output cast back.
 """
@@ -63,8 +63,6 @@ def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, featu
     normalized = norm == "sum"
     fq = feature_map(q.to(dtype), feature, projection, is_query=True, normalized=normalized)
     fk = feature_map(k.to(dtype), feature, projection, is_query=False, normalized=normalized)
-    if scale != 1.0:
-        fq = fq * scale
     v = v.to(dtype)
     if normalized:
         v = torch.cat([v, v.new_ones(()).expand(*v.shape[:-1], 1)], dim=-1)
@@ -102,7 +100,9 @@ def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, featu
         o, state = chunked(fq, fk, v, lg, kind, state, chunk)
     o = _contiguous_grad(o)
     if normalized:
-        o = o[..., :-1] / o[..., -1:]
+        o = o[..., :-1] / o[..., -1:]              # scale cancels
+    elif scale != 1.0:
+        o = o * scale                              # o = scale · φ(q) S (the state is unscaled)
     o = o.to(out_dtype)
     return (o, state) if return_state else o
 
