@@ -5,5 +5,6 @@
   :func:`selective_scan`;
 - ``chunked``: the chunked algorithm (intra-chunk quadratic or scan form, state passing);
 - ``features``: the feature maps φ;
-- ``reference``: the literal recurrences, for tests.
+- ``reference``: the literal recurrences, for tests;
+- ``bench``: ``python -m codegen.linear.bench``, timings against the plain-PyTorch baselines.
 """

@@ -12,8 +12,11 @@ written here after the published plain-PyTorch forms (not imported: they are not
   token; a Python loop over chunks carrying the state);
 - ``selective_scan_loop_baseline``: mamba_ssm's ``selective_scan_ref`` (a loop over time).
 
-Each time is the best of ``--repeat`` runs (wall clock); forward+backward uses a random
-output gradient.
+Each time is the best of ``--repeat`` runs, wall clock and, in brackets, the process's CPU
+time (on a shared machine the wall clock of a 2-thread run suffers most: every parallel op
+waits for both threads). Forward+backward uses a random output gradient; baselines get it
+only with ``--baseline-backward`` (the simple-GLA baseline's in-place writes make its
+backward very slow, and the selective-scan loop's takes seconds).
 """
 
 from __future__ import annotations
@@ -70,20 +73,24 @@ def selective_scan_loop_baseline(u, delta, A, B, C, D, delta_softplus=True):
     return torch.stack(ys, dim=2) + u * D[:, None]
 
 
-def best(fn, repeat: int) -> float:
-    times = []
+def best(fn, repeat: int) -> tuple[float, float]:
+    """(wall, cpu) seconds, each the minimum over ``repeat`` runs."""
+    wall, cpu = [], []
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return min(wall), min(cpu)
 
 
-def timed(fn, inputs, repeat: int) -> tuple[float, float]:
-    """(forward, forward+backward) seconds."""
+def timed(fn, inputs, repeat: int, backward: bool = True):
+    """((forward wall, cpu), (forward+backward wall, cpu) or None)."""
     with torch.no_grad():
         fn(*inputs)
         fwd = best(lambda: fn(*inputs), repeat)
+    if not backward:
+        return fwd, None
     grads = [x.detach().requires_grad_(x.is_floating_point()) for x in inputs]
     out = fn(*grads)
     go = torch.randn_like(out)
@@ -131,16 +138,24 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--only", default="la,ret,gla,ss")
+    parser.add_argument("--baseline-backward", action="store_true")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, best of {args.repeat}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, best of {args.repeat}; wall s (cpu s)")
+
+    def show(t):
+        return f"{t[0]:7.4f} ({t[1]:7.4f})"
+
     for name, fn, inputs, base_name, base, base_inputs in cases(set(args.only.split(","))):
         fwd, both = timed(fn, inputs, args.repeat)
-        line = f"{name:36s} fwd {fwd:7.4f} s   fwd+bwd {both:7.4f} s"
+        line = f"{name:34s} fwd {show(fwd)}  fwd+bwd {show(both)}"
         if base is not None:
-            bf, bb = timed(base, base_inputs, args.repeat)
-            line += f"   | {base_name}: fwd {bf:7.4f} s  fwd+bwd {bb:7.4f} s  (fwd ×{bf / fwd:.1f})"
+            bf, bb = timed(base, base_inputs, args.repeat, args.baseline_backward)
+            line += f"  | {base_name}: fwd {show(bf)}"
+            if bb is not None:
+                line += f" fwd+bwd {show(bb)}"
+            line += f"  (fwd ×{bf[0] / fwd[0]:.1f} wall, ×{bf[1] / fwd[1]:.1f} cpu)"
         print(line, flush=True)
 
 

@@ -50,6 +50,8 @@ import torch.nn.functional as F
 #: largest spread of the cumulative log-gate inside one factorised diagonal block: the
 #: factors e^{±(G − m)} then stay within e^{±40}, far from fp32 overflow (e^{88}).
 SPAN_LIMIT = 80.0
+#: |cumulative log-gate| above which a chunk's sums are formed in float64 (fp32 spacing 7.6e-6 at 100)
+WIDE_SUMS = 100.0
 #: at most this many sub-blocks per chunk (the off-diagonal keys cost a copy per sub-block)
 MAX_SUBBLOCKS = 8
 #: elements of one block's largest tensor: ~1 MB in fp32, so a block's working set stays in L2/L3
@@ -96,6 +98,8 @@ def chunked(fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, lg: torch.Tenso
         lo, hi = lg.detach().aminmax()
         max_gate = max(-float(lo), float(hi))
     plan = _plan(n, chunk, math.prod(batch), f, dv, scan, max_gate if kind == "channel" else 0.0)
+    # cumulative gates beyond ±WIDE_SUMS: float64 sums (fp32's spacing there exceeds 1e-5)
+    wide = max_gate * chunk > WIDE_SUMS and fq.dtype != torch.float64
     # one split per input: its backward is a single concatenation (slicing block by block
     # would zero-fill and add a full-size gradient per block)
     sizes = [g * c for g, c, _ in plan]
@@ -113,7 +117,7 @@ def chunked(fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, lg: torch.Tenso
         else:
             if kind == "head" and c not in masks:
                 masks[c] = _head_masks(lg, c)
-            o, state = _quadratic_block(*args, kind, state, c, sub, masks.get(c))
+            o, state = _quadratic_block(*args, kind, state, c, sub, masks.get(c), wide)
         if out is None:
             outs.append(o)
         else:
@@ -173,8 +177,14 @@ def _head_masks(lg: torch.Tensor, c: int) -> tuple[torch.Tensor, ...]:
 # ---- the quadratic form ----------------------------------------------------------------
 
 
-def _quadratic_block(q, k, v, lg, kind, state, c, sub, head_masks):
-    """One block of g whole chunks: q, k [*, g·C, F], v [*, g·C, V]; returns o and the state."""
+def _exp(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """e^x in ``dtype`` for an exponent formed in a wider type."""
+    return torch.exp(x.to(dtype))
+
+
+def _quadratic_block(q, k, v, lg, kind, state, c, sub, head_masks, wide):
+    """One block of g whole chunks: q, k [*, g·C, F], v [*, g·C, V]; returns o and the state.
+    ``wide``: form a per-channel gate's cumulative sums in float64 (large |G|)."""
     g = q.shape[-2] // c
     q, k, v = (x.unflatten(-2, (g, c)) for x in (q, k, v))                            # [*, g, C, ·]
     if kind is None:
@@ -186,16 +196,18 @@ def _quadratic_block(q, k, v, lg, kind, state, c, sub, head_masks):
         q_in, k_out = q * qd[..., None, :, None], k * kd[..., None, :, None]
         decay = cd[..., None, None, None]                                               # per chunk: same for all
     elif kind == "token":
-        G = torch.cumsum(lg.unflatten(-1, (g, c)), dim=-1)                              # [*, g, C]
+        # the sums in float64 (N numbers: free): after a reset (log a = −500, say) G is large and
+        # fp32's spacing there would blur the differences between the slow steps that follow
+        G = torch.cumsum(lg.unflatten(-1, (g, c)).to(torch.float64), dim=-1)            # [*, g, C]
         last = G[..., -1:]
         diff = G[..., :, None] - G[..., None, :]
         tri = torch.ones(c, c, dtype=torch.bool, device=q.device).tril_()
-        mask = torch.exp(diff.masked_fill(~tri, float("-inf")))                       # e^{G_i − G_j}, j ≤ i only
+        mask = _exp(diff.masked_fill(~tri, float("-inf")), q.dtype)                    # e^{G_i − G_j}, j ≤ i only
         scores = (q @ k.transpose(-1, -2)) * mask
-        q_in, k_out = q * torch.exp(G)[..., None], k * torch.exp(last - G)[..., None]
-        decay = torch.exp(last)[..., None]                                              # [*, g, 1, 1]
+        q_in, k_out = q * _exp(G, q.dtype)[..., None], k * _exp(last - G, q.dtype)[..., None]
+        decay = _exp(last, q.dtype)[..., None]                                          # [*, g, 1, 1]
     else:
-        scores, q_in, k_out, decay = _channel_scores(q, k, lg.unflatten(-2, (g, c)), c, sub)
+        scores, q_in, k_out, decay = _channel_scores(q, k, lg.unflatten(-2, (g, c)), c, sub, wide)
     kv = (k_out.transpose(-1, -2) @ v).unbind(-3)                                        # g × [*, F, V]
     if decay is not None:
         decay = decay.unbind(-3) if decay.shape[-3] > 1 else [decay[..., 0, :, :]] * g
@@ -208,37 +220,39 @@ def _quadratic_block(q, k, v, lg, kind, state, c, sub, head_masks):
     return o.flatten(-3, -2), state
 
 
-def _channel_scores(q, k, lg, c, sub):
+def _channel_scores(q, k, lg, c, sub, wide):
     """Scores for a gate per key channel: (q ⊙ e^{G_i−G_j}) · k for j ≤ i, never exp(> 0) past
-    e^{SPAN_LIMIT/2}. Returns (scores, φ(q) ⊙ e^{G}, φ(k) ⊙ e^{G_last − G}, e^{G_last})."""
-    G = torch.cumsum(lg, dim=-2)                                                         # inclusive, over C
+    e^{SPAN_LIMIT/2}. Returns (scores, φ(q) ⊙ e^{G}, φ(k) ⊙ e^{G_last − G}, e^{G_last}).
+    Exponents are formed in float64 when ``wide`` (then cast: the exps stay in q's dtype)."""
+    dt = q.dtype
+    G = torch.cumsum(lg.to(torch.float64) if wide else lg, dim=-2)                       # inclusive, over C
     last = G[..., -1:, :]
-    decay = torch.exp(last).transpose(-1, -2)                                            # [*, g, F, 1]
+    decay = _exp(last, dt).transpose(-1, -2)                                             # [*, g, F, 1]
     if sub == c:
         mid = 0.5 * (G[..., :1, :] + last)
-        e = torch.exp(G - mid)                                                           # within e^{±spread/2}
+        e = _exp(G - mid, dt)                                                            # within e^{±spread/2}
         qt, kt = q * e, k / e
         scores = (qt @ kt.transpose(-1, -2)).tril_()
-        return scores, qt * torch.exp(mid), kt * torch.exp(last - mid), decay
+        return scores, qt * _exp(mid, dt), kt * _exp(last - mid, dt), decay
     s = c // sub
     Gs, qs, ks = (x.unflatten(-2, (s, sub)) for x in (G, q, k))                          # [*, g, s, sub, F]
     mid = 0.5 * (Gs[..., :1, :] + Gs[..., -1:, :])
-    e = torch.exp(Gs - mid)
+    e = _exp(Gs - mid, dt)
     diag = ((qs * e) @ (ks / e).transpose(-1, -2)).tril_()                               # [*, g, s, sub, sub]
-    eye = torch.eye(s, dtype=q.dtype, device=q.device)
+    eye = torch.eye(s, dtype=dt, device=q.device)
     scores = (diag[..., :, :, None, :] * eye[:, None, :, None]).flatten(-4, -3).flatten(-2, -1)
     if s > 1:
         # query sub-block I ≥ 1 against the keys before it, through r_I = G at the end of
         # sub-block I−1: e^{G_i − r_I} ≤ 1 and e^{r_I − G_j} ≤ 1 (masked to j < I·sub first)
         ref = Gs[..., :-1, -1:, :]                                                       # [*, g, s−1, 1, F]
-        qh = qs[..., 1:, :, :] * torch.exp(Gs[..., 1:, :, :] - ref)
+        qh = qs[..., 1:, :, :] * _exp(Gs[..., 1:, :, :] - ref, dt)
         width = (s - 1) * sub
         before = (torch.arange(width, device=q.device)[None, :] < sub * torch.arange(1, s, device=q.device)[:, None])
         expo = (ref - G[..., None, :width, :]).masked_fill(~before[..., None], float("-inf"))
-        kh = k[..., None, :width, :] * torch.exp(expo)                                   # [*, g, s−1, width, F]
+        kh = k[..., None, :width, :] * _exp(expo, dt)                                    # [*, g, s−1, width, F]
         off = qh @ kh.transpose(-1, -2)                                                  # [*, g, s−1, sub, width]
         scores = scores + F.pad(off, (0, c - width, 0, 0, 1, 0)).flatten(-3, -2)
-    return scores, q * torch.exp(G), k * torch.exp(last - G), decay
+    return scores, q * _exp(G, dt), k * _exp(last - G, dt), decay
 
 
 # ---- the scan form ---------------------------------------------------------------------
@@ -263,8 +277,12 @@ def _scan_block(q, k, v, lg, kind, state, c):
         lg = lg.unflatten(-1, (n, c)).movedim(-2, 0)                                     # [n, *, C]
         steps = lg.unbind(-1)
     elif kind == "channel":
-        lg = lg.unflatten(-2, (n, c)).movedim(-3, 0)                                     # [n, *, C, F]
-        steps = lg.unbind(-2)
+        # one copy to position-major memory: the per-position reads are then contiguous (a
+        # head-major gate would be read in runs of F floats, and its exps come out in a layout
+        # that disagrees with the states')
+        pm = lg.unflatten(-2, (n, c)).movedim(-3, 0).movedim(-2, 0).contiguous()         # [C, n, *, F]
+        steps = pm.unbind(0)
+        lg = pm.movedim(0, -2)                                                           # [n, *, C, F]
     head = torch.exp(lg)[..., None, None] if kind == "head" else None
     rates = []                                         # a_t of pass 1, reused by pass 2 (autograd keeps them anyway)
     grad = torch.is_grad_enabled()

@@ -14,7 +14,9 @@ Conventions:
   rate per head, broadcast against the leading dims (RetNet's γ of shape [H]); rank R−1 is
   one per token [..., N]; rank R is one per key feature [..., N, F] (GLA, Mamba). Rates a_t
   are in (0, 1] (``log_decay``: log a_t ≤ 0). Positive log-rates are computed exactly but
-  are only as stable as e^{Σ lg} is representable.
+  are only as stable as e^{Σ lg} is representable. A per-channel log-gate of rank one
+  (Mamba's Δ ⊗ A) can be passed factored as ``chunked.OuterGate(rate [..., N], channel
+  [..., F])``: the chunked scan form then never materialises the [..., N, F] gate.
 - ``norm="sum"`` divides by the same sum with v replaced by 1: o_i = Σ_j M_ij v_j / Σ_j M_ij
   (Katharopoulos et al.; ``scale`` cancels). No epsilon is added: with non-positive
   features (identity, relu, spectral) the denominator can vanish, and that shows as inf/nan.
@@ -90,7 +92,9 @@ def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, featu
     else:
         state = initial_state.to(dtype).expand(state_shape)
 
-    if not causal:
+    if causal and n == 0:
+        o = fq.new_zeros(*batch, 0, v.shape[-1])
+    elif not causal:
         o, state = _global(fq, fk, v, state, algorithm)
     elif algorithm == "quadratic":
         o, state = _quadratic(fq, fk, v, lg, kind, state)

@@ -226,3 +226,26 @@ def test_no_position_of_the_output_is_left_unwritten(decay, d, chunk, monkeypatc
         out = linear_attention(**x, **case.kwargs(), chunk=chunk)[0]
     assert torch.isfinite(out).all()
     assert relerr(out, linear_attention(**x, **case.kwargs(), algorithm="recurrent")[0]) < 1e-5
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_an_empty_sequence_returns_the_initial_state(algorithm):
+    q, k, v = torch.randn(3, 2, 0, 8).unbind(0)
+    s0 = torch.randn(2, 8, 8)
+    o, s = linear_attention(q, k, v, decay=torch.zeros(2, 0, 8), log_decay=True, initial_state=s0,
+                            algorithm=algorithm, return_state=True)
+    assert o.shape == (2, 0, 8) and torch.equal(s, s0)
+
+
+@pytest.mark.parametrize("chunk", [4, 64])
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_a_factored_rank_one_gate_equals_the_materialised_one(algorithm, chunk, relerr):
+    from codegen.linear.chunked import OuterGate
+
+    g = torch.Generator().manual_seed(5)
+    q, k = torch.randn(2, 1, 70, 6, generator=g), torch.randn(2, 1, 70, 6, generator=g)
+    v = torch.randn(2, 3, 70, 1, generator=g)
+    rate, channel = torch.rand(2, 3, 70, generator=g), -torch.rand(3, 6, generator=g) * 3
+    a = linear_attention(q, k, v, decay=OuterGate(rate, channel), log_decay=True, algorithm=algorithm, chunk=chunk)
+    b = linear_attention(q, k, v, decay=rate[..., None] * channel[:, None, :], log_decay=True, algorithm="recurrent")
+    assert relerr(a, b) < 1e-5

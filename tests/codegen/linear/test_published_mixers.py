@@ -132,3 +132,26 @@ def test_gates_of_minus_twenty_per_step_stay_finite_and_exact(algorithm, kind, c
         return linear_attention_ref(**y, log_decay=True, return_state=True)
 
     close(fn, ref, x)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("kind", ["token", "channel"])
+def test_resets_followed_by_slow_decay_keep_their_precision(algorithm, kind, close):
+    """Big drops (log a = −500, a reset) every 7 steps between slow steps (−0.05): inside a
+    chunk the cumulative gate reaches −5000, where fp32 has a spacing of 5e-4, yet the decays
+    between the slow steps that follow must stay exact."""
+    x = _qkv(1, 2, 130, 16, 16, seed=4)
+    shape = (1, 2, 130) if kind == "token" else (1, 2, 130, 16)
+    x["decay"] = torch.full(shape, -0.05, dtype=torch.float64)
+    if kind == "token":
+        x["decay"][..., 3::7] = -500.0
+    else:
+        x["decay"][..., 3::7, :] = -500.0
+
+    def fn(**y):
+        return linear_attention(**y, log_decay=True, algorithm=algorithm, chunk=64, return_state=True)
+
+    def ref(**y):
+        return linear_attention_ref(**y, log_decay=True, return_state=True)
+
+    close(fn, ref, x, tol=1e-5)                                # tighter than usual: this is about precision
