@@ -96,44 +96,61 @@ class Compiled:
     source: str
 
 
-def _lower(source, entry, backend: str, sizes: dict):
+def _lower(source, entry, backend: str, sizes: dict, algorithms: dict[str, str] | None = None):
     from codegen.torch.emit import emit_module
 
     if backend not in BACKENDS:
         raise SeqError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if backend == "triton":
-        raise SeqError("the triton backend is not built yet (tracked in its own issue); use backend='torch'",
-                       hint="backend='auto' uses torch")
     checked = check(source, entry, **sizes)
     name = str(checked.program.file)
-    emitted = emit_module(checked.graph, checked.entry, checked.sizes, name)
+    try:
+        if backend == "triton":
+            from codegen.triton.emit import emit_triton_module
+
+            emitted = emit_triton_module(checked.graph, checked.entry, checked.sizes, name, algorithms=algorithms)
+        else:
+            emitted = emit_module(checked.graph, checked.entry, checked.sizes, name, algorithms=algorithms)
+    except ValueError as err:
+        if isinstance(err, SeqError):
+            raise
+        raise SeqError(str(err)) from None
     return checked, emitted
 
 
 def compile(source: str | Path, out_dir: str | Path, backend: str = "auto", entry: str | None = None,
-            **dims) -> Compiled:
-    """Write the generated PyTorch module of ``entry`` to ``out_dir`` (what the CLI's
-    ``compile`` does) and return what was chosen for each mixer."""
+            *, algorithms: dict[str, str] | None = None, **dims) -> Compiled:
+    """Write the generated module of ``entry`` to ``out_dir`` (what the CLI's ``compile``
+    does) and return what was chosen for each mixer. ``backend``: torch, triton (generated
+    Triton kernels for the mixers a kernel family supports) or auto (torch). ``algorithms``
+    forces a mixer's algorithm by layer path, e.g. ``{"layers.0.attn.mix": "materialized"}``."""
     from codegen.torch.emit import _ident
     from codegen.torch.load import write_module
 
-    checked, emitted = _lower(source, entry, backend, dims)
+    checked, emitted = _lower(source, entry, backend, dims, algorithms)
     path = write_module(emitted.source, Path(out_dir), _ident(checked.entry))
     return Compiled(path, emitted.class_name, emitted.choices, emitted.source)
 
 
-def load(source: str | Path, entry: str | None = None, backend: str = "auto", **dims):
+def load(source: str | Path, entry: str | None = None, backend: str = "auto", *,
+         algorithms: dict[str, str] | None = None, torch_compile: bool = False, **dims):
     """An ``nn.Module`` for ``entry`` (default: the file's model). ``dims`` sets declared
     dims and options by name. Its forward takes the entry's inputs in declaration order;
-    ``example_inputs(**sizes)`` makes random ones."""
+    ``example_inputs(**sizes)`` makes random ones. ``algorithms`` forces a mixer's algorithm
+    by layer path; ``torch_compile=True`` wraps the module's forward in ``torch.compile``
+    (the first call then compiles, ~20 s on a CPU). ``backend="triton"`` runs generated
+    Triton kernels (on a CPU only with TRITON_INTERPRET=1 set before import: slowly)."""
     from codegen.torch.emit import _ident
     from codegen.torch.load import load_source
 
-    checked, emitted = _lower(source, entry, backend, dims)
+    checked, emitted = _lower(source, entry, backend, dims, algorithms)
     module = load_source(emitted.source, _ident(checked.entry))
     model = getattr(module, emitted.class_name)()
     model.choices = emitted.choices
     model.source = emitted.source
+    if torch_compile:
+        import torch
+
+        model.forward = torch.compile(model.forward)
     return model
 
 

@@ -156,17 +156,26 @@ def compile_cmd(
     backend: Annotated[str, typer.Option("--backend", help="torch, triton or auto.")] = "auto",
     entry: EntryOpt = None,
     set_: SetOpt = None,
+    algorithm: Annotated[
+        Optional[list[str]], typer.Option("--algorithm", help="Force LAYER=ALGORITHM (repeatable).")
+    ] = None,
 ) -> None:
     """Write the generated, readable module of FILE and say which algorithm each mixer uses and why."""
     from seqdsl.api import compile as compile_api
 
-    result = compile_api(file, output, backend=backend, entry=entry, **parse_sets(set_))
+    forced = parse_sets(algorithm)
+    result = compile_api(file, output, backend=backend, entry=entry, algorithms=forced or None, **parse_sets(set_))
     typer.echo(f"wrote {result.path} (class {result.class_name})")
     for c in result.choices:
+        if c.backend == "triton":
+            typer.echo(f"  {c.path}: {c.family} -> {c.algorithm} ({c.note})")
+            continue
         others = ", ".join(f"{a} {t:.3g} s" for a, t in sorted(c.estimates.items(), key=lambda kv: kv[1])
                            if a != c.algorithm)
-        why = "forced by the file" if c.forced else f"estimated {c.estimates[c.algorithm]:.3g} s"
+        why = "forced" if c.forced else f"estimated {c.estimates[c.algorithm]:.3g} s"
         typer.echo(f"  {c.path}: {c.family} -> {c.algorithm} ({why}" + (f"; {others}" if others else "") + ")")
+        if c.note:
+            typer.echo(f"    {c.note}")
 
 
 @app.command(name="run")
@@ -178,11 +187,13 @@ def run_cmd(
     device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
     backward: Annotated[bool, typer.Option("--backward/--no-backward", help="Also run the backward pass.")] = True,
     repeat: Annotated[int, typer.Option("--repeat", help="Timed runs (the best is reported).")] = 3,
+    backend: Annotated[str, typer.Option("--backend", help="torch, triton or auto.")] = "auto",
 ) -> None:
     """Run a forward (and backward) pass of FILE on random inputs; print time and peak memory."""
     from seqdsl.runner import run_model
 
-    run_model(file, entry, parse_sets(set_), device=device, backward=backward, repeat=repeat, echo=typer.echo)
+    run_model(file, entry, parse_sets(set_), device=device, backward=backward, repeat=repeat, backend=backend,
+              echo=typer.echo)
 
 
 analyze_app = typer.Typer(help="Cost analysis.", no_args_is_help=True)

@@ -30,6 +30,7 @@ def _status(key: str) -> int | None:
 
 
 def run_model(source, entry, sizes: dict, device: str = "cpu", backward: bool = True, repeat: int = 3,
+              backend: str = "auto",
               echo: Callable[[str], None] = print) -> dict:
     """Build the module, run it ``repeat`` times and report the best time and peak memory."""
     import torch
@@ -43,7 +44,7 @@ def run_model(source, entry, sizes: dict, device: str = "cpu", backward: bool = 
         raise SeqError(f"--device must be cpu or cuda, got {device!r}")
     with Progress(transient=True, disable=not os.isatty(2)) as progress:
         task = progress.add_task("compiling", total=repeat + 2)
-        model = load(source, entry, **sizes).to(device)
+        model = load(source, entry, backend=backend, **sizes).to(device)
         inputs = tuple(t.to(device) for t in model.example_inputs())
         progress.advance(task)
         for c in model.choices:

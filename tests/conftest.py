@@ -19,8 +19,14 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
-import seqdsl
+# Triton kernels run on a CPU through the interpreter; the variable must be set before any
+# @triton.jit function is defined, so here, before seqdsl and the kernels are imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import seqdsl  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples").glob("**/*.seq"))

@@ -12,12 +12,14 @@ Nothing from a .seq file is pasted unescaped: names become identifiers made of
 
 from __future__ import annotations
 
+import fnmatch
 import keyword
 import re
 from dataclasses import dataclass, field
 
 import sympy
 
+from codegen import fuse
 from seqdsl.analysis import mixers as cost
 from seqdsl.analysis.select import MACHINES, choose
 from seqdsl.ir import mix as M
@@ -33,6 +35,8 @@ class Choice:
     algorithm: str
     estimates: dict[str, float]
     forced: bool
+    backend: str = "torch"
+    note: str = ""          # e.g. the generated kernel, or why a node falls back to PyTorch
 
 
 @dataclass
@@ -89,7 +93,8 @@ class _Sizes:
 
 class _Writer:
     def __init__(self, graph: Graph, sizes: _Sizes, cls: str, machine: str, choices: list[Choice],
-                 classes: list[str]):
+                 classes: list[str], forced: dict[str, str] | None = None):
+        self.forced = forced or {}    # layer path -> algorithm, from load(algorithms=...)
         self.g = graph
         self.sizes = sizes
         self.cls = cls
@@ -100,6 +105,8 @@ class _Writer:
         self.body: list[str] = []
         self.var: dict[tuple[int, int], str] = {}
         self.used: set[str] = set()
+        self.folds: dict[int, fuse.Fold] = {}     # MIX node id -> what its call absorbs
+        self.dropped: set[int] = set()            # nodes a fold computes inside a mixer call
 
     # ---- names
     def name_for(self, n: Node, index: int = 0) -> str:
@@ -127,11 +134,36 @@ class _Writer:
 
     # ---- the graph
     def run(self) -> None:
+        self.plan_folds()
         for n in self.g.nodes():
+            if n.id in self.dropped:
+                continue
             handler = getattr(self, f"op_{n.kind.value}", None)
             if handler is None:
                 raise NotImplementedError(f"the torch backend has no lowering for {n.kind.value} ({n.name})")
             handler(n)
+
+    def plan_folds(self) -> None:
+        """Rank-one log-gates of linear mixers go in factored (see codegen/fuse.py)."""
+        uses = fuse.readers(self.g)
+        for n in self.g.nodes(OpKind.MIX):
+            decay = next((x for x in M.mask_leaves(n.spec.mask) if isinstance(x, M.Decay)), None)
+            if n.spec.family in ("linear", "decayed_linear") and decay is not None and decay.log \
+                    and isinstance(decay.rate, M.Ref):
+                self.add_fold(n, fuse.outer_gate(self.g, n, uses))
+
+    def add_fold(self, n: Node, fold) -> None:
+        if fold is not None:
+            self.folds[n.id] = fold
+            self.dropped |= fold.dropped
+
+    def child(self, body: Graph, name: str) -> _Writer:
+        """The writer of a block used as a function (an expert, a DEQ cell, a recurrent step)."""
+        return type(self)(body, self.sizes, name, self.machine.name, self.choices, self.classes, self.forced)
+
+    def preamble(self) -> str:
+        """Module-level source placed before the classes (the Triton writer's kernels)."""
+        return ""
 
     # weights
     def op_param(self, n: Node, trainable: bool = True) -> None:
@@ -287,7 +319,7 @@ class _Writer:
     def _body_class(self, n: Node, what: str) -> str:
         body: Graph = n.attr("body")
         name = f"{self.cls}_{_ident(n.name)}_{what}"
-        sub = _Writer(body, self.sizes, name, self.machine.name, self.choices, self.classes)
+        sub = self.child(body, name)
         sub.run()
         self.classes.append(sub.source(tuple(_ident(i.name) for i in body.inputs)))
         return name
@@ -319,15 +351,20 @@ class _Writer:
 
     # the token mixer
     def op_mix(self, n: Node) -> None:
+        self.emit_torch_mix(n, self.choose(n))
+
+    def emit_torch_mix(self, n: Node, choice: Choice) -> None:
         from codegen.torch import mixers as lower_mix
 
-        choice = self.choose(n)
         expr = lower_mix.call(self, n, choice.algorithm)
         others = ", ".join(f"{a} {t:.3g} s" for a, t in choice.estimates.items() if a != choice.algorithm)
         why = "forced by the file" if choice.forced else f"est. {choice.estimates[choice.algorithm]:.3g} s"
         self.body.append(f"        # {n.spec.family} mixer: {choice.algorithm} ({why}" +
                          (f"; {others}" if others else "") + f") on the '{self.machine.name}' model")
         self.emit(n, expr)
+        fold = self.folds.get(n.id)
+        if fold is not None and fold.result != n.id:
+            self.var[(fold.result, 0)] = self.var[(n.id, 0)]
 
     def choose(self, n: Node) -> Choice:
         subs = {}
@@ -339,7 +376,7 @@ class _Writer:
         for sym, value in cost.TILE_DEFAULTS.items():
             subs[sym] = value
         cands = cost.candidates(self.g, n, subs)
-        forced = n.spec.hint("algorithm")
+        forced = _forced(self.forced, n.name) or n.spec.hint("algorithm")
         best, times = choose(cands, self.machine, subs, forced)
         c = Choice(n.name, n.spec.family, best.algorithm, times, forced is not None)
         self.choices.append(c)
@@ -368,6 +405,24 @@ class _Writer:
         lines += self.body
         lines.append(f"        return {outs}")
         return "\n".join(lines) + "\n"
+
+
+def _forced(patterns: dict[str, str], path: str) -> str | None:
+    """The algorithm forced for the mixer at ``path``: an exact path, else the first glob that
+    matches (``layers.*.attn.mix``)."""
+    if path in patterns:
+        return patterns[path]
+    return next((alg for pat, alg in patterns.items() if fnmatch.fnmatchcase(path, pat)), None)
+
+
+def _all_mixers(g: Graph) -> list[Node]:
+    out = []
+    for n in g.nodes():
+        if n.kind == OpKind.MIX:
+            out.append(n)
+        if n.attr("body") is not None:
+            out += _all_mixers(n.attr("body"))
+    return out
 
 
 def _shape_spec(shape, sizes: _Sizes) -> tuple:
@@ -418,13 +473,18 @@ FAMILY_IMPORTS = {
     "masks": "from codegen import masks as M",
     "softmax": "from codegen.softmax.torch_impl import given_attention, softmax_attention",
     "linear": "from codegen.linear.torch_impl import linear_attention",
+    "outer_gate": "from codegen.linear.chunked import OuterGate",
     "toeplitz": "from codegen.toeplitz.torch_impl import toeplitz_mix",
     "ssm_init": "from codegen.torch.mixers import ssm_init_factory",
 }
 
 
-def emit_module(graph: Graph, entry: str, sizes: dict, source_name: str, machine: str = "cpu") -> Emitted:
-    """The Python source of an ``nn.Module`` computing ``graph``."""
+def emit_module(graph: Graph, entry: str, sizes: dict, source_name: str, machine: str = "cpu", *,
+                writer: type[_Writer] | None = None, algorithms: dict[str, str] | None = None,
+                backend: str = "torch") -> Emitted:
+    """The Python source of an ``nn.Module`` computing ``graph``. ``algorithms`` forces the
+    algorithm of mixers by layer path; ``writer`` is the lowering (the Triton backend's
+    writer lowers mixers to generated kernels)."""
     from seqdsl import __version__
 
     values = {k: (int(v) if sympy.sympify(v).is_Integer else float(v)) for k, v in sizes.items()}
@@ -436,10 +496,17 @@ def emit_module(graph: Graph, entry: str, sizes: dict, source_name: str, machine
     cls = class_name(entry)
     choices: list[Choice] = []
     classes: list[str] = []
-    w = _Writer(graph, sz, cls, machine, choices, classes)
+    paths = [n.name for n in _all_mixers(graph)]
+    unknown = [p for p in algorithms or {} if not any(fnmatch.fnmatchcase(path, p) for path in paths)]
+    if unknown:
+        listed = ", ".join(paths[:4]) + (f", … ({len(paths)} in all)" if len(paths) > 4 else "")
+        raise ValueError(f"no mixer matches {', '.join(unknown)} (mixers: {listed or 'none'}; "
+                         f"'*' matches any part of a path)")
+    w = (writer or _Writer)(graph, sz, cls, machine, choices, classes, algorithms)
     w.run()
     main = w.source(())
-    head = HEADER.format(title=f"{cls}: the PyTorch module of {entry}", version=__version__,
+    title = "the PyTorch module" if backend == "torch" else "the module with generated Triton kernels"
+    head = HEADER.format(title=f"{cls}: {title} of {entry}", version=__version__,
                          source=source_name, entry=entry,
                          sizes=", ".join(f"{k}={v}" for k, v in values.items()) or "none")
     body = "\n\n".join(classes + [main])
@@ -449,11 +516,13 @@ def emit_module(graph: Graph, entry: str, sizes: dict, source_name: str, machine
         needed += ["masks", "softmax"]
     if families & {"linear", "decayed_linear"}:
         needed.append("linear")
+    if "OuterGate(" in body:
+        needed.append("outer_gate")
     if "toeplitz" in families:
         needed.append("toeplitz")
     if "rt_ssm_init(" in body:
         needed.append("ssm_init")
     imports = "".join(FAMILY_IMPORTS[k] + "\n" for k in needed)
     ssm_line = "\nrt_ssm_init = ssm_init_factory()\n" if "ssm_init" in needed else ""
-    text = head + imports + ssm_line + "\n\n" + body
+    text = head + imports + ssm_line + w.preamble() + "\n\n" + body
     return Emitted(text, cls, choices)

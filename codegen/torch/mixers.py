@@ -56,7 +56,7 @@ def mask_source(w, mask, tensors: dict[str, str]) -> str:
 
 def call(w, n: Node, algorithm: str) -> str:
     spec = n.spec
-    roles = {p.role: w.ref(p) for p in n.inputs}
+    roles = {p.role: w.ref(p) for p in n.inputs if p.node not in w.dropped}
     fam = spec.family
     if fam in ("softmax", "content_sparse", "synthetic"):
         return _softmax(w, n, spec, roles, algorithm)
@@ -97,7 +97,12 @@ def _linear(w, n, spec: M.MixSpec, roles, algorithm) -> str:
     args.append(f"norm={spec.norm!r}")
     args.append(f"causal={spec.causal}")
     decay = next((x for x in M.mask_leaves(spec.mask) if isinstance(x, M.Decay)), None)
-    if decay is not None:
+    fold = w.folds.get(n.id)
+    if fold is not None and "gate_rate" in fold.args:       # Mamba's Δ ⊗ A, never materialised
+        rate, channel = w.ref(fold.args["gate_rate"]), w.ref(fold.args["gate_channel"])
+        args.append(f"decay=OuterGate({rate}[..., 0], {channel}[..., 0, :])")
+        args.append("log_decay=True")
+    elif decay is not None:
         rate = roles[decay.rate.role] if isinstance(decay.rate, M.Ref) else repr(float(w.sizes.number(decay.rate)))
         args.append(f"decay={rate}")
         args.append(f"log_decay={decay.log}")
@@ -124,6 +129,8 @@ def _toeplitz(w, n, spec: M.MixSpec, roles, algorithm) -> str:
             rev = ", ".join(f"{name!r}: {roles[ref.role]}" for name, ref in k.reverse)
             args.append(f"reverse_params={{{rev}}}")
         args.append(f"disc={k.disc!r}, conj={k.conj}, mimo={k.mimo}")
+        if k.disc == "dss":    # DSS normalises its kernel over the declared length, also when streaming
+            args.append(f"kernel_length={w.sizes.code(w.g.type_of(n.input('v')).shape[-2])}")
     args.append(f"causal={t.causal}")
     args.append(f"algorithm={algorithm!r}")
     if algorithm == "chunked_fft":

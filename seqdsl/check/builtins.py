@@ -358,6 +358,9 @@ def ssm(ctx, kind, state, init, disc, mimo, conj, **tensors):
         pairs.append((role, v))
     if kind == "shift" and disc != "zoh":
         raise ctx.error("a shift SSM has no discretisation; leave disc out")
+    if disc == "dss" and kind != "diag":
+        raise ctx.error(f"disc = dss is DSS's normalisation of a diagonal kernel; a {kind} SSM takes zoh, "
+                        "bilinear or none", hint="use kind = diag for DSS, or disc = zoh")
     if kind == "ema":
         disc = "none"   # Mega's damped EMA is defined in discrete time
     obj = M.SSMKernel(kind, state, init, disc if kind != "shift" else "none", tuple(refs), mimo, conj)

@@ -1,6 +1,8 @@
 """The eight reference mixers of SPEC §6, loaded from examples/mixers/, equal their
 published references — written here from the papers' formulas, independently of the
-runtimes — forward and gradients (fp32, relative error < 1e-4 forward, 1e-3 gradients)."""
+runtimes — forward and gradients (fp32, relative error < 1e-4 forward, 1e-3 gradients),
+with the PyTorch backend and with the Triton backend (its generated kernels run through
+TRITON_INTERPRET=1 on a CPU; every mixer must get a kernel there, no PyTorch fallback)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,23 @@ F = torch.nn.functional
 import seqdsl  # noqa: E402
 
 MIXERS = Path(__file__).resolve().parents[2] / "examples" / "mixers"
+
+
+@pytest.fixture(params=["torch", pytest.param("triton", marks=pytest.mark.triton)])
+def load(request):
+    """``seqdsl.load`` with the backend under test."""
+    backend = request.param
+    if backend == "triton":
+        pytest.importorskip("triton", reason="the Triton backend needs triton")
+
+    def run(path, **dims):
+        model = seqdsl.load(path, backend=backend, **dims)
+        if backend == "triton":
+            fallbacks = [f"{c.path}: {c.note}" for c in model.choices if c.backend != "triton"]
+            assert not fallbacks, f"mixers left to PyTorch: {fallbacks}"
+        return model
+
+    return run
 
 
 def rel(a, b) -> float:
@@ -36,8 +55,8 @@ def check(model, reference, inputs, fwd_tol=1e-4, grad_tol=1e-3):
 
 
 @pytest.mark.parametrize("causal", [1, 0])
-def test_softmax_attention_equals_sdpa(causal):
-    model = seqdsl.load(MIXERS / "softmax_attention.seq", B=2, H=3, N=37, Dh=16, causal=causal)
+def test_softmax_attention_equals_sdpa(causal, load):
+    model = load(MIXERS / "softmax_attention.seq", B=2, H=3, N=37, Dh=16, causal=causal)
     q, k, v = model.example_inputs()
 
     def reference(q, k, v):
@@ -46,9 +65,9 @@ def test_softmax_attention_equals_sdpa(causal):
     check(model, reference, (q, k, v))
 
 
-def test_sliding_window_equals_sdpa_with_a_band_mask():
+def test_sliding_window_equals_sdpa_with_a_band_mask(load):
     w = 8
-    model = seqdsl.load(MIXERS / "sliding_window.seq", B=2, H=2, N=45, Dh=16, W=w)
+    model = load(MIXERS / "sliding_window.seq", B=2, H=2, N=45, Dh=16, W=w)
     q, k, v = model.example_inputs()
 
     def reference(q, k, v):
@@ -60,8 +79,8 @@ def test_sliding_window_equals_sdpa_with_a_band_mask():
     check(model, reference, (q, k, v))
 
 
-def test_linear_attention_equals_katharopoulos():
-    model = seqdsl.load(MIXERS / "linear_attention.seq", B=2, H=2, N=33, Dh=8)
+def test_linear_attention_equals_katharopoulos(load):
+    model = load(MIXERS / "linear_attention.seq", B=2, H=2, N=33, Dh=8)
     q, k, v = model.example_inputs()
 
     def reference(q, k, v):
@@ -75,8 +94,8 @@ def test_linear_attention_equals_katharopoulos():
     check(model, reference, (q, k, v))
 
 
-def test_retention_equals_retnet():
-    model = seqdsl.load(MIXERS / "retention.seq", B=2, H=4, N=29, Dh=8)
+def test_retention_equals_retnet(load):
+    model = load(MIXERS / "retention.seq", B=2, H=4, N=29, Dh=8)
     q, k, v = model.example_inputs()
 
     def reference(q, k, v):
@@ -89,8 +108,8 @@ def test_retention_equals_retnet():
     check(model, reference, (q, k, v))
 
 
-def test_gla_equals_the_recurrence():
-    model = seqdsl.load(MIXERS / "gla.seq", B=2, H=2, N=21, Dk=8, Dv=12)
+def test_gla_equals_the_recurrence(load):
+    model = load(MIXERS / "gla.seq", B=2, H=2, N=21, Dk=8, Dv=12)
     q, k, v, g = model.example_inputs()
     g = F.logsigmoid(g)   # a log-space gate: log α ≤ 0
 
@@ -121,8 +140,8 @@ def s4d_reference(u, log_dt, log_A_real, A_imag, C_re, C_im, D_skip):
     return y.transpose(-1, -2) + u * D_skip
 
 
-def test_s4d_equals_the_vandermonde_kernel():
-    model = seqdsl.load(MIXERS / "s4d.seq", B=2, N=40, D=6, S2=4)
+def test_s4d_equals_the_vandermonde_kernel(load):
+    model = load(MIXERS / "s4d.seq", B=2, N=40, D=6, S2=4)
     u, log_dt, log_A_real, A_imag, C_re, C_im, D_skip = model.example_inputs()
     log_dt = torch.linspace(math.log(1e-3), math.log(1e-1), 6)
     log_A_real = torch.full((6, 4), math.log(0.5))
@@ -130,8 +149,8 @@ def test_s4d_equals_the_vandermonde_kernel():
     check(model, s4d_reference, (u, log_dt, log_A_real, A_imag, C_re, C_im, D_skip))
 
 
-def test_selective_scan_equals_mamba_reference():
-    model = seqdsl.load(MIXERS / "selective_scan.seq", B=2, Dm=5, S=3, N=23, softplus=1)
+def test_selective_scan_equals_mamba_reference(load):
+    model = load(MIXERS / "selective_scan.seq", B=2, Dm=5, S=3, N=23, softplus=1)
     u, delta, A, Bm, C, D = model.example_inputs()
     A = -torch.exp(A)   # Mamba's A is negative
 
@@ -149,9 +168,9 @@ def test_selective_scan_equals_mamba_reference():
     check(model, reference, (u, delta, A, Bm, C, D))
 
 
-def test_h3_equals_its_two_recurrences():
+def test_h3_equals_its_two_recurrences(load):
     """H3 (Fu et al. 2023): y = q ⊙ SSM_diag(SSM_shift(k) ⊙ v), each SSM with its skip."""
-    model = seqdsl.load(MIXERS / "h3.seq", B=2, N=19, D=4, shift_state=3, diag_state=4)
+    model = load(MIXERS / "h3.seq", B=2, N=19, D=4, shift_state=3, diag_state=4)
     q, k, v = model.example_inputs()
     params = {name: p.detach().double() for name, p in model.named_parameters()}
 

@@ -128,6 +128,8 @@ CASES = {
                             (3, 23)),
     "ssm-tensor-shape": (HEAD + "mixer m(u: [B, N, D], C: [D, 3]) {\n"
                          "  return mix(v = u, mask = toeplitz(ssm(diag, state = 4, C_re = C)))\n}\n", {}, (3, 10)),
+    "ssm-dss-needs-diag": (HEAD + "mixer m(u: [B, N, D]) {\n"
+                           "  return mix(v = u, mask = toeplitz(ssm(dplr, state = 4, disc = dss)))\n}\n", {}, (3, 37)),
     "moe-top-k": (HEAD + "block e(x: [B, N, D]) {\n  return x\n}\nmodel m(x: [B, N, D]) {\n"
                   "  return moe(x, expert = e, experts = 2, top_k = 3)\n}\n", {}, (6, 10)),
 }

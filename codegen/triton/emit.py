@@ -1,0 +1,254 @@
+"""Lower a checked layer graph to a Python module whose token mixers are generated Triton kernels.
+
+The module is the PyTorch module of :mod:`codegen.torch.emit` (same layers, same weights,
+same names) with one difference: each MIX node whose structure a Triton kernel family
+supports calls a kernel generated for it, specialised to that structure, and written in
+the same file above the model classes:
+
+- softmax family  -> :mod:`codegen.softmax.triton_gen` (block-sparse online softmax; the mask's
+  predicate and block schedule inlined);
+- linear families -> :mod:`codegen.linear.triton_gen` (chunked / recurrent linear attention; the
+  feature map, decay or gate and normaliser inlined);
+- Toeplitz family -> :mod:`codegen.toeplitz.triton_gen` (SSM scans and chunked long convolutions,
+  with the gates around the mix fused in: see :func:`codegen.fuse.toeplitz_gates`).
+
+A node no family supports keeps its PyTorch call, and the reason is recorded in its
+:class:`~codegen.torch.emit.Choice` (printed by ``seqdsl compile``): never silently.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+
+import sympy
+
+from codegen import fuse
+from codegen import masks as runtime_masks
+from codegen.torch import emit as torch_emit
+from seqdsl.ir import mix as M
+from seqdsl.ir.graph import Graph, Node, OpKind
+
+HEADER = """
+# ---- Triton kernels, one section per token mixer ----------------------------------------
+# Each section was generated for one mixer of the file, with its structure (mask, score
+# modification, feature map, decay, gates) written into the kernel as code.
+import math
+
+import triton
+import triton.language as tl
+
+from codegen import masks as M
+"""
+
+FAMILY_MODULES = {
+    "softmax": "codegen.softmax.triton_gen",
+    "linear": "codegen.linear.triton_gen",
+    "toeplitz": "codegen.toeplitz.triton_gen",
+}
+
+
+def _generator(family: str):
+    """The generator module of a kernel family, or the reason it cannot be used."""
+    try:
+        return importlib.import_module(FAMILY_MODULES[family]), None
+    except ImportError as err:     # triton missing, or the family not built
+        return None, f"the Triton generator of the {family} family is unavailable ({err})"
+
+
+@dataclass
+class Plan:
+    """How one MIX node is lowered to Triton: the generator's arguments and the call."""
+
+    family: str
+    kwargs: dict
+    call: str                       # the call, with {name} for the generated function
+    note: str = ""
+
+
+@dataclass
+class Shared:
+    """State shared by the writers of a model and of its bodies."""
+
+    sections: list[str] = field(default_factory=list)
+    names: set[str] = field(default_factory=set)
+
+
+class TritonWriter(torch_emit._Writer):
+    shared: Shared
+
+    def preamble(self) -> str:
+        return HEADER + "".join(self.shared.sections) if self.shared.sections else ""
+
+    def child(self, body: Graph, name: str) -> TritonWriter:
+        sub = super().child(body, name)
+        sub.shared = self.shared
+        return sub
+
+    # ---- folds: gates around Toeplitz mixes go into the kernel
+    def plan_folds(self) -> None:
+        uses = fuse.readers(self.g)
+        for n in self.g.nodes(OpKind.MIX):
+            if n.spec.family == "toeplitz" and self._plan(n, probe=True)[1] is None:
+                self.add_fold(n, fuse.toeplitz_gates(self.g, n, uses))
+
+    # ---- the token mixer
+    def op_mix(self, n: Node) -> None:
+        choice = self.choose(n)
+        plan, reason = self._plan(n)
+        if plan is None:
+            choice.note = f"PyTorch fallback: {reason}"
+            return self.emit_torch_mix(n, choice)
+        gen, _ = _generator(plan.family)
+        name = self._kernel_name(n)
+        self.shared.sections.append(_banner(n, plan) + gen.generate(name, **plan.kwargs).strip("\n") + "\n")
+        choice.backend = "triton"
+        choice.algorithm = f"triton:{plan.family}"
+        choice.note = f"generated kernel {name}" + (f" ({plan.note})" if plan.note else "")
+        self.body.append(f"        # {n.spec.family} mixer: Triton kernel {name}" +
+                         (f", {plan.note}" if plan.note else ""))
+        self.emit(n, plan.call.format(name=name))
+        fold = self.folds.get(n.id)
+        if fold is not None and fold.result != n.id:
+            self.var[(fold.result, 0)] = self.var[(n.id, 0)]
+
+    def _kernel_name(self, n: Node) -> str:
+        base = "mix_" + torch_emit._ident(n.name).lower()
+        name, k = base, 1
+        while name in self.shared.names:
+            name, k = f"{base}_{k}", k + 1
+        self.shared.names.add(name)
+        return name
+
+    def _plan(self, n: Node, probe: bool = False) -> tuple[Plan | None, str | None]:
+        fam = n.spec.family
+        family = {"softmax": "softmax", "content_sparse": "softmax", "synthetic": "softmax",
+                  "linear": "linear", "decayed_linear": "linear", "toeplitz": "toeplitz"}.get(fam)
+        if family is None:
+            return None, f"no Triton kernel family for {fam} mixers"
+        gen, reason = _generator(family)
+        if gen is None:
+            return None, reason
+        try:
+            return getattr(self, f"_plan_{family}")(n, gen, probe)
+        except ValueError as err:     # a size unknown when generating, and the like
+            return None, str(err)
+
+    def _arg(self, n: Node, role: str) -> str:
+        return self.ref(n.input(role))
+
+    def _plan_softmax(self, n: Node, gen, probe: bool) -> tuple[Plan | None, str | None]:
+        spec = n.spec
+        if not isinstance(spec.score, M.Dot):
+            return None, "given scores (a [.., N, N] tensor) are mixed by PyTorch"
+        try:
+            mask = runtime_masks.from_ir(spec.mask, self.sizes.values)
+        except ValueError as err:
+            return None, f"the mask needs run-time data ({err})"
+        score = spec.score
+        bias_kind = None if score.bias is None else score.bias.kind
+        cap = None if score.cap is None else float(self.sizes.number(score.cap))
+        reason = gen.unsupported(mask, bias_kind=bias_kind, cap=cap)
+        if reason:
+            return None, reason
+        block = int(self.sizes.number(spec.hint("block") or 64))
+        kwargs = dict(mask=mask, scale=float(self.sizes.number(score.scale)), bias_kind=bias_kind, cap=cap,
+                      block_m=block, block_n=block)
+        table = "None" if score.bias is None or score.bias.table is None else self._arg(n, score.bias.table.role)
+        call = f"{{name}}({self._arg(n, 'q')}, {self._arg(n, 'k')}, {self._arg(n, 'v')}, {table})"
+        return Plan("softmax", kwargs, call, f"mask {spec.mask}"), None
+
+    def _decay(self, n: Node) -> tuple[str | None, str | None, bool]:
+        """(granularity for the generator, the call's decay argument, log?)."""
+        decay = next((x for x in M.mask_leaves(n.spec.mask) if isinstance(x, M.Decay)), None)
+        if decay is None:
+            return None, None, False
+        if not isinstance(decay.rate, M.Ref):
+            return "scalar", repr(float(self.sizes.number(decay.rate))), decay.log
+        rank_q = self.g.type_of(n.input("q")).rank
+        t = self.g.type_of(n.input(decay.rate.role))
+        arg = self._arg(n, decay.rate.role)
+        if t.rank <= rank_q - 2:
+            return "head", arg, decay.log
+        if t.rank == rank_q - 1:
+            return "token", arg, decay.log
+        if sympy.sympify(t.shape[-1]) == 1:
+            return "token", f"{arg}[..., 0]", decay.log
+        return "channel", arg, decay.log
+
+    def _plan_linear(self, n: Node, gen, probe: bool) -> tuple[Plan | None, str | None]:
+        spec = n.spec
+        feature = "identity" if spec.feature is None else spec.feature.kind
+        causal = spec.causal
+        kind, decay, log = self._decay(n)
+        reason = gen.unsupported(feature=feature, norm=spec.norm, causal=causal, decay_kind=kind)
+        if reason:
+            return None, reason
+        scale = spec.score.scale if isinstance(spec.score, M.Dot) else 1
+        forced = spec.hint("algorithm")
+        algorithm = "recurrent" if forced == "recurrent" else "chunked"
+        kwargs = dict(feature=feature, norm=spec.norm, causal=causal, decay_kind=kind, log_decay=log,
+                      scale=float(self.sizes.number(scale)), chunk=int(self.sizes.number(spec.hint("chunk") or 64)),
+                      algorithm=algorithm)
+        args = [self._arg(n, "q"), self._arg(n, "k"), self._arg(n, "v")]
+        if decay is not None:
+            args.append(f"decay={decay}")
+        if spec.feature is not None and spec.feature.projection is not None:
+            args.append(f"projection={self._arg(n, spec.feature.projection.role)}")
+        note = f"{algorithm}, feature {feature}, norm {spec.norm}" + (f", {kind} decay" if kind else "")
+        return Plan("linear", kwargs, f"{{name}}({', '.join(args)})", note), None
+
+    def _plan_toeplitz(self, n: Node, gen, probe: bool) -> tuple[Plan | None, str | None]:
+        t = next(x for x in M.mask_leaves(n.spec.mask) if isinstance(x, M.Toeplitz))
+        k = t.kernel
+        explicit = isinstance(k, M.ExplicitKernel)
+        kind = None if explicit else k.kind
+        disc = None if explicit else k.disc
+        conj = True if explicit else k.conj
+        mimo = False if explicit else k.mimo
+        reason = gen.unsupported(kind=kind, disc=disc, conj=conj, mimo=mimo, causal=t.causal, explicit=explicit)
+        if reason or probe:       # probe: only whether the kernel family takes this structure
+            return None, reason
+        fold = self.folds.get(n.id)
+        parts = fold.args if fold is not None else {}
+        v = self.ref(fold.v) if fold is not None and fold.v is not None else self._arg(n, "v")
+        args = [v]
+        if explicit:
+            args.append(f"explicit_kernel={self._arg(n, k.kernel.role)}")
+        else:
+            params = ", ".join(f"{name!r}: {self._arg(n, ref.role)}" for name, ref in k.params)
+            args.append(f"params={{{params}}}")
+            if k.reverse:
+                rev = ", ".join(f"{name!r}: {self._arg(n, ref.role)}" for name, ref in k.reverse)
+                args.append(f"reverse_params={{{rev}}}")
+            if disc == "dss":
+                length = self.g.type_of(n.input("v")).shape[-2]
+                args.append(f"kernel_length={self.sizes.code(length)}")
+        for role in ("pre", "skip", "post"):
+            if role in parts:
+                args.append(f"{role}={self.ref(parts[role])}")
+        kwargs = dict(kind=kind, disc=disc, conj=conj, mimo=mimo, causal=t.causal, explicit=explicit,
+                      chunk=int(self.sizes.number(n.spec.hint("chunk") or 64)),
+                      pre="pre" in parts, skip="skip" in parts, post="post" in parts)
+        fused = [r for r in ("pre", "skip", "post") if r in parts]
+        note = f"{'explicit kernel' if explicit else f'{kind} SSM'}" + (f", fused {'/'.join(fused)}" if fused else "")
+        return Plan("toeplitz", kwargs, f"{{name}}({', '.join(args)})", note), None
+
+
+def _banner(n: Node, plan: Plan) -> str:
+    return f"\n\n# ==== {n.name}: {n.spec.family} mixer ({plan.note or plan.family}) ====\n"
+
+
+def emit_triton_module(graph: Graph, entry: str, sizes: dict, source_name: str, machine: str = "h100",
+                       algorithms: dict[str, str] | None = None) -> torch_emit.Emitted:
+    """The source of a module computing ``graph`` with generated Triton kernels for its mixers."""
+    shared = Shared()
+
+    class Writer(TritonWriter):
+        def __init__(self, *args, **kw):
+            super().__init__(*args, **kw)
+            self.shared = shared
+
+    return torch_emit.emit_module(graph, entry, sizes, source_name, machine, writer=Writer, algorithms=algorithms,
+                                  backend="triton")
+
