@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from codegen import masks as M
-from codegen.linear.torch_impl import linear_attention
+from codegen.linear.torch_impl import linear_attention, selective_scan
 from codegen.softmax.torch_impl import softmax_attention
 from codegen.toeplitz.torch_impl import toeplitz_mix
 
@@ -122,44 +122,42 @@ def bench_window(n: int, w: int = 256):
     print(f"  peak extra memory: ours {peak_ours and peak_ours / 2**20:.1f} MiB")
 
 
-def naive_chunk_linear(q, k, v, chunk=64):
-    """The plain-PyTorch chunked form flash-linear-attention ships as its reference
-    (re-implemented here from its structure: per-chunk intra quadratic + inter state)."""
-    b, h, n, d = q.shape
-    q, k, v = (t.view(b, h, n // chunk, chunk, -1) for t in (q * d ** -0.5, k, v))
-    mask = torch.triu(torch.ones(chunk, chunk, dtype=torch.bool), 1)
-    kv = k.transpose(-1, -2) @ v
-    kv = torch.cumsum(kv, 2) - kv
-    inter = q @ kv
-    intra = (q @ k.transpose(-1, -2)).masked_fill(mask, 0) @ v
-    return (inter + intra).view(b, h, n, -1)
-
-
 def bench_linear(n: int):
-    q, k, v = (rand(1, 4, n, 64, grad=True) for _ in range(3))
-    ours = lambda: linear_attention(q, k, v, scale=0.125, algorithm="chunked", chunk=64)  # noqa: E731
-    theirs = lambda: naive_chunk_linear(q, k, v)  # noqa: E731
-    row(f"chunked linear attention H4 N{n} D64, forward", best_of(fwd(ours)), best_of(fwd(theirs)),
-        "fla-style naive chunk", "≤ 1.0")
-    row(f"chunked linear attention H4 N{n} D64, fwd+bwd", best_of(fwd_bwd(ours, q, k, v)),
-        best_of(fwd_bwd(theirs, q, k, v)), "fla-style naive chunk", "≤ 1.0")
-    gamma = 1 - 2.0 ** (-5 - torch.arange(4.0))
-    ret = lambda: linear_attention(q, k, v, decay=gamma, scale=0.125, algorithm="chunked")  # noqa: E731
-    quad = lambda: linear_attention(q, k, v, decay=gamma, scale=0.125, algorithm="quadratic")  # noqa: E731
-    if n <= 4096:
-        row(f"retention H4 N{n} D64, forward", best_of(fwd(ret)), best_of(fwd(quad)), "quadratic form", "< 1")
+    """Chunked linear attention / retention / GLA against flash-linear-attention's plain-PyTorch
+    chunked forms (rewritten in codegen/linear/bench.py, imported from there), forward and
+    forward+backward, H4 Dh64, fp32."""
+    from codegen.linear.bench import chunk_gla_baseline, chunk_linear_attn_baseline, chunk_simple_gla_stacked_baseline
+
+    h, d = 4, 64
+    bthd = [rand(1, n, h, d, grad=True) for _ in range(3)]
+    bhnd = [x.detach().transpose(1, 2).contiguous().requires_grad_() for x in bthd]
+    gamma = 1 - 2.0 ** (-5 - torch.arange(float(h)))
+    g = F.logsigmoid(torch.randn(1, h, n, d)) / 16
+    g_bthd = g.transpose(1, 2).contiguous()
+    q, k, v = bhnd
+    cases = [
+        ("chunked linear attention", lambda: linear_attention(q, k, v, scale=d ** -0.5),
+         lambda: chunk_linear_attn_baseline(*bthd), "fla naive_chunk_linear_attn"),
+        ("retention", lambda: linear_attention(q, k, v, decay=gamma, scale=d ** -0.5),
+         lambda: chunk_simple_gla_stacked_baseline(*bthd, torch.log(gamma).expand(1, n, h)),
+         "fla naive_chunk_simple_gla (unbind)"),
+        ("GLA", lambda: linear_attention(q, k, v, decay=g, log_decay=True, scale=d ** -0.5),
+         lambda: chunk_gla_baseline(*bthd, g_bthd), "fla naive chunk GLA"),
+    ]
+    for name, ours, theirs, base in cases:
+        row(f"{name} H{h} N{n} D{d}, forward", best_of(fwd(ours)), best_of(fwd(theirs)), base, "≤ 1.0")
+        row(f"{name} H{h} N{n} D{d}, fwd+bwd", best_of(fwd_bwd(ours, *bhnd)), best_of(fwd_bwd(theirs, *bthd)), base,
+            "≤ 1.0")
 
 
 def bench_scan(n: int, dm: int = 256, s: int = 16):
     u, dt = torch.randn(1, dm, n), torch.rand(1, dm, n) * 0.1
     a = -torch.rand(dm, s)
     bm, c = torch.randn(1, s, n), torch.randn(1, s, n)
+    d_skip = torch.randn(dm)
 
     def ours():
-        q, k = c.transpose(1, 2)[:, None], bm.transpose(1, 2)[:, None]
-        vv = (dt * u)[..., None]
-        gate = dt[..., None] * a[None, :, None, :]
-        return linear_attention(q, k, vv, decay=gate, log_decay=True, algorithm="chunked")
+        return selective_scan(u, dt, a, bm, c, d_skip)          # the factored gate Δ ⊗ A (OuterGate)
 
     def loop():
         h = torch.zeros(1, dm, s)
@@ -167,7 +165,7 @@ def bench_scan(n: int, dm: int = 256, s: int = 16):
         for t in range(n):
             h = torch.exp(dt[:, :, t, None] * a) * h + dt[:, :, t, None] * bm[:, None, :, t] * u[:, :, t, None]
             ys.append((h * c[:, None, :, t]).sum(-1))
-        return torch.stack(ys, -1)
+        return torch.stack(ys, -1) + u * d_skip[:, None]
 
     row(f"selective scan Dm{dm} S{s} N{n}, forward", best_of(fwd(ours)), best_of(fwd(loop), repeat=1),
         "sequential loop", "≤ 1/10")

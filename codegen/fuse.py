@@ -96,8 +96,10 @@ def outer_gate(g: Graph, mix: Node, uses) -> Fold | None:
     return None
 
 
-def toeplitz_gates(g: Graph, mix: Node, uses) -> Fold | None:
-    """Fold ``post * (mix(pre * v) + skip * (pre * v))`` around a Toeplitz mix (parts optional)."""
+def toeplitz_gates(g: Graph, mix: Node, uses, taken: frozenset[int] = frozenset()) -> Fold | None:
+    """Fold ``post * (mix(pre * v) + skip * (pre * v))`` around a Toeplitz mix (parts optional).
+    ``taken``: nodes that earlier folds leave out or stand for; they are neither left out
+    again nor read from here."""
     fold = Fold(result=mix.id)
     v = mix.input("v")
     channels = g.type_of(v).shape[-1]
@@ -107,11 +109,11 @@ def toeplitz_gates(g: Graph, mix: Node, uses) -> Fold | None:
     add = _binary(g, _sole_reader(g, uses, mix.id), "+")
     other = _other(add, mix.id) if add is not None else None
     m = _binary(g, _producer(g, other), "*")
-    if m is not None and len(uses[(m.id, 0)]) == 1:
+    if m is not None and len(uses[(m.id, 0)]) == 1 and not {m.id, add.id} & taken:
         ops = (m.input("a"), m.input("b"))
         for x, w in (ops, ops[::-1]):
             tw = g.type_of(w)
-            if (x.node, x.index) == (v.node, v.index) and tw.rank == 1 and w.node < mix.id \
+            if (x.node, x.index) == (v.node, v.index) and tw.rank == 1 and w.node < mix.id and w.node not in taken \
                     and sympy.simplify(tw.shape[0] - channels) == 0:
                 fold.args["skip"] = w
                 fold.dropped |= {m.id, add.id}
@@ -121,14 +123,15 @@ def toeplitz_gates(g: Graph, mix: Node, uses) -> Fold | None:
     # post: end * y, with y of the output's shape and computed before the mix
     mul = _binary(g, _sole_reader(g, uses, end), "*")
     other = _other(mul, end) if mul is not None else None
-    if other is not None and other.node < mix.id and g.type_of(other).shape == g.node(end).out.shape:
+    if other is not None and other.node < mix.id and mul.id not in taken and other.node not in taken \
+            and g.type_of(other).shape == g.node(end).out.shape:
         fold.args["post"] = other
         fold.dropped.add(mul.id)
         end = mul.id
 
     # pre: v = a * b, read by nothing but the mix and the folded skip
     prod = _binary(g, _producer(g, v), "*")
-    if prod is not None and {r for r, _ in uses[(v.node, v.index)]} <= {mix.id} | fold.dropped:
+    if prod is not None and prod.id not in taken and {r for r, _ in uses[(v.node, v.index)]} <= {mix.id} | fold.dropped:
         a, b = prod.input("a"), prod.input("b")
         if g.type_of(a).shape == g.type_of(b).shape == g.type_of(v).shape:
             fold.v, fold.args["pre"] = a, b

@@ -14,9 +14,10 @@ written here after the published plain-PyTorch forms (not imported: they are not
 
 Each time is the best of ``--repeat`` runs, wall clock and, in brackets, the process's CPU
 time (on a shared machine the wall clock of a 2-thread run suffers most: every parallel op
-waits for both threads). Forward+backward uses a random output gradient; baselines get it
-only with ``--baseline-backward`` (the simple-GLA baseline's in-place writes make its
-backward very slow, and the selective-scan loop's takes seconds).
+waits for both threads). Forward+backward uses a random output gradient; the selective-scan loop
+gets it only with ``--baseline-backward`` (it takes seconds). The simple-GLA baseline is
+timed in the stacked variant (``chunk_simple_gla_stacked_baseline``): the published form writes
+each chunk's output in place, which makes its autograd backward ~40× slower (2.2 s here).
 """
 
 from __future__ import annotations
@@ -56,6 +57,46 @@ def chunk_simple_gla_baseline(q, k, v, g, chunk=64):
         qi, ki, vi, gi = q[:, :, i], k[:, :, i], v[:, :, i], g[:, :, i]
         o[:, :, i] = (qi * gi[..., None].exp()) @ S + (qi @ ki.transpose(-1, -2) * mask[:, :, i]) @ vi
         S = S * gi[..., -1, None, None].exp() + (ki * (gi[..., -1:] - gi).exp()[..., None]).transpose(-1, -2) @ vi
+    return o.reshape(b, h, t, -1).transpose(1, 2)
+
+
+def chunk_simple_gla_stacked_baseline(q, k, v, g, chunk=64):
+    """The same, with the chunks taken by ``unbind`` and their outputs stacked instead of written
+    in place: the form whose autograd backward is fast (the stronger baseline for fwd+bwd)."""
+    q, k, v, g = (x.transpose(1, 2) for x in (q, k, v, g))
+    b, h, t, d = q.shape
+    q = q * d ** -0.5
+    q, k, v = (x.reshape(b, h, t // chunk, chunk, -1) for x in (q, k, v))
+    g = g.reshape(b, h, t // chunk, chunk).cumsum(-1)
+    mask = (g[..., :, None] - g[..., None, :]).tril().exp().tril()
+    S = q.new_zeros(b, h, d, v.shape[-1])
+    outs = []
+    # unbind, not q[:, :, i]: the backward of each slice would zero-fill a full-size gradient
+    for qi, ki, vi, gi, mi in zip(*(x.unbind(2) for x in (q, k, v, g, mask))):
+        outs.append((qi * gi[..., None].exp()) @ S + (qi @ ki.transpose(-1, -2) * mi) @ vi)
+        S = S * gi[..., -1, None, None].exp() + (ki * (gi[..., -1:] - gi).exp()[..., None]).transpose(-1, -2) @ vi
+    return torch.stack(outs, 2).reshape(b, h, t, -1).transpose(1, 2)
+
+
+def chunk_gla_baseline(q, k, v, g, chunk=64):
+    """flash-linear-attention's naive chunked GLA form: [B, T, H, D], g [B, T, H, D] (log gate per
+    key channel); inside a chunk the factorised scores (q ⊙ e^{G})(k ⊙ e^{−G})ᵀ (exact for
+    moderate gates, GLA's τ = 16), between chunks a loop carrying the state; scale D^-½."""
+    q, k, v, g = (x.transpose(1, 2) for x in (q, k, v, g))
+    b, h, t, d = q.shape
+    q = q * d ** -0.5
+    q, k, v, g = (x.reshape(b, h, t // chunk, chunk, -1) for x in (q, k, v, g))
+    g = g.cumsum(-2)
+    qg, kg = q * g.exp(), k * (-g).exp()
+    upper = torch.ones(chunk, chunk, dtype=torch.bool).triu(1)
+    intra = (qg @ kg.transpose(-1, -2)).masked_fill(upper, 0) @ v
+    kd = k * (g[..., -1:, :] - g).exp()
+    S = q.new_zeros(b, h, d, v.shape[-1])
+    outs = []
+    for qi, gi, ki, vi in zip(*(x.unbind(2) for x in (qg, g, kd, v))):     # unbind: see above
+        outs.append(qi @ S)
+        S = S * gi[..., -1, :, None].exp() + ki.transpose(-1, -2) @ vi
+    o = torch.stack(outs, 2) + intra
     return o.reshape(b, h, t, -1).transpose(1, 2)
 
 
@@ -118,13 +159,12 @@ def cases(only: set[str]):
         gamma = 1 - 2.0 ** (-5 - torch.arange(h, dtype=torch.float32))
         g_bth = torch.log(gamma).expand(1, n, h).contiguous()
         yield ("retention (decay per head)", lambda q, k, v: linear_attention(q, k, v, decay=gamma, scale=d ** -0.5),
-               bhnd, "fla naive_chunk_simple_gla", lambda q, k, v, g: chunk_simple_gla_baseline(q, k, v, g),
-               bthd + [g_bth])
+               bhnd, "fla naive_chunk_simple_gla (stacked)", chunk_simple_gla_stacked_baseline, bthd + [g_bth])
     if "gla" in only:
         g = F.logsigmoid(torch.randn(1, h, n, d)) / 16
         yield ("GLA (gate per key channel)",
                lambda q, k, v, g: linear_attention(q, k, v, decay=g, log_decay=True, scale=d ** -0.5),
-               bhnd + [g], None, None, None)
+               bhnd + [g], "fla naive chunk GLA", chunk_gla_baseline, bthd + [g.transpose(1, 2).contiguous()])
     if "ss" in only:
         dm, s, n = 256, 16, 4096
         ss = [torch.randn(1, dm, n), torch.randn(1, dm, n) - 1, -torch.exp(torch.randn(dm, s) * 0.5),
@@ -151,7 +191,8 @@ def main() -> None:
         fwd, both = timed(fn, inputs, args.repeat)
         line = f"{name:34s} fwd {show(fwd)}  fwd+bwd {show(both)}"
         if base is not None:
-            bf, bb = timed(base, base_inputs, args.repeat, args.baseline_backward)
+            backward = args.baseline_backward or base is not selective_scan_loop_baseline
+            bf, bb = timed(base, base_inputs, args.repeat, backward)
             line += f"  | {base_name}: fwd {show(bf)}"
             if bb is not None:
                 line += f" fwd+bwd {show(bb)}"

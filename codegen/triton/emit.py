@@ -90,7 +90,8 @@ class TritonWriter(torch_emit._Writer):
         uses = fuse.readers(self.g)
         for n in self.g.nodes(OpKind.MIX):
             if n.spec.family == "toeplitz" and self._plan(n, probe=True)[1] is None:
-                self.add_fold(n, fuse.toeplitz_gates(self.g, n, uses))
+                taken = frozenset(self.dropped | {f.result for f in self.folds.values()})
+                self.add_fold(n, fuse.toeplitz_gates(self.g, n, uses, taken))
 
     # ---- the token mixer
     def op_mix(self, n: Node) -> None:
@@ -107,7 +108,7 @@ class TritonWriter(torch_emit._Writer):
         choice.note = f"generated kernel {name}" + (f" ({plan.note})" if plan.note else "")
         self.body.append(f"        # {n.spec.family} mixer: Triton kernel {name}" +
                          (f", {plan.note}" if plan.note else ""))
-        self.emit(n, plan.call.format(name=name))
+        self.emit(n, plan.call.replace("{name}", name, 1))
         fold = self.folds.get(n.id)
         if fold is not None and fold.result != n.id:
             self.var[(fold.result, 0)] = self.var[(n.id, 0)]

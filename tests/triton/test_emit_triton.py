@@ -28,6 +28,19 @@ DOMAIN = {   # inputs with a domain (as in tests/codegen/test_examples_run.py)
 }
 
 
+def _interpreted_sizes(name: str) -> dict:
+    """SMALL with N = 32 (and Mamba narrower): the interpreter runs a kernel's programs one
+    after the other, ~4 ms per loop step, so the recurrent scans cost B·Dm·N steps."""
+    sizes = dict(SMALL[name])
+    if "N" in sizes and name != "models/sinkhorn.seq":
+        sizes["N"] = 32
+    if name == "models/mamba.seq":
+        sizes["D"] = 8
+    if "Dm" in sizes:
+        sizes["Dm"] = 4
+    return sizes
+
+
 def _id(name: str) -> str:
     return name.replace("/", "-").removesuffix(".seq")
 
@@ -69,7 +82,7 @@ def _run(model, inputs):
     out = model(*inputs)
     outs = out if isinstance(out, tuple) else (out,)
     torch.manual_seed(1)
-    loss = sum((o * torch.randn_like(o)).sum() for o in outs if o.is_floating_point())
+    loss = sum((o * torch.randn(o.shape, dtype=o.dtype)).sum() for o in outs if o.is_floating_point())
     loss.backward()
     grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
     grads.update({f"input {i}": t.grad for i, t in enumerate(inputs) if t.grad is not None})
@@ -77,14 +90,14 @@ def _run(model, inputs):
 
 
 def _rel(a, b) -> float:
-    return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-12))
+    return float((a.detach().double() - b.detach().double()).norm() / b.detach().double().norm().clamp_min(1e-12))
 
 
 @pytest.mark.parametrize("name", EXAMPLES, ids=[_id(e) for e in EXAMPLES])
 def test_examples_with_kernels_match_the_torch_backend(name, compiled):
     if not any(c.backend == "triton" for c in compiled(name).choices):
         pytest.skip(f"{name}: no mixer gets a Triton kernel (each fallback is checked above)")
-    sizes = SMALL[name]
+    sizes = _interpreted_sizes(name)
     ref = seqdsl.load(ROOT / "examples" / name, **sizes)
     model = seqdsl.load(ROOT / "examples" / name, backend="triton", **sizes)
     _same_weights(ref, model)
@@ -99,19 +112,28 @@ def test_examples_with_kernels_match_the_torch_backend(name, compiled):
         if o.is_floating_point():
             assert _rel(o, r) < 1e-4, f"forward: relative error {_rel(o, r):.2e}"
     assert grads.keys() == grads_ref.keys()
+    # Relative error < 1e-3, measured against the gradient's own size or, for gradients that are
+    # mathematically zero (a key bias under softmax), against the largest gradient of the model.
+    largest = max(float(g.double().norm()) for g in grads_ref.values())
     for key, g in grads.items():
-        assert _rel(g, grads_ref[key]) < 1e-3, f"gradient of {key}: relative error {_rel(g, grads_ref[key]):.2e}"
+        err = float((g.double() - grads_ref[key].double()).norm())
+        size = max(float(grads_ref[key].double().norm()), 1e-6 * largest)
+        assert err < 1e-3 * size, f"gradient of {key}: relative error {err / size:.2e}"
 
 
-def test_h3_gates_are_fused_into_the_kernel_call(compiled):
-    """H3's y = q ⊙ (SSM(kv) + D ⊙ kv) with kv = shift(k)·v: the product, the skip and the
-    output gate go into the diagonal SSM's kernel call (codegen/fuse.py), not as tensors."""
+def test_h3_gates_are_fused_into_the_kernel_calls(compiled):
+    """H3: kv = (shift(k) + D_shift ⊙ k) ⊙ v, y = q ⊙ (diag(kv) + D_diag ⊙ kv). Each SSM's
+    skip term and output gate go into its kernel call (codegen/fuse.py); kv, read by both
+    the second SSM and its skip term, is the one intermediate left in memory."""
     result = compiled("mixers/h3.seq")
-    diag = next(c for c in result.choices if c.path.endswith(".diag_ssm") or c.path == "diag_ssm")
-    if diag.backend != "triton":
-        pytest.fail(f"the diagonal SSM of H3 did not get a kernel: {diag.note}")
-    call = next(line for line in result.source.splitlines() if "= mix_" in line and "diag_ssm" in line)
-    assert "pre=" in call and "skip=" in call and "post=" in call, call
+    assert all(c.backend == "triton" for c in result.choices), [c.note for c in result.choices]
+    forward = result.source.split("def forward", 1)[1]
+    calls = {line.split("=", 1)[1].split("(", 1)[0].strip(): line for line in forward.splitlines()
+             if "= mix_" in line}
+    assert set(calls) == {"mix_shift_ssm", "mix_diag_ssm"}, calls
+    assert "skip=self.w('D_shift')" in calls["mix_shift_ssm"] and "post=v" in calls["mix_shift_ssm"]
+    assert "skip=self.w('D_diag')" in calls["mix_diag_ssm"] and "post=q" in calls["mix_diag_ssm"]
+    assert " * " not in forward and " + " not in forward, forward     # nothing left outside the kernels
 
 
 def test_cli_compile_triton_prints_kernels_and_fallbacks(tmp_path):

@@ -1,0 +1,414 @@
+"""Triton generator of the Toeplitz family: diagonal SSM scans and shift-SSM short
+convolutions, with the gates of H3 / GSS / Hyena fused around them.
+
+``generate(name, ...)`` returns one section of a generated model file (the file's header
+imports math, torch, triton, tl and ``codegen.masks as M``). The section defines:
+
+- ``{name}_kernel`` — the specialised Triton kernel:
+  * diagonal SSMs (S4D, DSS, DLR, Mega's EMA): one program per (channel, block of batch rows)
+    walks the sequence in chunks of T tokens. Inside a chunk, the T×T Toeplitz block of the
+    taps K[0:T] times the chunk's inputs (tl.dot); from the earlier chunks, the carried state
+    h [modes × batch] decayed to each token, Re(c λ^{t+1} h) (tl.dot); then the state is
+    advanced to the chunk's end, h ← λ^T h + Σ_s b λ^{T−1−s} u_s (tl.dot). O(N) memory, no
+    FFT; the complex modes as separate real / imaginary parts (inlined only for complex
+    systems; Mega's EMA is real).
+  * shift SSMs (H3's short filter, S taps): a direct S-tap causal convolution, tokens × channels
+    tiles, the initial shift register read for the first S − 1 tokens.
+  * gates fused in the kernel: u = pre ⊙ v, y = post ⊙ (K ∗ u + skip ⊙ u).
+- ``{name}_launch`` — one pass of the kernel (also the backward's anti-causal pass).
+- ``{name}(v, params=None, reverse_params=None, explicit_kernel=None, *, pre=None, skip=None,
+  post=None, initial_state=None, return_state=False, kernel_length=None)`` — discretises in
+  PyTorch (``kernels.discretize``, O(C·state)), runs the kernel through
+  ``triton_support.SSMMix`` (autograd), and, when ``causal=False``, adds the anti-causal pass
+  of the reverse SSM (same kernel, tokens read backwards, its tap 0 removed through the skip).
+
+Not generated here (``unsupported`` says why): DPLR, MIMO and explicit kernels.
+"""
+
+from __future__ import annotations
+
+from string import Template
+
+KINDS = ("diag", "ema", "shift")
+
+
+def unsupported(*, kind: str | None, disc: str | None, conj: bool, mimo: bool, causal: bool,
+                explicit: bool) -> str | None:
+    """None when the Triton generator handles this Toeplitz mixer, else a one-line reason."""
+    if explicit or kind is None:
+        return ("explicit kernels of length N (Hyena's implicit filters): a direct Triton convolution is "
+                "O(N·L) and loses to PyTorch's O(N log N) FFT; no chunked explicit-kernel kernel yet")
+    if kind == "dplr":
+        return ("DPLR (S4) has a dense per-channel state (Ā is S×S after discretisation): the chunked "
+                "kernel carries diagonal states only")
+    if mimo:
+        return "MIMO diagonal SSMs (S5) share the state across channels: no Triton kernel yet"
+    if kind not in KINDS:
+        return f"unknown SSM kind {kind!r}"
+    if kind == "diag" and disc not in ("zoh", "bilinear", "dss", "none"):
+        return f"unknown discretisation {disc!r}"
+    return None
+
+
+def generate(name: str, *, kind: str | None, disc: str | None, conj: bool, mimo: bool, causal: bool,
+             explicit: bool, chunk: int = 64, pre: bool = False, skip: bool = False,
+             post: bool = False) -> str:
+    """The section text for one Toeplitz mixer (see the module docstring)."""
+    why = unsupported(kind=kind, disc=disc, conj=conj, mimo=mimo, causal=causal, explicit=explicit)
+    if why is not None:
+        raise ValueError(f"the Triton backend cannot generate this Toeplitz mixer: {why}")
+    if not name.isidentifier():
+        raise ValueError(f"section name {name!r} is not an identifier")
+    T = 16
+    while T * 2 <= min(int(chunk), 128):   # tl.arange / tl.dot: a power of two in [16, 128]
+        T *= 2
+    fields = {
+        "name": name,
+        "kind": repr(str(kind)),
+        "disc": repr(None if disc is None else str(disc)),
+        "conj": repr(bool(conj)),
+        "causal": repr(bool(causal)),
+        "chunk": repr(T),
+        "gates": repr((bool(pre), bool(skip), bool(post))),
+        "what": _describe(kind, disc, conj, causal, pre, skip, post),
+    }
+    if kind == "shift":
+        parts = [_SHIFT_KERNEL, _SHIFT_LAUNCH, _WRAPPER]
+    else:
+        parts = [_DIAG_KERNEL, _DIAG_LAUNCH, _WRAPPER]
+    text = "".join(Template(p).substitute(fields) for p in parts)
+    return _select(text, complex_modes=kind == "diag", shift=kind == "shift", bidirectional=not causal)
+
+
+def _describe(kind, disc, conj, causal, pre, skip, post) -> str:
+    what = {"diag": f"diagonal SSM (disc={disc}, conj={bool(conj)})", "ema": "Mega's EMA (real diagonal SSM)",
+            "shift": "shift SSM (short causal filter)"}[kind]
+    gates = [g for g, on in (("pre", pre), ("skip", skip), ("post", post)) if on]
+    return f"{what}, {'causal' if causal else 'bidirectional'}, gates: {', '.join(gates) or 'none'}"
+
+
+def _select(text: str, *, complex_modes: bool, shift: bool, bidirectional: bool) -> str:
+    """Keep the lines tagged for this structure: ``# [complex]`` / ``# [real]`` (a diagonal SSM's
+    modes complex or real), ``# [modes]`` / ``# [shift]`` (diagonal or shift SSM), ``# [bidir]`` /
+    ``# [causal]``; the tag itself is removed."""
+    keep = {"[complex]": complex_modes, "[real]": not complex_modes and not shift, "[modes]": not shift,
+            "[shift]": shift, "[bidir]": bidirectional, "[causal]": not bidirectional}
+    out = []
+    for line in text.splitlines():
+        tag = next((t for t in keep if line.rstrip().endswith("# " + t)), None)
+        if tag is None:
+            out.append(line)
+        elif keep[tag]:
+            out.append(line.rstrip()[: -len(tag) - 2].rstrip())
+    return "\n".join(out) + "\n"
+
+
+# ---- diagonal SSMs ------------------------------------------------------------------------
+
+_DIAG_KERNEL = '''
+# ==== $name: Toeplitz mix of a $what ====
+
+${name}_CHUNK = $chunk           # tokens per chunk: the Toeplitz block is CHUNK × CHUNK
+${name}_GATES = $gates   # (pre, skip, post) this mixer was generated with
+
+
+@triton.jit
+def ${name}_kernel(
+    p_v, p_pre, p_post, p_skip, p_y,     # v, gates [B, N, C] (strided), skip [C], y [B, N, C]
+    p_taps,                              # the first T taps of each channel, K[c, 0:T], [C, T]
+    p_zr, p_br, p_cr,                    # real parts of log λ, B̄ and scale·C, [C, M] each
+    p_zi, p_bi, p_ci,                    # imaginary parts  # [complex]
+    p_h0r, p_hNr,                        # initial / final state, real parts [B, C, M]
+    p_h0i, p_hNi,                        # imaginary parts  # [complex]
+    n_batch, N, C, n_mode,
+    s_vb, s_vn, s_vc, s_pb, s_pn, s_pc, s_qb, s_qn, s_qc,
+    T: tl.constexpr, BB: tl.constexpr, BM: tl.constexpr,
+    USE_PRE: tl.constexpr, USE_SKIP: tl.constexpr, USE_POST: tl.constexpr,
+    USE_H0: tl.constexpr, STORE_HN: tl.constexpr, REVERSE: tl.constexpr,
+):
+    """Channel i_c, batch rows i_b·BB …: y = post ⊙ (K ∗ u + skip ⊙ u), u = pre ⊙ v, chunk by
+    chunk, the SSM state h_m carried from chunk to chunk. REVERSE reads the tokens backwards
+    (the anti-causal mix: the backward pass, a bidirectional mix's second direction)."""
+    i_c = tl.program_id(0)
+    i_b = tl.program_id(1)
+    o_b = i_b * BB + tl.arange(0, BB)            # batch rows
+    m_b = o_b < n_batch
+    o_t = tl.arange(0, T)                        # token within a chunk
+    o_m = tl.arange(0, BM)                       # SSM mode (padding modes have b = c = 0)
+    m_m = o_m < n_mode
+
+    # ---- the channel's system: λ_m = exp(z_m), B̄_m = b_m, scale·C_m = c_m
+    b_zr = tl.load(p_zr + i_c * n_mode + o_m, mask=m_m, other=0.0)
+    b_br = tl.load(p_br + i_c * n_mode + o_m, mask=m_m, other=0.0)
+    b_cr = tl.load(p_cr + i_c * n_mode + o_m, mask=m_m, other=0.0)
+    b_zi = tl.load(p_zi + i_c * n_mode + o_m, mask=m_m, other=0.0)  # [complex]
+    b_bi = tl.load(p_bi + i_c * n_mode + o_m, mask=m_m, other=0.0)  # [complex]
+    b_ci = tl.load(p_ci + i_c * n_mode + o_m, mask=m_m, other=0.0)  # [complex]
+
+    # ---- tables every chunk reuses
+    # the Toeplitz block: b_K[t, s] = K[t − s] for s ≤ t, 0 above the diagonal
+    o_d = o_t[:, None] - o_t[None, :]
+    b_K = tl.load(p_taps + i_c * T + o_d, mask=o_d >= 0, other=0.0)
+    # state → output: b_W[t, m] = c_m λ_m^(t+1)   [T, BM]
+    e_w = (o_t[:, None] + 1).to(tl.float32)
+    b_Wr = b_cr[None, :] * tl.exp(e_w * b_zr[None, :])  # [real]
+    b_pr = tl.exp(e_w * b_zr[None, :]) * tl.cos(e_w * b_zi[None, :])  # [complex]
+    b_pi = tl.exp(e_w * b_zr[None, :]) * tl.sin(e_w * b_zi[None, :])  # [complex]
+    b_Wr = b_cr[None, :] * b_pr - b_ci[None, :] * b_pi  # [complex]
+    b_Wi = b_cr[None, :] * b_pi + b_ci[None, :] * b_pr  # [complex]
+    # input → state at the chunk's end: b_V[m, s] = b_m λ_m^(T−1−s)   [BM, T]
+    e_v = (T - 1 - o_t[None, :]).to(tl.float32)
+    b_Vr = b_br[:, None] * tl.exp(e_v * b_zr[:, None])  # [real]
+    b_pr = tl.exp(e_v * b_zr[:, None]) * tl.cos(e_v * b_zi[:, None])  # [complex]
+    b_pi = tl.exp(e_v * b_zr[:, None]) * tl.sin(e_v * b_zi[:, None])  # [complex]
+    b_Vr = b_br[:, None] * b_pr - b_bi[:, None] * b_pi  # [complex]
+    b_Vi = b_br[:, None] * b_pi + b_bi[:, None] * b_pr  # [complex]
+    # the state's decay over a whole chunk, λ^T   [BM, 1]
+    b_lr = tl.exp(T * b_zr)[:, None]  # [real]
+    b_lr = (tl.exp(T * b_zr) * tl.cos(T * b_zi))[:, None]  # [complex]
+    b_li = (tl.exp(T * b_zr) * tl.sin(T * b_zi))[:, None]  # [complex]
+
+    # ---- the state entering the first chunk, [BM, BB]
+    o_h = o_b[None, :] * (C * n_mode) + i_c * n_mode + o_m[:, None]
+    m_h = m_m[:, None] & m_b[None, :]
+    b_hr = tl.zeros([BM, BB], dtype=tl.float32)
+    b_hi = tl.zeros([BM, BB], dtype=tl.float32)  # [complex]
+    if USE_H0:
+        b_hr += tl.load(p_h0r + o_h, mask=m_h, other=0.0)
+        b_hi += tl.load(p_h0i + o_h, mask=m_h, other=0.0)  # [complex]
+
+    for i0 in range(0, N, T):
+        o_i = i0 + o_t                           # step in processing order
+        m_x = (o_i < N)[:, None] & m_b[None, :]
+        if REVERSE:                              # anti-causal: token N − 1 first
+            o_n = N - 1 - o_i
+        else:
+            o_n = o_i
+        # u = pre ⊙ v for the chunk's tokens   [T, BB]
+        b_u = tl.load(p_v + o_b[None, :] * s_vb + o_n[:, None] * s_vn + i_c * s_vc, mask=m_x, other=0.0).to(tl.float32)
+        if USE_PRE:
+            b_u *= tl.load(p_pre + o_b[None, :] * s_pb + o_n[:, None] * s_pn + i_c * s_pc, mask=m_x, other=0.0).to(tl.float32)
+        # inside the chunk: the Toeplitz block times u
+        b_y = tl.dot(b_K, b_u, input_precision="ieee")
+        # from the earlier chunks: Re(c λ^(t+1) h)
+        b_y += tl.dot(b_Wr, b_hr, input_precision="ieee")
+        b_y -= tl.dot(b_Wi, b_hi, input_precision="ieee")  # [complex]
+        if USE_SKIP:
+            b_y += tl.load(p_skip + i_c).to(tl.float32) * b_u
+        if USE_POST:
+            b_y *= tl.load(p_post + o_b[None, :] * s_qb + o_n[:, None] * s_qn + i_c * s_qc, mask=m_x, other=0.0).to(tl.float32)
+        tl.store(p_y + o_b[None, :] * (N * C) + o_n[:, None] * C + i_c, b_y.to(p_y.dtype.element_ty), mask=m_x)
+
+        # the state leaving the chunk: h ← λ^T h + Σ_s b λ^(T−1−s) u_s
+        b_Vr_c, b_lr_c = b_Vr, b_lr
+        b_Vi_c, b_li_c = b_Vi, b_li  # [complex]
+        if STORE_HN:
+            if N - i0 < T:                       # the last chunk is short: powers for its n_in tokens
+                n_in = N - i0
+                e_s = tl.maximum(n_in - 1 - o_t[None, :], 0).to(tl.float32)
+                b_Vr_c = b_br[:, None] * tl.exp(e_s * b_zr[:, None])  # [real]
+                b_lr_c = tl.exp(n_in * b_zr)[:, None]  # [real]
+                b_qr = tl.exp(e_s * b_zr[:, None]) * tl.cos(e_s * b_zi[:, None])  # [complex]
+                b_qi = tl.exp(e_s * b_zr[:, None]) * tl.sin(e_s * b_zi[:, None])  # [complex]
+                b_Vr_c = b_br[:, None] * b_qr - b_bi[:, None] * b_qi  # [complex]
+                b_Vi_c = b_br[:, None] * b_qi + b_bi[:, None] * b_qr  # [complex]
+                b_lr_c = (tl.exp(n_in * b_zr) * tl.cos(n_in * b_zi))[:, None]  # [complex]
+                b_li_c = (tl.exp(n_in * b_zr) * tl.sin(n_in * b_zi))[:, None]  # [complex]
+        b_hr_new = b_lr_c * b_hr + tl.dot(b_Vr_c, b_u, input_precision="ieee")  # [real]
+        b_hr_new = b_lr_c * b_hr - b_li_c * b_hi + tl.dot(b_Vr_c, b_u, input_precision="ieee")  # [complex]
+        b_hi = b_lr_c * b_hi + b_li_c * b_hr + tl.dot(b_Vi_c, b_u, input_precision="ieee")  # [complex]
+        b_hr = b_hr_new
+
+    if STORE_HN:
+        tl.store(p_hNr + o_h, b_hr, mask=m_h)
+        tl.store(p_hNi + o_h, b_hi, mask=m_h)  # [complex]
+'''
+
+_DIAG_LAUNCH = '''
+
+def ${name}_launch(v, pre, skip, post, taps, sys, h0, reverse, want_state):
+    """One pass of ${name}_kernel over v [B, N, C] (gates None or [B, N, C] views): (y, final state
+    [B, C, M] or None). ``taps`` [T, C]; ``sys`` a DiagSSM with c = scale·C; ``reverse`` reads the
+    tokens backwards."""
+    from codegen.toeplitz import triton_support as tzs
+    Bn, N, C = v.shape
+    n_mode = sys.log_lam.shape[-1]
+    T = ${name}_CHUNK
+    y = tzs.scratch((Bn, N, C), v.dtype, v.device)
+    zr, zi = tzs.split(sys.log_lam)              # complex → (real part, imaginary part)
+    br, bi = tzs.split(sys.b)
+    cr, ci = tzs.split(sys.c)
+    h0r, h0i = tzs.split(h0)
+    hNr = tzs.scratch((Bn, C, n_mode), zr.dtype, v.device) if want_state else None
+    hNi = tzs.scratch((Bn, C, n_mode), zr.dtype, v.device) if want_state else None  # [complex]
+    gp = pre if pre is not None else v           # placeholders: the kernel never reads an absent gate
+    gq = post if post is not None else v
+    BB = tzs.pow2(Bn, 16, 64)
+    ${name}_kernel[(C, triton.cdiv(Bn, BB))](
+        v, gp, gq, skip if skip is not None else y, y,
+        taps.transpose(0, 1).contiguous(),
+        zr, br, cr,
+        zi, bi, ci,  # [complex]
+        h0r if h0r is not None else zr, hNr if hNr is not None else zr,
+        h0i if h0i is not None else zr, hNi if hNi is not None else zr,  # [complex]
+        Bn, N, C, n_mode, *v.stride(), *gp.stride(), *gq.stride(),
+        T=T, BB=BB, BM=tzs.pow2(n_mode),
+        USE_PRE=pre is not None, USE_SKIP=skip is not None, USE_POST=post is not None,
+        USE_H0=h0 is not None, STORE_HN=bool(want_state), REVERSE=bool(reverse),
+    )
+    if not want_state:
+        return y, None
+    return y, hNr  # [real]
+    return y, torch.complex(hNr, hNi)  # [complex]
+'''
+
+# ---- shift SSMs ---------------------------------------------------------------------------
+
+_SHIFT_KERNEL = '''
+# ==== $name: Toeplitz mix of a $what ====
+
+${name}_CHUNK = $chunk           # tokens per program
+${name}_GATES = $gates   # (pre, skip, post) this mixer was generated with
+
+
+@triton.jit
+def ${name}_kernel(
+    p_v, p_pre, p_post, p_skip, p_y,     # v, gates [B, N, C] (strided), skip [C], y [B, N, C]
+    p_taps, p_h0,                        # taps [C, S]; initial shift register [B, C, S] = (u_−1, …, u_−S)
+    N, C, S,
+    s_vb, s_vn, s_vc, s_pb, s_pn, s_pc, s_qb, s_qn, s_qc,
+    BN: tl.constexpr, BC: tl.constexpr,
+    USE_PRE: tl.constexpr, USE_SKIP: tl.constexpr, USE_POST: tl.constexpr,
+    USE_H0: tl.constexpr, REVERSE: tl.constexpr,
+):
+    """Tokens i_n·BN …, channels i_c·BC …, batch row i_b: y_t = post_t (Σ_k K[k] u_(t−k) + skip u_t),
+    u = pre ⊙ v, a direct S-tap convolution. REVERSE reads the tokens backwards (anti-causal)."""
+    i_n = tl.program_id(0)
+    i_c = tl.program_id(1)
+    i_b = tl.program_id(2)
+    o_i = i_n * BN + tl.arange(0, BN)            # output step in processing order
+    o_c = i_c * BC + tl.arange(0, BC)
+    m_i = o_i < N
+    m_c = o_c < C
+    b_y = tl.zeros([BN, BC], dtype=tl.float32)
+    for k in range(0, S):                        # tap k reads the input k steps back
+        o_j = o_i - k
+        m_j = (o_j >= 0) & m_i
+        if REVERSE:
+            o_n = N - 1 - o_j
+        else:
+            o_n = o_j
+        m_x = m_j[:, None] & m_c[None, :]
+        b_x = tl.load(p_v + i_b * s_vb + o_n[:, None] * s_vn + o_c[None, :] * s_vc, mask=m_x, other=0.0).to(tl.float32)
+        if USE_PRE:
+            b_x *= tl.load(p_pre + i_b * s_pb + o_n[:, None] * s_pn + o_c[None, :] * s_pc, mask=m_x, other=0.0).to(tl.float32)
+        if USE_H0:                               # before token 0: the shift register, u_(−1−j) = h0[j]
+            m_h = ((o_j < 0) & m_i)[:, None] & m_c[None, :]
+            b_x += tl.load(p_h0 + i_b * (C * S) + o_c[None, :] * S + (-1 - o_j)[:, None], mask=m_h, other=0.0).to(tl.float32)
+        b_y += tl.load(p_taps + o_c * S + k, mask=m_c, other=0.0).to(tl.float32)[None, :] * b_x
+
+    if REVERSE:
+        o_n = N - 1 - o_i
+    else:
+        o_n = o_i
+    m_x = m_i[:, None] & m_c[None, :]
+    if USE_SKIP:
+        b_u = tl.load(p_v + i_b * s_vb + o_n[:, None] * s_vn + o_c[None, :] * s_vc, mask=m_x, other=0.0).to(tl.float32)
+        if USE_PRE:
+            b_u *= tl.load(p_pre + i_b * s_pb + o_n[:, None] * s_pn + o_c[None, :] * s_pc, mask=m_x, other=0.0).to(tl.float32)
+        b_y += tl.load(p_skip + o_c, mask=m_c, other=0.0).to(tl.float32)[None, :] * b_u
+    if USE_POST:
+        b_y *= tl.load(p_post + i_b * s_qb + o_n[:, None] * s_qn + o_c[None, :] * s_qc, mask=m_x, other=0.0).to(tl.float32)
+    tl.store(p_y + i_b * (N * C) + o_n[:, None] * C + o_c[None, :], b_y.to(p_y.dtype.element_ty), mask=m_x)
+'''
+
+_SHIFT_LAUNCH = '''
+
+def ${name}_launch(v, pre, skip, post, taps, sys, h0, reverse, want_state):
+    """One pass of ${name}_kernel over v [B, N, C]: (y, final shift register [B, C, S] or None).
+    The taps come from ``sys`` (a ShiftSSM, [C, S]); ``taps`` is unused. The final register is the
+    last S inputs (PyTorch slicing, O(S·C))."""
+    from codegen.toeplitz import state as tz_state
+    from codegen.toeplitz import triton_support as tzs
+    Bn, N, C = v.shape
+    S = sys.taps.shape[1]
+    y = tzs.scratch((Bn, N, C), v.dtype, v.device)
+    gp = pre if pre is not None else v           # placeholders: the kernel never reads an absent gate
+    gq = post if post is not None else v
+    BN, BC = ${name}_CHUNK, tzs.pow2(C, 16, 64)
+    ${name}_kernel[(triton.cdiv(N, BN), triton.cdiv(C, BC), Bn)](
+        v, gp, gq, skip if skip is not None else y, y,
+        sys.taps.contiguous(), h0.contiguous() if h0 is not None else y,
+        N, C, S, *v.stride(), *gp.stride(), *gq.stride(),
+        BN=BN, BC=BC,
+        USE_PRE=pre is not None, USE_SKIP=skip is not None, USE_POST=post is not None,
+        USE_H0=h0 is not None, REVERSE=bool(reverse),
+    )
+    if not want_state:
+        return y, None
+    tail = v[:, max(0, N - S):]
+    if pre is not None:
+        tail = tail * pre[:, max(0, N - S):]
+    return y, tz_state.final_state(sys, tail.to(sys.taps.dtype), h0)
+'''
+
+# ---- the callable -------------------------------------------------------------------------
+
+_WRAPPER = '''
+
+def ${name}_parts(sys, length):
+    """(taps [L, C], z, b, c) of a discretised system: its first ``length`` taps and, for a
+    diagonal SSM, λ = exp(z), B̄ = b and the output weights c = scale·C."""
+    from codegen.toeplitz.kernels import system_kernel  # [modes]
+    return system_kernel(sys, length), sys.log_lam, sys.b, sys.scale * sys.c  # [modes]
+    return sys.taps.transpose(0, 1), None, None, sys.taps    # a shift SSM: K[k] = taps[:, k], k < S  # [shift]
+
+
+def $name(
+    v, params=None, reverse_params=None, explicit_kernel=None, *, pre=None, skip=None, post=None,
+    initial_state=None, return_state=False, kernel_length=None,
+):
+    """$what.
+    v [..., N, C] → y [..., N, C] = post ⊙ (K ∗ (pre ⊙ v) + skip ⊙ pre ⊙ v), K the SSM's kernel
+    (toeplitz_mix's semantics). pre / post broadcast to v's shape, skip [C]. A causal mix carries
+    the SSM's state: ``initial_state`` [..., C, M] in, ``return_state=True`` → (y, final state)."""
+    from codegen.toeplitz import triton_support as tzs
+    from codegen.toeplitz.kernels import discretize
+    tzs.check_device(v)
+    given = (pre is not None, skip is not None, post is not None)
+    if given != ${name}_GATES:
+        raise ValueError(f"$name was generated with gates (pre, skip, post) = {${name}_GATES}, called with {given}")
+    if explicit_kernel is not None or params is None:
+        raise ValueError("$name is an SSM mix: it takes params, not an explicit kernel")
+    if reverse_params is None or initial_state is not None or return_state:  # [bidir]
+        raise ValueError("$name is bidirectional: it needs reverse_params and has no recurrent state")  # [bidir]
+    lead, (N, C) = v.shape[:-2], v.shape[-2:]
+    T = ${name}_CHUNK
+    rd = torch.float32                                 # the kernel computes in fp32 (loads convert, y in v.dtype)
+    u = v.reshape(-1, N, C)
+    if pre is not None:
+        pre = torch.broadcast_to(pre, v.shape).reshape(u.shape)
+    if post is not None:
+        post = torch.broadcast_to(post, v.shape).reshape(u.shape)
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in [*params.values(), *(reverse_params or {}).values()])
+    # the discretised system (PyTorch, O(C·state)) and its first taps; with gradients, all N taps,
+    # through which the kernel's tap gradient reaches the parameters
+    sys = discretize($kind, {k: t.to(rd) for k, t in params.items()}, disc=$disc, conj=$conj, length=kernel_length or N)
+    length = max(T, N) if grad else T
+    taps, z, b, c = ${name}_parts(sys, length)
+    h0 = None
+    if initial_state is not None:
+        h0 = initial_state.reshape(u.shape[0], *initial_state.shape[len(lead):])
+        h0 = h0.to(z.dtype if z is not None else rd)
+    y, hN = tzs.SSMMix.apply(${name}_launch, T, False, bool(return_state), u, pre, skip, post, taps, z, b, c, h0)  # [causal]
+    y, _ = tzs.SSMMix.apply(${name}_launch, T, False, False, u, pre, skip, None, taps, z, b, c, None)  # [bidir]
+    # the reverse direction: the reverse SSM read backwards, its tap 0 taken out (the diagonal counts once)  # [bidir]
+    rsys = discretize($kind, {k: t.to(rd) for k, t in reverse_params.items()}, disc=$disc, conj=$conj, length=kernel_length or N)  # [bidir]
+    rtaps, rz, rb, rc = ${name}_parts(rsys, length)  # [bidir]
+    yr, _ = tzs.SSMMix.apply(${name}_launch, T, True, False, u, pre, -rtaps[0], None, rtaps, rz, rb, rc, None)  # [bidir]
+    y = (y + yr) * post if post is not None else y + yr  # [bidir]
+    y = y.reshape(*lead, N, C)
+    if return_state:  # [causal]
+        return y, hN.reshape(*lead, *hN.shape[1:])  # [causal]
+    return y
+'''

@@ -1,0 +1,173 @@
+"""Hand-written (not generated) helpers of the generated Toeplitz Triton sections
+(``triton_gen.py``): device check, scratch buffers, the autograd plumbing around a generated
+kernel launch, and the gradients that stay in PyTorch. The generated files import this
+module as ``tzs``.
+
+A generated section supplies ``launch(v, pre, skip, post, taps, system, h0, reverse, want_state)``
+(one pass of its specialised kernel, returning (z or y, final state or None)); everything here
+is written once for every section:
+
+- :class:`SSMMix` — one direction of an SSM mix with its gates, y = post ⊙ (K ∗ (pre ⊙ v) +
+  skip ⊙ pre ⊙ v), as an autograd Function. Backward:
+  * the input gradient is the anti-causal mix of post ⊙ dy: the same kernel, run over the
+    tokens in reverse order with post as its input gate (Kᵀ of a Toeplitz matrix is K read
+    backwards);
+  * the taps' gradient dK[l] = Σ_i dz_i u_{i−l} (l < N) by FFT correlation in PyTorch, handed
+    to PyTorch autograd of the discretisation (vandermonde) for the SSM parameters;
+  * the initial / final state terms (y += Re Σ c λ^{t+1} h0, h_N) by PyTorch autograd of
+    ``state.py``'s expressions: O(N·C·M) elementwise, run only when a state is given or a
+    final state's gradient arrives;
+  * the gate gradients elementwise.
+- :func:`lag_correlation` — the dK correlation.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import Tensor
+
+from codegen.toeplitz import state as st
+from codegen.toeplitz.kernels import DiagSSM, ShiftSSM
+
+#: tests set this (or SEQDSL_TRITON_NAN_SCRATCH=1): every buffer a kernel writes starts as NaN,
+#: so an element that no program writes shows in the result instead of stale memory
+NAN_SCRATCH = False
+
+_NO_DEVICE = "Triton kernels need a CUDA device; on a CPU set TRITON_INTERPRET=1 before importing seqdsl"
+
+
+def check_device(*tensors: Tensor | None) -> None:
+    """Raise a clear error for CPU tensors unless Triton's interpreter is on."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return
+    for t in tensors:
+        if t is not None and not t.is_cuda:
+            raise RuntimeError(_NO_DEVICE)
+
+
+def scratch(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A buffer a kernel fills (NaN-filled under NAN_SCRATCH / SEQDSL_TRITON_NAN_SCRATCH=1)."""
+    if NAN_SCRATCH or os.environ.get("SEQDSL_TRITON_NAN_SCRATCH") == "1":
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def pow2(n: int, lo: int = 16, hi: int | None = None) -> int:
+    """The power of two ≥ n within [lo, hi]: a tile width (tl.dot needs ≥ 16)."""
+    b = lo
+    while b < n and (hi is None or b < hi):
+        b *= 2
+    return b
+
+
+def split(x: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
+    """(real part, imaginary part) as contiguous real tensors; (x, None) for a real x."""
+    if x is None:
+        return None, None
+    if x.is_complex():
+        return x.real.contiguous(), x.imag.contiguous()
+    return x.contiguous(), None
+
+
+def lag_correlation(dz: Tensor, u: Tensor, length: int, prefix: Tensor | None = None) -> Tensor:
+    """G[l, c] = Σ_{b,t} dz[b, t, c] · x[b, t − l, c] for l < ``length``: the gradient of causal
+    taps. x is u [B, N, C] with x[−1 − j] = prefix[b, c, j] (a shift register's state), zero
+    before that. By FFT: O(N log N) per channel."""
+    Bn, N, C = u.shape
+    P = 0 if prefix is None else prefix.shape[-1]
+    parts = [u.new_zeros(Bn, length, C)]
+    if prefix is not None:
+        parts.append(prefix.flip(-1).transpose(1, 2).to(u.dtype))   # x[−P], …, x[−1]
+    parts.append(u)
+    x = torch.cat(parts, dim=1)                                      # x[t] sits at t + length + P
+    n = 1 << (x.shape[1] + N).bit_length()
+    r = torch.fft.irfft(torch.fft.rfft(x, n=n, dim=1) * torch.fft.rfft(dz, n=n, dim=1).conj(), n=n, dim=1)
+    lags = torch.arange(length, device=u.device)
+    return r.sum(0)[length + P - lags]                               # r[j] = Σ_t dz_t x'[t + j]
+
+
+def _flip(x: Tensor | None, reverse: bool) -> Tensor | None:
+    return x.flip(1) if (reverse and x is not None) else x
+
+
+def _sum_like(g: Tensor, like: Tensor) -> Tensor:
+    return g.sum_to_size(like.shape) if g.shape != like.shape else g
+
+
+class SSMMix(torch.autograd.Function):
+    """y = post ⊙ (K ∗ u + skip ⊙ u + state terms), u = pre ⊙ v, through a generated kernel.
+
+    Inputs (tensors may be None): v, pre, post [B, N, C] (pre / post possibly broadcast views);
+    skip [C]; taps [L, C] (L ≥ T; only the first T enter the kernel, the rest exist so that
+    their gradient reaches the SSM parameters); system: DiagSSM (z = log λ, b, c with c the
+    output weights including the scale) or ShiftSSM; h0 the initial state. ``reverse`` runs
+    the anti-causal direction (token N − 1 first). Outputs (y, h_N) — h_N None unless asked."""
+
+    @staticmethod
+    def forward(ctx, launch, T, reverse, want_state, v, pre, skip, post, taps, z, b, c, h0):
+        sys = DiagSSM(z, b, c, 1.0) if z is not None else ShiftSSM(c)
+        y, hN = launch(v, pre, skip, post, taps[:T], sys, h0, reverse, want_state)
+        ctx.launch, ctx.T, ctx.reverse = launch, T, reverse
+        ctx.save_for_backward(v, pre, skip, post, taps, z, b, c, h0)
+        return y, hN
+
+    @staticmethod
+    def backward(ctx, dy, dhN):
+        v, pre, skip, post, taps, z, b, c, h0 = ctx.saved_tensors
+        launch, T, reverse = ctx.launch, ctx.T, ctx.reverse
+        need = ctx.needs_input_grad[4:]
+        sys = DiagSSM(z, b, c, 1.0) if z is not None else ShiftSSM(c)
+        dy = dy.contiguous()
+        u = v * pre if pre is not None else v
+        dz = dy * post if post is not None else dy
+        # input gradient: the mix read backwards, post ⊙ dy as its input (K ∗ dz reversed + skip ⊙ dz)
+        du, _ = launch(dy, post, skip, None, taps[:T], sys, None, not reverse, False)
+        dv = dpre = dskip = dpost = dtaps = dz_ = db = dc = dh0 = None
+        state_terms = h0 is not None or (dhN is not None and dhN.abs().sum() > 0)
+        if state_terms:
+            du_s, dz_, db, dc, dh0 = _state_grads(sys, u, h0, dz, dhN, need)
+            if du_s is not None:
+                du = du + du_s
+        if need[0]:
+            dv = du * pre if pre is not None else du
+        if need[1]:
+            dpre = _sum_like(du * v, pre)
+        if need[2]:
+            dskip = (dz * u).sum((0, 1))
+        if need[3]:
+            zval, _ = launch(v, pre, skip, None, taps[:T], sys, h0, reverse, False)
+            dpost = _sum_like(dy * zval, post)
+        if need[4]:
+            L = min(taps.shape[0], u.shape[1])
+            g = lag_correlation(_flip(dz, reverse), _flip(u, reverse), L)   # h0's share: _state_grads
+            dtaps = torch.cat([g, g.new_zeros(taps.shape[0] - L, g.shape[1])]) if L < taps.shape[0] else g
+        return (None, None, None, None, dv, dpre, dskip, dpost, dtaps, dz_, db, dc, dh0)
+
+
+def _state_grads(sys, u: Tensor, h0: Tensor | None, dz: Tensor, dhN: Tensor | None, need):
+    """Gradients of the state terms by PyTorch autograd of state.py's expressions:
+    y_t += state_output(h0)_t and h_N = final_state(u, h0). Returns (du, dz, db, dc, dh0)."""
+    with torch.enable_grad():
+        uu = u.detach().requires_grad_(dhN is not None)
+        hh = None if h0 is None else h0.detach().requires_grad_()
+        if isinstance(sys, ShiftSSM):
+            leaves = {"c": sys.taps.detach().requires_grad_()}
+            s = ShiftSSM(leaves["c"])
+        else:
+            leaves = {k: t.detach().requires_grad_() for k, t in (("z", sys.log_lam), ("b", sys.b), ("c", sys.c))}
+            s = DiagSSM(leaves["z"], leaves["b"], leaves["c"], 1.0)
+        outs, grads = [], []
+        if hh is not None:
+            outs.append(st.state_output(s, hh, u.shape[1]).to(dz.dtype))
+            grads.append(dz)
+        if dhN is not None:
+            outs.append(st.final_state(s, uu, hh))
+            grads.append(dhN)
+        inputs = [uu, *leaves.values()] + ([hh] if hh is not None else [])
+        got = torch.autograd.grad(outs, inputs, grads, allow_unused=True)
+    du = got[0]
+    rest = dict(zip(leaves, got[1:1 + len(leaves)]))
+    dh0 = got[-1] if hh is not None else None
+    return du, rest.get("z"), rest.get("b"), rest.get("c"), dh0

@@ -1,0 +1,261 @@
+"""The Toeplitz family's Triton kernels (codegen/toeplitz/triton_gen.py) against the PyTorch
+runtime (toeplitz_mix) and the plain references (codegen/toeplitz/reference.py): diagonal SSMs
+(S4D, DSS, Mega's EMA) chunked with state passing, shift SSMs, fused gates, carried states,
+the bidirectional form. Forward and gradients, fp32, through TRITON_INTERPRET=1 on a CPU
+(tests/conftest.py sets it); chunk 32 so that N = 63 / 100 / 200 cross chunk boundaries."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from codegen.toeplitz import reference as ref
+from codegen.toeplitz import triton_gen as tg
+from codegen.toeplitz import triton_support as tzs
+from codegen.toeplitz.kernels import init_ssm_params
+from codegen.toeplitz.torch_impl import toeplitz_mix
+from codegen.torch.load import load_source
+
+pytestmark = pytest.mark.triton
+
+HEADER = ("import math\nimport torch\nimport triton\nimport triton.language as tl\n"
+          "from codegen import masks as M\n")
+
+os.environ["SEQDSL_TRITON_NAN_SCRATCH"] = "1"     # every kernel output buffer starts as NaN
+tzs.NAN_SCRATCH = True
+
+KIND = {   # name → (kind, disc, conj, init, parameter shapes for C channels and M modes)
+    "s4d": ("diag", "zoh", True, "s4d_lin"),
+    "dss": ("diag", "dss", True, "dss"),
+    "ema": ("ema", None, True, "random"),
+    "shift": ("shift", None, True, "random"),
+}
+
+
+def shapes(kind: str, C: int, M: int) -> dict[str, tuple[int, ...]]:
+    if kind == "shift":
+        return {"C_re": (C, M)}
+    if kind == "ema":
+        return {n: (C, M) for n in ("alpha", "delta", "beta", "C_re")}
+    return {"log_dt": (C,), **{n: (C, M) for n in ("log_A_real", "A_imag", "C_re", "C_im")}}
+
+
+def make_params(name: str, C: int, M: int, seed: int = 0, grad: bool = True) -> dict[str, torch.Tensor]:
+    kind, _, _, init = KIND[name]
+    g = torch.Generator().manual_seed(seed)
+    p = init_ssm_params(kind, init, shapes(kind, C, M), g)
+    return {k: t.requires_grad_(grad) for k, t in p.items()}
+
+
+_CACHE: dict[tuple, object] = {}
+
+
+def build(name: str, *, causal: bool = True, chunk: int = 32, pre=False, skip=False, post=False):
+    """The generated section for a kind, loaded as a module; returns its callable."""
+    kind, disc, conj, _ = KIND[name]
+    key = (name, causal, chunk, pre, skip, post)
+    if key not in _CACHE:
+        text = tg.generate("tz_mix", kind=kind, disc=disc, conj=conj, mimo=False, causal=causal, explicit=False,
+                           chunk=chunk, pre=pre, skip=skip, post=post)
+        stem = f"toeplitz_{name}_{'c' if causal else 'b'}{chunk}{int(pre)}{int(skip)}{int(post)}"
+        _CACHE[key] = load_source(HEADER + text, stem)
+    return _CACHE[key].tz_mix
+
+
+def torch_mix(name: str, v, params, **kw):
+    kind, disc, conj, _ = KIND[name]
+    return toeplitz_mix(v, kind=kind, params=params, disc=disc, conj=conj, **kw)
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    """‖a − b‖ / ‖b‖ in double precision (complex states included)."""
+    wide = torch.complex128 if (a.is_complex() or b.is_complex()) else torch.float64
+    a, b = a.to(wide), b.to(wide)
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def grads(out, inputs):
+    g = torch.randn(out.shape, dtype=out.dtype, generator=torch.Generator().manual_seed(7))
+    return torch.autograd.grad(out, inputs, g, allow_unused=True)
+
+
+# ---- forward and gradients, every kind -------------------------------------------------------
+
+
+CASES = [("s4d", 2, 63, 5, 8), ("s4d", 1, 200, 3, 4), ("dss", 2, 100, 4, 8), ("ema", 2, 100, 6, 4),
+         ("shift", 2, 100, 40, 4)]
+
+
+@pytest.mark.parametrize("name,B,N,C,M", CASES, ids=[f"{c[0]}-B{c[1]}-N{c[2]}-C{c[3]}-M{c[4]}" for c in CASES])
+def test_forward_and_grads_match_torch(name, B, N, C, M):
+    params = make_params(name, C, M)
+    v = torch.randn(B, N, C, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    y = build(name)(v, params)
+    y_ref = torch_mix(name, v, params, algorithm="fft")
+    assert y.shape == y_ref.shape and torch.isfinite(y).all()
+    assert rel(y, y_ref) < 1e-4
+    inputs = [v, *params.values()]
+    for got, want, what in zip(grads(y, inputs), grads(y_ref, inputs), ["v", *params]):
+        assert rel(got, want) < 1e-3, what
+
+
+@pytest.mark.parametrize("name", ["s4d", "ema", "shift"])
+def test_forward_matches_plain_recurrence(name):
+    """The literal recurrence of reference.py (float64, dense system) agrees with the kernel."""
+    B, N, C, M = 2, 63, 3, 4
+    params = make_params(name, C, M, grad=False)
+    kind, disc, conj, _ = KIND[name]
+    v = torch.randn(B, N, C, generator=torch.Generator().manual_seed(2))
+    y = build(name)(v, params)
+    y_ref, _ = ref.recurrence(v.double(), kind, {k: t.double() for k, t in params.items()}, disc=disc, conj=conj)
+    assert rel(y, y_ref) < 1e-4
+
+
+# ---- states ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["s4d", "ema", "shift"])
+def test_split_sequence_with_carried_state_equals_whole(name):
+    B, N, C, M = 2, 100, 4, 4
+    params = make_params(name, C, M, grad=False)
+    v = torch.randn(B, N, C, generator=torch.Generator().manual_seed(3))
+    mix = build(name)
+    y, h = mix(v, params, return_state=True)
+    y1, h1 = mix(v[:, :37], params, return_state=True)
+    y2, h2 = mix(v[:, 37:], params, initial_state=h1, return_state=True)
+    assert rel(torch.cat([y1, y2], 1), y) < 1e-5
+    assert rel(h2, h) < 1e-5
+    _, h_ref = torch_mix(name, v, params, algorithm="direct", return_state=True)
+    assert h.shape == h_ref.shape and rel(h, h_ref) < 1e-4
+
+
+@pytest.mark.parametrize("name", ["s4d", "ema", "shift"])
+def test_state_gradients_match_torch(name):
+    """Initial state in, final state out: gradients of v, the parameters and h0 through both."""
+    B, N, C, M = 2, 63, 3, 4
+    params = make_params(name, C, M)
+    v = torch.randn(B, N, C, generator=torch.Generator().manual_seed(4), requires_grad=True)
+    _, h0 = torch_mix(name, torch.randn(B, 20, C, generator=torch.Generator().manual_seed(5)),
+                      {k: t.detach() for k, t in params.items()}, algorithm="direct", return_state=True)
+    h0 = h0.detach().requires_grad_()
+    y, h = build(name)(v, params, initial_state=h0, return_state=True)
+    y_ref, h_ref = torch_mix(name, v, params, algorithm="direct", initial_state=h0, return_state=True)
+    assert rel(y, y_ref) < 1e-4 and rel(h, h_ref) < 1e-4
+    gh = torch.randn(h.shape, dtype=h.dtype, generator=torch.Generator().manual_seed(6))
+    inputs = [v, h0, *params.values()]
+
+    def loss(yy, hh):
+        return (yy * torch.linspace(-1, 1, N)[:, None]).sum() + (hh * gh.conj()).real.sum()
+
+    got = torch.autograd.grad(loss(y, h), inputs, allow_unused=True)
+    want = torch.autograd.grad(loss(y_ref, h_ref), inputs, allow_unused=True)
+    for g, w, what in zip(got, want, ["v", "h0", *params]):
+        assert rel(g, w) < 1e-3, what
+
+
+# ---- gates and compositions --------------------------------------------------------------------
+
+
+def test_h3_composition_with_fused_gates():
+    """H3's y = q ⊙ (ssm(k ⊙ v) + D ⊙ k ⊙ v) through pre = k, skip = D, post = q equals the
+    unfused PyTorch expression, values and gradients (q, k, v, D, parameters)."""
+    B, N, C, M = 2, 100, 5, 8
+    g = torch.Generator().manual_seed(8)
+    params = make_params("s4d", C, M)
+    q, k, v = (torch.randn(B, N, C, generator=g, requires_grad=True) for _ in range(3))
+    D = torch.randn(C, generator=g, requires_grad=True)
+    y = build("s4d", pre=True, skip=True, post=True)(v, params, pre=k, skip=D, post=q)
+    kv = k * v
+    y_ref = q * (torch_mix("s4d", kv, params, algorithm="fft") + D * kv)
+    assert rel(y, y_ref) < 1e-4
+    inputs = [q, k, v, D, *params.values()]
+    for got, want, what in zip(grads(y, inputs), grads(y_ref, inputs), ["q", "k", "v", "D", *params]):
+        assert rel(got, want) < 1e-3, what
+
+
+def test_shift_gates_broadcast_post():
+    """A shift SSM with a pre gate and a post gate that broadcasts over the batch ([N, C])."""
+    B, N, C, S = 2, 63, 24, 4
+    g = torch.Generator().manual_seed(9)
+    params = make_params("shift", C, S)
+    v, k = (torch.randn(B, N, C, generator=g, requires_grad=True) for _ in range(2))
+    q = torch.randn(N, C, generator=g, requires_grad=True)
+    y = build("shift", pre=True, post=True)(v, params, pre=k, post=q)
+    y_ref = q * torch_mix("shift", k * v, params, algorithm="direct")
+    assert rel(y, y_ref) < 1e-4
+    inputs = [v, k, q, *params.values()]
+    for got, want, what in zip(grads(y, inputs), grads(y_ref, inputs), ["v", "k", "q", *params]):
+        assert rel(got, want) < 1e-3, what
+
+
+@pytest.mark.parametrize("name", ["s4d", "shift"])
+def test_bidirectional(name):
+    B, N, C, M = 2, 63, 3, 4
+    params, rparams = make_params(name, C, M, seed=0), make_params(name, C, M, seed=1)
+    v = torch.randn(B, N, C, generator=torch.Generator().manual_seed(10), requires_grad=True)
+    y = build(name, causal=False)(v, params, rparams)
+    y_ref = torch_mix(name, v, params, reverse_params=rparams, causal=False, algorithm="direct")
+    assert rel(y, y_ref) < 1e-4
+    inputs = [v, *params.values(), *rparams.values()]
+    for got, want in zip(grads(y, inputs), grads(y_ref, inputs)):
+        assert rel(got, want) < 1e-3
+    frozen = {k: t.detach() for k, t in params.items()}          # gradients for the reverse SSM only
+    y = build(name, causal=False)(v, frozen, rparams)
+    y_ref = torch_mix(name, v, frozen, reverse_params=rparams, causal=False, algorithm="direct")
+    for got, want in zip(grads(y, list(rparams.values())), grads(y_ref, list(rparams.values()))):
+        assert rel(got, want) < 1e-3
+
+
+def test_leading_dims_and_multi_chunk_batches():
+    """v [2, 3, N, C] (flattened to 6 batch rows) and a chunk of 16: many chunks, one batch block."""
+    params = make_params("ema", 4, 4, grad=False)
+    v = torch.randn(2, 3, 40, 4, generator=torch.Generator().manual_seed(11))
+    y = build("ema", chunk=16)(v, params)
+    assert y.shape == v.shape
+    assert rel(y, torch_mix("ema", v, params, algorithm="direct")) < 1e-4
+
+
+# ---- the generator's contract -----------------------------------------------------------------
+
+
+def test_unsupported_reasons():
+    base = dict(disc="zoh", conj=True, mimo=False, causal=True, explicit=False)
+    assert tg.unsupported(kind="diag", **base) is None
+    assert tg.unsupported(kind="ema", **{**base, "disc": None}) is None
+    assert tg.unsupported(kind="shift", **{**base, "causal": False}) is None
+    assert "DPLR" in tg.unsupported(kind="dplr", **base)
+    assert "MIMO" in tg.unsupported(kind="diag", **{**base, "mimo": True})
+    assert "FFT" in tg.unsupported(kind=None, **{**base, "explicit": True})
+    with pytest.raises(ValueError, match="DPLR"):
+        tg.generate("x", kind="dplr", **base)
+
+
+def test_generated_text_is_specialised_and_named():
+    text = tg.generate("h3_diag", kind="diag", disc="zoh", conj=True, mimo=False, causal=True, explicit=False,
+                       pre=True, skip=True, post=True)
+    ema = tg.generate("mega_ema", kind="ema", disc=None, conj=True, mimo=False, causal=True, explicit=False)
+    compile(text, "gen", "exec")
+    compile(ema, "gen", "exec")
+    assert "def h3_diag_kernel(" in text and "def h3_diag(" in text
+    assert "# [" not in text and "# [" not in ema               # structure tags resolved
+    assert "b_zi" in text and "b_zi" not in ema                 # EMA's modes are real: no imaginary parts
+    for line in text.splitlines():                              # every module-level name carries the prefix
+        assert not line.startswith(("import ", "from ")), line  # (imports are function-local)
+        if line.startswith(("def ", "class ")):
+            assert line.split()[1].startswith("h3_diag"), line
+        elif line and not line[0].isspace() and "=" in line and not line.startswith("#"):
+            assert line.startswith("h3_diag"), line
+    with pytest.raises(ValueError):
+        tg.generate("bad name", kind="diag", disc="zoh", conj=True, mimo=False, causal=True, explicit=False)
+
+
+def test_gate_mismatch_and_cpu_without_interpreter(monkeypatch):
+    params = make_params("ema", 2, 4, grad=False)
+    v = torch.randn(1, 20, 2)
+    with pytest.raises(ValueError, match="gates"):
+        build("ema")(v, params, pre=v)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(RuntimeError, match="CUDA device"):
+        build("ema")(v, params)
