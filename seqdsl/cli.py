@@ -58,6 +58,9 @@ def guarded(fn):
             raise typer.Exit(1) from None
         except (typer.Exit, typer.Abort):
             raise
+        except BrokenPipeError:   # the reader went away (`seqdsl compile … | head`): not an error of ours
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(0) from None
         except Exception as err:  # noqa: BLE001 - the last line of defence for users
             if os.environ.get("SEQDSL_DEBUG"):
                 raise

@@ -18,6 +18,8 @@ is written once for every section:
     ``state.py``'s expressions: O(N·C·M) elementwise, run only when a state is given or a
     final state's gradient arrives;
   * the gate gradients elementwise.
+- :class:`MIMOMix` — the same for a MIMO diagonal SSM (S5), its parameter gradients from the
+  states of the forward and adjoint passes.
 - :func:`lag_correlation` — the dK correlation.
 """
 
@@ -171,3 +173,85 @@ def _state_grads(sys, u: Tensor, h0: Tensor | None, dz: Tensor, dhN: Tensor | No
     rest = dict(zip(leaves, got[1:1 + len(leaves)]))
     dh0 = got[-1] if hh is not None else None
     return du, rest.get("z"), rest.get("b"), rest.get("c"), dh0
+
+
+class MIMOMix(torch.autograd.Function):
+    """One direction of a MIMO diagonal SSM mix (S5), y = post ⊙ (Re(C h) + skip ⊙ u), h_t = λ h_(t−1)
+    + B̄ u_t, u = pre ⊙ v, through a generated kernel.
+
+    Inputs: ``launch(v, pre, skip, post, system, h0, reverse, want_state, want_states)`` of the
+    section (returns (y, h_N or None, every token's state or None)); v, pre [B, N, C_in], post
+    [B, N, C_out] (tensors may be None); skip [C]; z = log λ [M], b = B̄ [M, C_in], c = scale·C
+    [C_out, M] (complex); h0 [B, M]. Outputs (y, h_N) — h_N None unless asked.
+
+    Backward, with A_t = ∂L/∂h_t (PyTorch's complex convention ∂/∂Re + i ∂/∂Im) and e = post ⊙ dy:
+    conj(A_t) = Σ_(s≥t) λ^(s−t) Cᵀ e_s is the state of the adjoint system (the same λ, input matrix
+    Cᵀ, output matrix B̄ᵀ) run backwards, whose output is the input gradient. Both passes store
+    their states (H_t forward, conj(A_t) adjoint: O(B·N·M)); then, in PyTorch,
+    dB̄ = Σ_t A_t u_tᵀ, dC = Σ_t e_t H_tᴴ, d log λ = Σ_t conj(λ H_(t−1)) A_t, dh0 = conj(λ) A_0.
+    The final state's share (when its gradient arrives) by PyTorch autograd of state.final_state."""
+
+    @staticmethod
+    def forward(ctx, launch, reverse, want_state, v, pre, skip, post, z, b, c, h0):
+        sys = DiagSSM(z, b, c, 1.0, mimo=True)
+        y, hN, _ = launch(v, pre, skip, post, sys, h0, reverse, want_state)
+        ctx.launch, ctx.reverse = launch, reverse
+        ctx.save_for_backward(v, pre, skip, post, z, b, c, h0)
+        return y, hN
+
+    @staticmethod
+    def backward(ctx, dy, dhN):
+        v, pre, skip, post, z, b, c, h0 = ctx.saved_tensors
+        launch, reverse = ctx.launch, ctx.reverse
+        need = ctx.needs_input_grad[3:]          # v, pre, skip, post, z, b, c, h0
+        dv = dpre = dskip = dpost = dz_ = db = dc = dh0 = None
+        sys = DiagSSM(z, b, c, 1.0, mimo=True)
+        adjoint = DiagSSM(z, c.transpose(0, 1).contiguous(), b.transpose(0, 1).contiguous(), 1.0, mimo=True)
+        dy = dy.contiguous()
+        u = v * pre if pre is not None else v
+        e = dy * post if post is not None else dy
+        params = any(need[4:])
+        # input gradient: the adjoint system read the other way, post ⊙ dy its input (+ skip ⊙ e)
+        du, _, S = launch(dy, post, skip, None, adjoint, None, not reverse, False, params)
+        if params or need[3]:                    # the forward states; the output without post
+            zval, _, H = launch(v, pre, skip, None, sys, h0, reverse, False, params)
+        if params:
+            uu, ee, H, S = (_flip(x, reverse) for x in (u, e, H, S))   # processing order
+            Bn, N, M = H.shape
+            A = S.conj()
+            rows = Bn * N
+            db = A.reshape(rows, M).transpose(0, 1) @ uu.reshape(rows, -1).to(A.dtype)
+            dc = ee.reshape(rows, -1).transpose(0, 1).to(H.dtype) @ H.conj().reshape(rows, M)
+            first = h0 if h0 is not None else H.new_zeros(Bn, M)
+            prev = torch.cat([first[:, None], H[:, :-1]], dim=1)          # H_(t−1), H_(−1) = h0
+            dz_ = (torch.exp(z) * (prev * S).sum((0, 1))).conj()
+            if h0 is not None:
+                dh0 = (torch.exp(z) * S[:, 0]).conj()
+        if dhN is not None and dhN.abs().sum() > 0:
+            du_s, dz_s, db_s, dh0_s = _mimo_final_state_grads(z, b, _flip(u, reverse), h0, dhN)
+            du = du + _flip(du_s, reverse).to(du.dtype)
+            dz_ = dz_s if dz_ is None else dz_ + dz_s
+            db = db_s if db is None else db + db_s
+            if h0 is not None:
+                dh0 = dh0_s if dh0 is None else dh0 + dh0_s
+        if need[0]:
+            dv = du * pre if pre is not None else du
+        if need[1]:
+            dpre = _sum_like(du * v, pre)
+        if need[2]:
+            dskip = (e * u).sum((0, 1))
+        if need[3]:
+            dpost = _sum_like(dy * zval, post)
+        return (None, None, None, dv, dpre, dskip, dpost, dz_, db, dc, dh0)
+
+
+def _mimo_final_state_grads(z: Tensor, b: Tensor, u: Tensor, h0: Tensor | None, dhN: Tensor):
+    """The final state's share of the gradients, h_N = final_state(u, h0), by PyTorch autograd of
+    state.py's expression (u in processing order): (du, dz, db, dh0)."""
+    with torch.enable_grad():
+        leaves = [u.detach().requires_grad_(), z.detach().requires_grad_(), b.detach().requires_grad_()]
+        hh = None if h0 is None else h0.detach().requires_grad_()
+        sys = DiagSSM(leaves[1], leaves[2], leaves[2].new_zeros(1, b.shape[0]), 1.0, mimo=True)
+        hN = st.final_state(sys, leaves[0], hh)
+        got = torch.autograd.grad(hN, leaves + ([hh] if hh is not None else []), dhN, allow_unused=True)
+    return got[0], got[1], got[2], (got[3] if hh is not None else None)

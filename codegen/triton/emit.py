@@ -72,6 +72,7 @@ class Shared:
 
     sections: list[str] = field(default_factory=list)
     names: set[str] = field(default_factory=set)
+    kernels: dict[tuple, str] = field(default_factory=dict)   # structure -> its generated function
 
 
 class TritonWriter(torch_emit._Writer):
@@ -100,9 +101,12 @@ class TritonWriter(torch_emit._Writer):
         if plan is None:
             choice.note = f"PyTorch fallback: {reason}"
             return self.emit_torch_mix(n, choice)
-        gen, _ = _generator(plan.family)
-        name = self._kernel_name(n)
-        self.shared.sections.append(_banner(n, plan) + gen.generate(name, **plan.kwargs).strip("\n") + "\n")
+        key = (plan.family, repr(sorted(plan.kwargs.items())))
+        name = self.shared.kernels.get(key)
+        if name is None:      # the first mixer of this structure: generate its kernels
+            gen, _ = _generator(plan.family)
+            name = self.shared.kernels[key] = self._kernel_name(n)
+            self.shared.sections.append(_banner(n, plan) + gen.generate(name, **plan.kwargs).strip("\n") + "\n")
         choice.backend = "triton"
         choice.algorithm = f"triton:{plan.family}"
         choice.note = f"generated kernel {name}" + (f" ({plan.note})" if plan.note else "")
@@ -114,7 +118,7 @@ class TritonWriter(torch_emit._Writer):
             self.var[(fold.result, 0)] = self.var[(n.id, 0)]
 
     def _kernel_name(self, n: Node) -> str:
-        base = "mix_" + torch_emit._ident(n.name).lower()
+        base = "mix_" + torch_emit._ident("_".join(n.name.split(".")[-2:])).lower()   # e.g. mix_h3_k_shift
         name, k = base, 1
         while name in self.shared.names:
             name, k = f"{base}_{k}", k + 1
@@ -237,7 +241,7 @@ class TritonWriter(torch_emit._Writer):
 
 
 def _banner(n: Node, plan: Plan) -> str:
-    return f"\n\n# ==== {n.name}: {n.spec.family} mixer ({plan.note or plan.family}) ====\n"
+    return f"\n\n# ==== generated for {n.name} (and every later mixer of the same structure) ====\n"
 
 
 def emit_triton_module(graph: Graph, entry: str, sizes: dict, source_name: str, machine: str = "h100",

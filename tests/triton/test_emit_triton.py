@@ -146,3 +146,12 @@ def test_cli_compile_triton_prints_kernels_and_fallbacks(tmp_path):
     assert "wrote " in res.output
     # Reformer's LSH buckets are content-based: its attention falls back, and says why.
     assert "PyTorch fallback:" in res.output
+
+
+def test_mixers_of_one_structure_share_their_kernels(tmp_path):
+    """h3_hybrid repeats an H3 block (shift SSM, diagonal SSM) and a causal attention block
+    (12 layers at its default sizes): three structures, so three generated sections."""
+    result = seqdsl.compile(ROOT / "examples" / "models" / "h3_hybrid.seq", tmp_path, backend="triton")
+    kernels = {c.note.split()[2] for c in result.choices if c.backend == "triton"}
+    assert len([c for c in result.choices if c.backend == "triton"]) > len(kernels) == 3, kernels
+    assert result.source.count("# ==== generated for ") == 3
