@@ -9,12 +9,15 @@ with ids like ``mixers-gla`` (test modules cannot import this file: the suite ru
 ``--import-mode=importlib``).
 The ``checked_example`` fixture checks an example at its default sizes once per session, so
 that the many tests that read an example's graph do not re-elaborate it.
+The ``peak_memory`` fixture measures the peak resident memory of a call in a fresh process
+(tests/memory_probe.py, shared by every memory test).
 """
 
 from __future__ import annotations
 
 import difflib
 import functools
+import importlib.util
 import os
 from pathlib import Path
 
@@ -91,3 +94,25 @@ def golden(request):
             pytest.fail(f"{path.name} changed (rerun with --update-golden if intended)\n{diff[:4000]}")
 
     return compare
+
+
+@functools.cache
+def _memory_probe():
+    spec = importlib.util.spec_from_file_location("memory_probe", ROOT / "tests" / "memory_probe.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def peak_memory():
+    """``peak_memory(case_file, case, *arg_sets, env=None)``: peak bytes that the call
+    ``case(*args)`` (a function in ``case_file`` returning ``run`` or ``(run, warm_up)``) adds,
+    one per args, measured in a fresh process by tests/memory_probe.py. Skips (printing why)
+    where the peak resident memory cannot be read."""
+    probe = _memory_probe()
+    reason = probe.unavailable()
+    if reason:
+        print(f"skipped: {reason}")
+        pytest.skip(reason)
+    return probe.measure

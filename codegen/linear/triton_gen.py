@@ -119,6 +119,7 @@ def _header(name, feature, norm, causal, decay_kind, log_decay, scale, c, algori
 #      scale {scale!r}, algorithm {algorithm}, chunk {c} ====
 #   S_t = a_t ⊙ S_(t−1) + φ(k_t)ᵀ v_t,   o_t = scale · φ(q_t) S_t{torch_phi}
 from codegen.linear import triton_support as lx
+from codegen.triton import tuning as tt
 
 {name}_CHUNK = {int(c)}          # tokens per chunk of the chunked kernels
 {name}_BLOCK_V = 64       # the most values one program holds (larger Dv: several programs)
@@ -401,6 +402,7 @@ else:
 # ---- kernel templates (slots: $P the section name, $G "g, " when there is a gate) -----------
 
 _CHUNK_FWD = '''
+@tt.autotune(key=["N", "F", "V"])   # warps × stages timed once per size on a GPU
 @triton.jit
 def ${P}_fwd_kernel(q, k, v, ${G}h0, o, ht, N, F, V,
         C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, USE_H0: tl.constexpr):
@@ -476,6 +478,7 @@ $PASS2
 '''
 
 _SCAN_FWD = '''
+@tt.autotune(key=["N", "F", "V"])
 @triton.jit
 def ${P}_scan_fwd_kernel(q, k, v, ${G}h0, o, ht, N, F, V,
         BK: tl.constexpr, BV: tl.constexpr, USE_H0: tl.constexpr):
@@ -530,6 +533,7 @@ $PASS2
 '''
 
 _GLOBAL_FWD = '''
+@tt.autotune(key=["NQ", "NK", "F", "V"])
 @triton.jit
 def ${P}_global_fwd_kernel(q, k, v, h0, o, ht, NQ, NK, F, V,
         C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, USE_H0: tl.constexpr):

@@ -208,6 +208,7 @@ _TEMPLATE = '''
 #   scores    {score_doc}
 #   schedule  {schedule_doc}
 from codegen.softmax import triton_support as sx
+from codegen.triton import tuning as tt
 
 {name}_MASK = {mask_src}
 
@@ -250,6 +251,7 @@ def {name}_fwd_tile(acc, m_i, l_i, b_q, qi, K, V, i_n, seqlen_q, seqlen_k, i_h, 
     return acc, m_new, l_i
 
 
+@tt.autotune(key=["seqlen_q_all", "seqlen_k_all", "D_K", "D_V"])   # warps × stages timed once per size on a GPU
 @triton.jit
 def {name}_fwd(Q, K, V, O, LSE, BIAS, CU{map_params}{rnd_params}, stride_bias_h, n_buckets, seqlen_q_all, seqlen_k_all,
                H, GROUP, IS_VARLEN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,

@@ -123,10 +123,13 @@ def _select(text: str, *, complex_modes: bool, shift: bool, bidirectional: bool)
 _DIAG_KERNEL = '''
 # ==== $name: Toeplitz mix of a $what ====
 
+from codegen.triton import tuning as tt
+
 ${name}_CHUNK = $chunk           # tokens per chunk: the Toeplitz block is CHUNK × CHUNK
 ${name}_GATES = $gates   # (pre, skip, post) this mixer was generated with
 
 
+@tt.autotune(key=["N", "C", "n_mode", "REVERSE"])   # warps × stages timed once per size on a GPU
 @triton.jit
 def ${name}_kernel(
     p_v, p_pre, p_post, p_skip, p_y,     # v, gates [B, N, C] (strided), skip [C], y [B, N, C]
@@ -282,10 +285,13 @@ def ${name}_launch(v, pre, skip, post, taps, sys, h0, reverse, want_state):
 _SHIFT_KERNEL = '''
 # ==== $name: Toeplitz mix of a $what ====
 
+from codegen.triton import tuning as tt
+
 ${name}_CHUNK = $chunk           # tokens per program
 ${name}_GATES = $gates   # (pre, skip, post) this mixer was generated with
 
 
+@tt.autotune(key=["N", "C", "S", "REVERSE"])   # warps × stages timed once per size on a GPU
 @triton.jit
 def ${name}_kernel(
     p_v, p_pre, p_post, p_skip, p_y,     # v, gates [B, N, C] (strided), skip [C], y [B, N, C]
@@ -433,6 +439,8 @@ def $name(
 _MIMO_KERNEL = '''
 # ==== $name: Toeplitz mix of a $what ====
 
+from codegen.triton import tuning as tt
+
 ${name}_CHUNK = $chunk           # tokens per chunk
 ${name}_MODE_BLOCK = 64          # modes per program (more modes: several programs, their outputs summed)
 ${name}_GATES = $gates   # (pre, skip, post) this mixer was generated with
@@ -446,6 +454,7 @@ def ${name}_scan_step(ar1, ai1, xr1, xi1, ar2, ai2, xr2, xi2):
             ar2 * xr1 - ai2 * xi1 + xr2, ar2 * xi1 + ai2 * xr1 + xi2)
 
 
+@tt.autotune(key=["N", "C_in", "C_out", "n_mode", "REVERSE"])   # warps × stages timed once per size on a GPU
 @triton.jit
 def ${name}_kernel(
     p_v, p_pre, p_post, p_skip, p_y,     # v, pre [B, N, C_in], post [B, N, C_out] (strided); skip [C]; y [G, B, N, C_out]
@@ -477,7 +486,7 @@ def ${name}_kernel(
     b_ar = tl.zeros([T, BM], dtype=tl.float32) + (tl.exp(b_zr) * tl.cos(b_zi))[None, :]
     b_ai = tl.zeros([T, BM], dtype=tl.float32) + (tl.exp(b_zr) * tl.sin(b_zi))[None, :]
     e_t = (o_t[:, None] + 1).to(tl.float32)
-    b_Pr = tl.exp(e_t * b_zr[None, :]) * tl.cos(e_t * b_zi[None, :])    # [T, BM]
+    b_Pr = tl.exp(e_t * b_zr[None, :]) * tl.cos(e_t * b_zi[None, :])    # λ^(t+1), [T, BM]
     b_Pi = tl.exp(e_t * b_zr[None, :]) * tl.sin(e_t * b_zi[None, :])
 
     # ---- the state entering the first chunk, [BM]

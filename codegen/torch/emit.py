@@ -512,7 +512,8 @@ def emit_module(graph: Graph, entry: str, sizes: dict, source_name: str, machine
     body = "\n\n".join(classes + [main])
     needed = []
     families = {c.family for c in choices}
-    if families & {"softmax", "content_sparse", "synthetic"} or "M." in body:
+    preamble = w.preamble()
+    if families & {"softmax", "content_sparse", "synthetic"} or "M." in body or "M." in preamble:
         needed += ["masks", "softmax"]
     if families & {"linear", "decayed_linear"}:
         needed.append("linear")
@@ -524,5 +525,5 @@ def emit_module(graph: Graph, entry: str, sizes: dict, source_name: str, machine
         needed.append("ssm_init")
     imports = "".join(FAMILY_IMPORTS[k] + "\n" for k in needed)
     ssm_line = "\nrt_ssm_init = ssm_init_factory()\n" if "ssm_init" in needed else ""
-    text = head + imports + ssm_line + w.preamble() + "\n\n" + body
+    text = head + imports + ssm_line + preamble + "\n\n" + body
     return Emitted(text, cls, choices)

@@ -30,15 +30,14 @@ from seqdsl.ir import mix as M
 from seqdsl.ir.graph import Graph, Node, OpKind
 
 HEADER = """
-# ---- Triton kernels, one section per token mixer ----------------------------------------
-# Each section was generated for one mixer of the file, with its structure (mask, score
-# modification, feature map, decay, gates) written into the kernel as code.
+# ---- Triton kernels, one section per token-mixer structure -------------------------------
+# Each section was generated for a mixer of the file (and serves every mixer of the same
+# structure), with that structure (mask, score modification, feature map, decay, gates)
+# written into the kernels as code.
 import math
 
 import triton
 import triton.language as tl
-
-from codegen import masks as M
 """
 
 FAMILY_MODULES = {
@@ -236,7 +235,7 @@ class TritonWriter(torch_emit._Writer):
                       chunk=int(self.sizes.number(n.spec.hint("chunk") or 64)),
                       pre="pre" in parts, skip="skip" in parts, post="post" in parts)
         fused = [r for r in ("pre", "skip", "post") if r in parts]
-        note = f"{'explicit kernel' if explicit else f'{kind} SSM'}" + (f", fused {'/'.join(fused)}" if fused else "")
+        note = f"{'explicit kernel' if explicit else f'{kind} SSM' + (' (MIMO)' if mimo else '')}" + (f", fused {'/'.join(fused)}" if fused else "")
         return Plan("toeplitz", kwargs, f"{{name}}({', '.join(args)})", note), None
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import os
-import subprocess
 import sys
 
 import pytest
@@ -98,10 +97,51 @@ def test_parameter_count_matches_torch():
 # is its own mapping and the resident high-water mark (VmHWM, reset through clear_refs)
 # shows the peak; in a long-lived process freed memory is recycled and hides it.
 
-MEASURE = os.path.join(os.path.dirname(__file__), "memory_probe.py")
-
 needs_linux = pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs") or sys.platform != "linux",
                                  reason="peak memory is read from /proc (Linux only)")
+
+
+# The plain PyTorch form of each algorithm the cost model describes.
+
+def softmax_materialized(q, k, v):
+    s = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5       # G·N² scores
+    p = torch.softmax(s, dim=-1)                               # G·N² probabilities
+    return p @ v
+
+
+def linear_chunked(q, k, v, chunk=64):
+    """Causal linear attention (elu+1, normalised), chunked: the intra-chunk quadratic form
+    and the d×d state at every chunk boundary (kept, as training keeps it for backward)."""
+    g, n, _ = q.shape
+    q, k = F.elu(q) + 1, F.elu(k) + 1
+    qc, kc, vc = (t.view(g, n // chunk, chunk, -1) for t in (q, k, v))
+    kv = torch.einsum("gcnk,gcnv->gckv", kc, vc)                   # per-chunk kᵀv
+    states = torch.cumsum(kv, dim=1) - kv                          # the state entering each chunk
+    del kv
+    z = torch.cumsum(kc.sum(2), dim=1) - kc.sum(2)
+    scores = torch.einsum("gcik,gcjk->gcij", qc, kc).tril_()       # [G, N/C, C, C]
+    num = torch.einsum("gcij,gcjv->gciv", scores, vc) + torch.einsum("gcik,gckv->gciv", qc, states)
+    den = scores.sum(-1, keepdim=True) + torch.einsum("gcik,gck->gci", qc, z)[..., None]
+    return (num / den).view(g, n, -1)
+
+
+def s4d_fft(u, kernel):
+    n = u.shape[-2]
+    uf = torch.fft.rfft(u, n=2 * n, dim=-2)
+    kf = torch.fft.rfft(kernel, n=2 * n, dim=-2)
+    return torch.fft.irfft(uf * kf, n=2 * n, dim=-2)[..., :n, :]
+
+
+def memory_case(case: str, n: int, heads: int):
+    """The call whose peak memory tests/memory_probe.py measures in a fresh process."""
+    if case == "softmax_materialized":
+        fn, args = softmax_materialized, [torch.randn(1, heads, n, 64) for _ in range(3)]
+    elif case == "linear_chunked":
+        fn, args = linear_chunked, [torch.randn(heads, n, 64) for _ in range(3)]
+    else:
+        fn, args = s4d_fft, [torch.randn(1, n, 64), torch.randn(n, 64)]
+    return lambda: fn(*args)
+
 
 MEMORY_CASES = {
     "softmax_materialized": (
@@ -119,17 +159,10 @@ MEMORY_CASES = {
 }
 
 
-def measure(case: str, n: int, heads: int) -> int:
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0", OMP_NUM_THREADS="1")
-    out = subprocess.run([sys.executable, MEASURE, case, str(n), str(heads)], env=env, capture_output=True,
-                         text=True, timeout=300, check=True)
-    return int(out.stdout.split()[-1])
-
-
 @needs_linux
 @pytest.mark.parametrize("n", [4096, 16384])
 @pytest.mark.parametrize("case", sorted(MEMORY_CASES))
-def test_predicted_activation_memory_within_1_5x_of_measured(case, n):
+def test_predicted_activation_memory_within_1_5x_of_measured(case, n, peak_memory):
     text = MEMORY_CASES[case]
     heads = 4
     if case == "softmax_materialized" and n > 4096:
@@ -138,7 +171,8 @@ def test_predicted_activation_memory_within_1_5x_of_measured(case, n):
     report = seqdsl.analyze(text, N=n)
     mix = next(r for r in report.layers if r.op.startswith("mix/"))
     predicted = report.value(mix.estimates.activation_bytes)
-    measured = measure(case, n, heads)
+    measured = peak_memory(__file__, "memory_case", (case, n, heads),
+                           env={"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"})[0]
     ratio = predicted / measured
     assert 1 / 1.5 <= ratio <= 1.5, f"{case} N={n}: predicted {predicted:.3g} B, measured {measured:.3g} B"
 

@@ -226,7 +226,9 @@ def test_unsupported_reasons():
     assert tg.unsupported(kind="ema", **{**base, "disc": None}) is None
     assert tg.unsupported(kind="shift", **{**base, "causal": False}) is None
     assert "DPLR" in tg.unsupported(kind="dplr", **base)
-    assert "MIMO" in tg.unsupported(kind="diag", **{**base, "mimo": True})
+    assert tg.unsupported(kind="diag", **{**base, "mimo": True}) is None
+    assert tg.unsupported(kind="diag", **{**base, "mimo": True, "causal": False}) is None
+    assert "MIMO" in tg.unsupported(kind="ema", **{**base, "mimo": True})
     assert "FFT" in tg.unsupported(kind=None, **{**base, "explicit": True})
     with pytest.raises(ValueError, match="DPLR"):
         tg.generate("x", kind="dplr", **base)
@@ -242,10 +244,11 @@ def test_generated_text_is_specialised_and_named():
     assert "# [" not in text and "# [" not in ema               # structure tags resolved
     assert "b_zi" in text and "b_zi" not in ema                 # EMA's modes are real: no imaginary parts
     for line in text.splitlines():                              # every module-level name carries the prefix
-        assert not line.startswith(("import ", "from ")), line  # (imports are function-local)
+        if line.startswith(("import ", "from ")):               # (imports are function-local, but for
+            assert line == "from codegen.triton import tuning as tt", line   # the autotune decorator's)
         if line.startswith(("def ", "class ")):
             assert line.split()[1].startswith("h3_diag"), line
-        elif line and not line[0].isspace() and "=" in line and not line.startswith("#"):
+        elif line and not line[0].isspace() and "=" in line and not line.startswith(("#", "@")):
             assert line.startswith("h3_diag"), line
     with pytest.raises(ValueError):
         tg.generate("bad name", kind="diag", disc="zoh", conj=True, mimo=False, causal=True, explicit=False)
@@ -259,3 +262,131 @@ def test_gate_mismatch_and_cpu_without_interpreter(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(RuntimeError, match="CUDA device"):
         build("ema")(v, params)
+
+
+# ---- MIMO diagonal SSMs (S5) -------------------------------------------------------------------
+
+
+def mimo_params(C: int, M: int, seed: int = 0, grad: bool = True) -> dict[str, torch.Tensor]:
+    """S5's parameters (legs init, zoh, conjugate pairs): one state of M modes, B̄ [M, C], C [C, M]."""
+    sh = {"log_dt": (M,), "log_A_real": (M,), "A_imag": (M,), "B_re": (M, C), "B_im": (M, C),
+          "C_re": (C, M), "C_im": (C, M)}
+    p = init_ssm_params("diag", "legs", sh, torch.Generator().manual_seed(seed))
+    return {k: t.requires_grad_(grad) for k, t in p.items()}
+
+
+def build_mimo(*, causal: bool = True, chunk: int = 32, pre=False, skip=False, post=False, mode_block: int = 64):
+    key = ("mimo", causal, chunk, pre, skip, post, mode_block)
+    if key not in _CACHE:
+        text = tg.generate("s5_mix", kind="diag", disc="zoh", conj=True, mimo=True, causal=causal, explicit=False,
+                           chunk=chunk, pre=pre, skip=skip, post=post)
+        stem = f"toeplitz_mimo_{'c' if causal else 'b'}{chunk}{int(pre)}{int(skip)}{int(post)}"
+        mod = load_source(HEADER + text, stem)
+        mod.s5_mix_MODE_BLOCK = mode_block        # fewer modes per program: several blocks, summed
+        _CACHE[key] = mod
+    return _CACHE[key].s5_mix
+
+
+def mimo_torch(v, params, **kw):
+    return toeplitz_mix(v, kind="diag", params=params, disc="zoh", conj=True, mimo=True, algorithm="scan",
+                        scan_block=16, **kw)
+
+
+MIMO_CASES = [(2, 63, 5, 6, 64), (1, 100, 24, 20, 16)]     # the last: two blocks of modes (20 > 16)
+
+
+@pytest.mark.parametrize("B,N,C,M,mb", MIMO_CASES, ids=[f"B{c[0]}-N{c[1]}-C{c[2]}-M{c[3]}-blk{c[4]}" for c in MIMO_CASES])
+def test_mimo_forward_and_grads_match_torch_and_reference(B, N, C, M, mb):
+    params = mimo_params(C, M)
+    v = torch.randn(B, N, C, generator=torch.Generator().manual_seed(12), requires_grad=True)
+    y = build_mimo(mode_block=mb)(v, params)
+    y_ref = mimo_torch(v, params)
+    assert y.shape == y_ref.shape and torch.isfinite(y).all()
+    assert rel(y, y_ref) < 1e-4
+    y_rec, _ = ref.recurrence(v.detach().double(), "diag", {k: t.detach().double() for k, t in params.items()},
+                              disc="zoh", conj=True, mimo=True)
+    assert rel(y, y_rec) < 1e-4
+    inputs = [v, *params.values()]
+    for got, want, what in zip(grads(y, inputs), grads(y_ref, inputs), ["v", *params]):
+        assert rel(got, want) < 1e-3, what
+
+
+def test_mimo_fused_gates():
+    """S5 with u = k ⊙ v, y = q ⊙ (ssm(u) + D ⊙ u): values and gradients of q, k, v, D, parameters."""
+    B, N, C, M = 2, 63, 5, 4
+    g = torch.Generator().manual_seed(13)
+    params = mimo_params(C, M)
+    q, k, v = (torch.randn(B, N, C, generator=g, requires_grad=True) for _ in range(3))
+    D = torch.randn(C, generator=g, requires_grad=True)
+    y = build_mimo(pre=True, skip=True, post=True)(v, params, pre=k, skip=D, post=q)
+    kv = k * v
+    y_ref = q * (mimo_torch(kv, params) + D * kv)
+    assert rel(y, y_ref) < 1e-4
+    inputs = [q, k, v, D, *params.values()]
+    for got, want, what in zip(grads(y, inputs), grads(y_ref, inputs), ["q", "k", "v", "D", *params]):
+        assert rel(got, want) < 1e-3, what
+
+
+def test_mimo_states_split_and_gradients():
+    """Carried state: a split sequence equals the whole; gradients through h0 and h_N."""
+    B, N, C, M = 2, 63, 3, 4
+    params = mimo_params(C, M)
+    frozen = {k: t.detach() for k, t in params.items()}
+    mix = build_mimo()
+    v = torch.randn(B, N, C, generator=torch.Generator().manual_seed(14), requires_grad=True)
+    y, h = mix(v.detach(), frozen, return_state=True)
+    y1, h1 = mix(v.detach()[:, :37], frozen, return_state=True)
+    y2, h2 = mix(v.detach()[:, 37:], frozen, initial_state=h1, return_state=True)
+    assert rel(torch.cat([y1, y2], 1), y) < 1e-5 and rel(h2, h) < 1e-5
+    _, h0 = mimo_torch(torch.randn(B, 20, C, generator=torch.Generator().manual_seed(15)), frozen, return_state=True)
+    h0 = h0.detach().requires_grad_()
+    y, h = mix(v, params, initial_state=h0, return_state=True)
+    y_ref, h_ref = mimo_torch(v, params, initial_state=h0, return_state=True)
+    assert h.shape == h_ref.shape and rel(y, y_ref) < 1e-4 and rel(h, h_ref) < 1e-4
+    gh = torch.randn(h.shape, dtype=h.dtype, generator=torch.Generator().manual_seed(16))
+    inputs = [v, h0, *params.values()]
+
+    def loss(yy, hh):
+        return (yy * torch.linspace(-1, 1, N)[:, None]).sum() + (hh * gh.conj()).real.sum()
+
+    got = torch.autograd.grad(loss(y, h), inputs, allow_unused=True)
+    want = torch.autograd.grad(loss(y_ref, h_ref), inputs, allow_unused=True)
+    for a, b, what in zip(got, want, ["v", "h0", *params]):
+        assert rel(a, b) < 1e-3, what
+
+
+def test_mimo_bidirectional_with_skip():
+    """S5 as examples/models/s5.seq uses it: bidirectional (a second SSM read backwards, its
+    [C, C] tap 0 taken out) with the skip fused, vs toeplitz_mix and the plain Toeplitz product."""
+    B, N, C, M = 2, 100, 4, 4
+    params, rparams = mimo_params(C, M, seed=0), mimo_params(C, M, seed=1)
+    g = torch.Generator().manual_seed(17)
+    v = torch.randn(B, N, C, generator=g, requires_grad=True)
+    D = torch.randn(C, generator=g, requires_grad=True)
+    y = build_mimo(causal=False, skip=True)(v, params, rparams, skip=D)
+    y_ref = mimo_torch(v, params, reverse_params=rparams, causal=False) + D * v
+    assert rel(y, y_ref) < 1e-4
+    from codegen.toeplitz.kernels import ssm_kernel
+    K, Kr = (ssm_kernel("diag", {k: t.detach().double() for k, t in p.items()}, N, disc="zoh", mimo=True)
+             for p in (params, rparams))
+    y_plain = ref.direct_conv(v.detach().double(), K, K_rev=Kr) + D.detach().double() * v.detach().double()
+    assert rel(y, y_plain) < 1e-4
+    inputs = [v, D, *params.values(), *rparams.values()]
+    for got, want in zip(grads(y, inputs), grads(y_ref, inputs)):
+        assert rel(got, want) < 1e-3
+
+
+def test_mimo_generated_text_is_specialised_and_named():
+    text = tg.generate("s5_ssm", kind="diag", disc="zoh", conj=True, mimo=True, causal=False, explicit=False, skip=True)
+    compile(text, "gen", "exec")
+    assert "def s5_ssm_kernel(" in text and "def s5_ssm(" in text and "tl.associative_scan" in text
+    assert "# [" not in text                                        # structure tags resolved
+    assert "MIMOMix.apply(s5_ssm_launch, True" in text and "return y, hN.reshape" not in text   # bidirectional only
+    for line in text.splitlines():
+        if line.startswith(("def ", "class ")):
+            assert line.split()[1].startswith("s5_ssm"), line
+        elif line and not line[0].isspace() and "=" in line and not line.startswith(("#", "@")):
+            assert line.startswith("s5_ssm"), line
+    with pytest.raises(ValueError, match="bidirectional"):          # no state for a bidirectional mix
+        params = mimo_params(3, 4, grad=False)
+        build_mimo(causal=False)(torch.randn(1, 20, 3), params, params, return_state=True)

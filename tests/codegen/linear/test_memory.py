@@ -3,34 +3,33 @@ measured as peak resident memory in a fresh process at N = 4096 and 16384."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-pytest.importorskip("torch", reason="the linear-family runtime needs torch")
-
-PROBE = Path(__file__).with_name("memory_probe.py")
-ROOT = Path(__file__).resolve().parents[3]
+torch = pytest.importorskip("torch", reason="the linear-family runtime needs torch")
 
 
-def _peaks(*cases: str) -> list[int]:
+def forward_case(n: int, decay: str):
+    """One chunked forward, H = 4, d = 64, fp32; DECAY: none | head | channel. Measured in a
+    fresh process by tests/memory_probe.py."""
+    import torch.nn.functional as F
+
+    from codegen.linear.torch_impl import linear_attention
+
+    q, k, v = (torch.randn(1, 4, n, 64) for _ in range(3))
+    kw = {}
+    if decay == "head":
+        kw = dict(decay=torch.tensor([0.9, 0.95, 0.99, 0.999]))
+    elif decay == "channel":
+        kw = dict(decay=F.logsigmoid(torch.randn(1, 4, n, 64)) / 16, log_decay=True)
+    return lambda: linear_attention(q, k, v, **kw)
+
+
+def test_chunked_forward_memory_is_linear_in_n(peak_memory):
+    decays = ("none", "head", "channel")
     # every allocation ≥ 64 KiB from mmap: freed memory leaves the process, so the peak
     # resident size is the peak of live tensors, not of what glibc's heap happens to keep
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS="1")   # one thread: robust on a busy machine
-    out = subprocess.run([sys.executable, str(PROBE), *cases], capture_output=True, text=True, env=env,
-                         timeout=240, check=True)
-    return [int(line) for line in out.stdout.split()]
-
-
-def test_chunked_forward_memory_is_linear_in_n():
-    if not sys.platform.startswith("linux") or not Path("/proc/self/clear_refs").exists():
-        pytest.skip("needs Linux /proc/self/clear_refs to reset the peak resident memory")
-    decays = ("none", "head", "channel")
-    peaks = _peaks(*(f"{n}:{d}" for d in decays for n in (4096, 16384)))
+    peaks = peak_memory(__file__, "forward_case", *((n, d) for d in decays for n in (4096, 16384)),
+                        env={"MALLOC_MMAP_THRESHOLD_": "65536"}, timeout=240)
     output = 16384 * 4 * 64 * 4                       # bytes of the output at N = 16384
     for decay, small, large in zip(decays, peaks[0::2], peaks[1::2]):
         print(f"{decay}: peak extra memory N=4096 {small / 2**20:.1f} MiB, N=16384 {large / 2**20:.1f} MiB")

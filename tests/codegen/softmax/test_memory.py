@@ -4,44 +4,33 @@ one quadratically — measured by the OS (peak resident set, VmHWM, reset throug
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-pytest.importorskip("torch", reason="the softmax runtime needs torch")
+torch = pytest.importorskip("torch", reason="the softmax runtime needs torch")
 
-PROBE = Path(__file__).with_name("memory_probe_softmax.py")
-ROOT = Path(__file__).resolve().parents[3]
 MiB = 1 << 20
 HEADS, W = 2, 256
 
 
-def _peak(algorithm: str, n: int) -> int:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-           # a fixed mmap threshold: freed buffers go back to the OS, so every call's own
-           # allocations show in its peak (glibc would otherwise keep the warm-up's heap)
-           "MALLOC_MMAP_THRESHOLD_": str(1 << 16)}
-    out = subprocess.run([sys.executable, str(PROBE), algorithm, str(n), str(HEADS), str(W)], env=env,
-                         capture_output=True, text=True, timeout=300, check=True)
-    return int(out.stdout.split()[-1])
+def forward_case(algorithm: str, n: int, heads: int, w: int):
+    """One softmax_attention forward: causal sliding window of W keys, head size 64, fp32,
+    batch 1. Measured in a fresh process by tests/memory_probe.py."""
+    from codegen import masks as M
+    from codegen.softmax.torch_impl import softmax_attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, heads, n, 64, generator=g) for _ in range(3))
+    mask = M.Causal() & M.Window(w)
+    return lambda: softmax_attention(q, k, v, mask, scale=0.125, algorithm=algorithm)
 
 
-def _linux_with_clear_refs() -> str | None:
-    if not sys.platform.startswith("linux"):
-        return f"peak RSS is read from /proc (Linux only); this is {sys.platform}"
-    if not os.access("/proc/self/clear_refs", os.W_OK):
-        return "/proc/self/clear_refs is not writable here, so the peak RSS cannot be reset"
-    return None
+def test_tiled_sliding_window_memory_is_linear(peak_memory):
+    def _peak(algorithm: str, n: int) -> int:
+        # a fixed mmap threshold: freed buffers go back to the OS, so every call's own
+        # allocations show in its peak (glibc would otherwise keep the warm-up's heap)
+        return peak_memory(__file__, "forward_case", (algorithm, n, HEADS, W),
+                           env={"MALLOC_MMAP_THRESHOLD_": str(1 << 16)})[0]
 
-
-def test_tiled_sliding_window_memory_is_linear():
-    reason = _linux_with_clear_refs()
-    if reason:
-        print(f"skipped: {reason}")
-        pytest.skip(reason)
     small, large = 4096, 16384
     tiled = {n: _peak("tiled", n) for n in (small, large)}
     dense_small = _peak("materialized", small)
