@@ -304,30 +304,39 @@ def _scan_block(q, k, v, lg, kind, state, c):
     rates = []                                         # a_t of pass 1, reused by pass 2 (autograd keeps them anyway)
     grad = torch.is_grad_enabled()
 
+    def gate_at(t):
+        """a_t for position t of every chunk (None without a decay)."""
+        if kind is None:
+            return None
+        if kind == "head":
+            return head
+        if t < len(rates):
+            return rates[t]
+        if outer:
+            a = torch.mul(steps[t][..., None], channel).exp_()[..., None]              # [n, *, F, 1]
+        elif kind == "token":
+            a = torch.exp(steps[t])[..., None, None]                                     # [n, *, 1, 1]
+        else:
+            a = torch.exp(steps[t])[..., None]                                           # [n, *, F, 1]
+        rates.append(a)
+        return a
+
     def step(t, h):
         """a_t ⊙ h + φ(k_t)ᵀ v_t for position t of every chunk: [n, *, F, V]."""
-        kv = k[t][..., :, None] * v[t][..., None, :]
-        if kind is None:
-            return kv if h is None else kv.add_(h)
-        if kind == "head":
-            a = head
-        elif t < len(rates):
-            a = rates[t]
-        else:
-            if outer:
-                a = torch.exp(steps[t][..., None] * channel)[..., None]                 # [n, *, F, 1]
-            elif kind == "token":
-                a = torch.exp(steps[t])[..., None, None]                                 # [n, *, 1, 1]
-            else:
-                a = torch.exp(steps[t])[..., None]                                       # [n, *, F, 1]
-            rates.append(a)
+        a = gate_at(t)
+        kt, vt = k[t][..., :, None], v[t][..., None, :]
         if h is None:
-            return kv
+            return kt * vt
+        if not grad:
+            # h is this function's own buffer (never a caller's tensor): update it in place,
+            # two passes over the state and no temporary of its size
+            return (h if a is None else h.mul_(a)).addcmul_(kt, vt)
+        kv = kt * vt
         # addcmul's backward multiplies by its scalar `value` twice more: two full passes
-        return kv.add_(a * h) if grad else kv.addcmul_(a, h)
+        return kv.add_(h) if a is None else kv.add_(a * h)
 
     if n == 1:
-        h = state[None]
+        h = state[None] if grad else state[None].clone()            # pass 2 updates h in place
     else:
         local = None
         for t in range(c):                             # pass 1: each chunk from a zero state

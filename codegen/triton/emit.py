@@ -145,6 +145,11 @@ class TritonWriter(torch_emit._Writer):
         spec = n.spec
         if not isinstance(spec.score, M.Dot):
             return None, "given scores (a [.., N, N] tensor) are mixed by PyTorch"
+        content = [leaf for leaf in M.mask_leaves(spec.mask) if isinstance(leaf, (M.Buckets, M.BlockMap))]
+        if content:
+            instead = ("sorts by bucket" if isinstance(content[0], M.Buckets) else "runs it on its tile grid")
+            return None, (f"content-based mask ({content[0]}: computed from the data at run time), so no block "
+                          f"schedule exists when compiling; the PyTorch tiled path {instead}")
         try:
             mask = runtime_masks.from_ir(spec.mask, self.sizes.values)
         except ValueError as err:
