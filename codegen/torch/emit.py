@@ -402,9 +402,41 @@ class _Writer:
         lines.append(f"    def forward(self, {args}):")
         for dim, (inp, axis) in _runtime_dims(self.g, self.sizes).items():
             lines.append(f"        {dim} = {self.var[(inp, 0)]}.shape[{axis}]")
-        lines += self.body
+        lines += _with_frees(self.body, keep={self.ref(p) for p in self.g.outputs})
         lines.append(f"        return {outs}")
         return "\n".join(lines) + "\n"
+
+
+_IDENT = re.compile(r"(?<![\w.'\"])[A-Za-z_]\w*")
+
+
+def _with_frees(body: list[str], keep: set[str]) -> list[str]:
+    """``body`` with ``del`` after the last line that reads a tensor the layers computed, so
+    that a long model holds only what later layers still read (at N = 10⁶ every [B, N, D]
+    intermediate is hundreds of MB). Names are found as identifiers in the code part of each
+    line; a name that only looks read (inside a string) is kept longer, never freed early."""
+    code = [line.split("  # ", 1)[0] for line in body]
+    defined: dict[str, int] = {}
+    for i, text in enumerate(code):
+        target = text.strip().split(" = ", 1)[0] if " = " in text else ""
+        if target.isidentifier() and target not in defined:
+            defined[target] = i
+    last: dict[str, int] = {}
+    for i, text in enumerate(code):
+        rhs = text.split(" = ", 1)[1] if " = " in text else text
+        for name in _IDENT.findall(rhs):
+            if name in defined and defined[name] < i:
+                last[name] = i
+    frees: dict[int, list[str]] = {}
+    for name, i in last.items():
+        if name not in keep:
+            frees.setdefault(i, []).append(name)
+    out = []
+    for i, line in enumerate(body):
+        out.append(line)
+        if i in frees:
+            out.append(f"        del {', '.join(sorted(frees[i], key=lambda n: defined[n]))}  # not read again")
+    return out
 
 
 def _forced(patterns: dict[str, str], path: str) -> str | None:

@@ -41,10 +41,28 @@ def grammar_text() -> str:
     return checkout.read_text(encoding="utf-8")
 
 
+# Words that can never be names (docs/language.md), and the terminal each one lexes as.
+# The contextual lexer reads such a word as a NAME wherever its keyword cannot follow
+# (`dim return = 3`); _reserved turns it back into its keyword, so that the parser
+# reports it. `mixer block model int float bool as shared` are keywords only in context.
+_RESERVED = {
+    "dim": "DIM", "option": "OPTION", "require": "REQUIRE", "import": "IMPORT",
+    "return": "RETURN", "repeat": "REPEAT", "if": "IF", "then": "THEN", "else": "ELSE",
+    "param": "PARAM", "and": "AND", "or": "OR", "not": "NOT", "in": "COMP_OP",
+    "true": "TRUE", "false": "FALSE", "None": "NONE",
+}
+
+
+def _reserved(tok: Token) -> Token:
+    kind = _RESERVED.get(str(tok))
+    return tok if kind is None else tok.update(type=kind)
+
+
 @functools.cache
 def _lark() -> lark.Lark:
     return lark.Lark(
-        grammar_text(), parser="lalr", propagate_positions=True, maybe_placeholders=True
+        grammar_text(), parser="lalr", propagate_positions=True, maybe_placeholders=True,
+        lexer_callbacks={"NAME": _reserved},
     )
 
 
@@ -60,9 +78,12 @@ def _strip(tok: Token | None) -> str | None:
     return None if tok is None else str(tok)
 
 
+_ESCAPES = {"n": "\n", "t": "\t", '"': '"', "\\": "\\"}
+
+
 def _unquote(tok: Token) -> str:
-    body = str(tok)[1:-1]
-    return body.replace("\\n", "\n").replace("\\t", "\t").replace('\\"', '"').replace("\\\\", "\\")
+    """The value of a string literal; its escapes are read left to right, in one pass."""
+    return re.sub(r'\\(["\\nt])', lambda m: _ESCAPES[m.group(1)], str(tok)[1:-1])
 
 
 @v_args(inline=True, meta=True)
@@ -251,6 +272,12 @@ class _ToAst(Transformer):
         return tuple(items)
 
 
+def _missing_closer(expected) -> str | None:
+    """'is a '}' missing?' where a closing brace or parenthesis could come next."""
+    closers = [c for t, c in (("RBRACE", "'}'"), ("RPAR", "')'")) if t in expected]
+    return f"is a {' or '.join(closers)} missing?" if closers else None
+
+
 def _syntax_error(err: lark.exceptions.UnexpectedInput, file: str, text: str) -> SeqError:
     line, col = err.line, err.column
     pos = Pos(file, line, col)
@@ -260,7 +287,7 @@ def _syntax_error(err: lark.exceptions.UnexpectedInput, file: str, text: str) ->
             return SeqError("unterminated string", pos, hint='a string ends with " on the same line')
         return SeqError(f"unexpected character {ch!r}", pos)
     if isinstance(err, lark.exceptions.UnexpectedEOF):
-        return SeqError("unexpected end of file", pos, hint="is a '}' or ')' missing?")
+        return SeqError("unexpected end of file", pos, hint=_missing_closer(err.expected))
     tok = err.token
     expected = sorted({_TOKEN_NAMES.get(t, repr(t)) for t in err.expected})
     if tok.type == "$END":
@@ -275,7 +302,7 @@ def _syntax_error(err: lark.exceptions.UnexpectedInput, file: str, text: str) ->
     if len(expected) <= 6:
         hint = "expected " + ", ".join(expected)
     if tok.type == "$END":
-        hint = "is a '}' or ')' missing?" + (f" ({hint})" if hint else "")
+        hint = _missing_closer(err.expected) or hint
     if set(err.expected) == {"COMMA", "EQUAL"}:
         hint = "a statement that starts with a name assigns to it: name = ..."
     if "RPAR" in err.expected and tok.type in ("RBRACE", "$END", "NAME", "RETURN"):
@@ -285,7 +312,10 @@ def _syntax_error(err: lark.exceptions.UnexpectedInput, file: str, text: str) ->
         before = re.search(r"(\w+)\s*$", text.splitlines()[tok.line - 1][: tok.column - 1])
         if before and before.group(1) in _KEYWORDS:
             hint = f"{before.group(1)!r} is a keyword and cannot be used as a name"
-    if tok.type in ("DEF_KIND", "DTYPE", "SHARED", "COMP_OP") or str(tok) in _KEYWORDS:
+    # a keyword where a name could stand (after a ')' that is missing, a keyword is just
+    # the start of the next statement: the hint above stays)
+    if "NAME" in err.expected and (tok.type in ("DEF_KIND", "DTYPE", "SHARED", "COMP_OP")
+                                   or str(tok) in _KEYWORDS):
         hint = f"{str(tok)!r} is a keyword and cannot be used as a name here"
     return SeqError(f"syntax error: unexpected {what}", pos, hint=hint)
 

@@ -58,7 +58,10 @@ def expr(e: A.Expr) -> str:
         case A.Index(base=b, subs=subs):
             return f"{_wrap(b, _PREC['postfix'])}[{', '.join(_sub(s) for s in subs)}]"
         case A.Attr(base=b, name=n):
-            return f"{_wrap(b, _PREC['postfix'])}.{n}"
+            base = _wrap(b, _PREC["postfix"])
+            if base.isdigit():
+                base = f"({base})"  # `2.T` would lex as the number `2.` followed by `T`
+            return f"{base}.{n}"
         case A.UnaryOp(op="not", operand=o):
             return f"not {_wrap(o, _PREC['not'])}"
         case A.UnaryOp(op=op, operand=o):
