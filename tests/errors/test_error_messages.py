@@ -198,17 +198,12 @@ def _error(source: str, entry: str | None = None, **sizes) -> seqdsl.SeqError:
     return info.value
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a ')' missing before a 'return' on the next line gets the hint "
-                   "''return' is a keyword and cannot be used as a name here' (the keyword hint overrides the "
-                   "missing-')' hint)")
 def test_missing_paren_before_return_hints_at_the_paren():
     err = _error(HEAD + "mixer m(x: [N, D]) {\n  y = linear(x, D\n  return y\n}\n")
     assert (err.line, err.column) == (4, 3)
     assert err.hint == "is a ')' missing?", err.render()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: every unexpected end of file gets the hint \"is a '}' or ')' "
-                   "missing?\", even where neither is expected (`option W` lacks '= value')")
 def test_end_of_file_hint_names_what_is_expected():
     err = _error("dim N = 4\noption W\n")
     assert err.message == "syntax error: unexpected end of file"
@@ -279,8 +274,6 @@ KEYWORD_AS_NAME = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: reserved keywords are accepted as names where the grammar expects "
-                   "only a NAME (contextual lexer): `dim return = 3`, `mixer if(...)`, `repeat 2 as else`")
 @pytest.mark.parametrize("where", sorted(KEYWORD_AS_NAME))
 def test_keyword_as_a_declared_name(where):
     source, (line, column) = KEYWORD_AS_NAME[where]
