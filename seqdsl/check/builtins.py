@@ -16,6 +16,7 @@ import sympy
 from seqdsl.check.signature import Builtin, P, bind
 from seqdsl.check.values import Init, Scalar, Struct, Tensor, Word, describe
 from seqdsl.errors import Pos, SeqError
+from seqdsl.frontend import printer
 from seqdsl.ir import mix as M
 from seqdsl.ir.graph import OpKind
 from seqdsl.ir.types import TensorType, same_dim
@@ -249,16 +250,18 @@ def block_map(ctx, ids, block):
     return _mask(M.BlockMap(M.Ref(role), block), [(role, ids)])
 
 
-def combine_masks(el, op: str, a: Any, b: Any, pos: Pos) -> Struct:
+def combine_masks(el, op: str, a: Any, b: Any, pos: Pos, operands: tuple | None = None) -> Struct:
+    """``a & b`` or ``a | b``; ``operands``, the two expressions, name them in messages as written."""
     for v in (a, b):
         if not (isinstance(v, Struct) and v.what == "mask"):
             raise SeqError(f"'{op}' combines masks, got {describe(v)}", pos,
                            hint="masks are made by causal(), window(W), local(B), decay(...), ...")
     obj = M.And(a.obj, b.obj) if op == "&" else M.Or(a.obj, b.obj)
     if op == "|":
-        for leaf in M.mask_leaves(obj):
-            if isinstance(leaf, (M.Decay, M.Toeplitz)):
-                raise SeqError(f"'|' cannot combine {leaf}: a decay or convolution only multiplies (&)", pos)
+        for side, written in zip((a, b), operands or (None, None)):
+            if any(isinstance(leaf, (M.Decay, M.Toeplitz)) for leaf in M.mask_leaves(side.obj)):
+                what = "a decay or convolution" if written is None else printer.expr(written)
+                raise SeqError(f"'|' cannot combine {what}: a decay or convolution only multiplies (&)", pos)
     return Struct("mask", obj, a.tensors + b.tensors, a.pending + b.pending)
 
 

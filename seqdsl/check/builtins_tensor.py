@@ -12,6 +12,7 @@ from seqdsl.check.signature import P
 from seqdsl.check.values import Init, ListV, Scalar, Tensor, TupleV, describe
 from seqdsl.errors import Pos, SeqError
 from seqdsl.frontend import ast as A
+from seqdsl.frontend import printer
 from seqdsl.ir import mix as M
 from seqdsl.ir.graph import OpKind
 from seqdsl.ir.types import TensorType, broadcast, same_dim, show_dim
@@ -320,12 +321,12 @@ _GROUP = re.compile(r"\(([^()]*)\)|(\S+)")
 def _parse_side(ctx: Ctx, text: str, pattern: str) -> list[list[str]]:
     groups = []
     for m in _GROUP.finditer(text):
+        if m.group(2) is not None and ("(" in m.group(2) or ")" in m.group(2)):
+            raise ctx.error(f"rearrange(): unbalanced parentheses in {pattern!r}")
         names = m.group(1).split() if m.group(1) is not None else [m.group(2)]
         for n in names:
             if not (n == "1" or re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", n)):
                 raise ctx.error(f"rearrange(): bad axis name {n!r} in {pattern!r}")
-        if m.group(2) is not None and ("(" in m.group(2) or ")" in m.group(2)):
-            raise ctx.error(f"rearrange(): unbalanced parentheses in {pattern!r}")
         groups.append(names)
     return groups
 
@@ -441,6 +442,10 @@ def index(el, frame, base, e: A.Index):
         if isinstance(s, A.Slice):
             lo = _bound(el, frame, s.lo, dim, sympy.Integer(0))
             hi = _bound(el, frame, s.hi, dim, dim)
+            for bound, written in ((lo, s.lo), (hi, s.hi)):
+                if written is not None and not _within(el, bound, dim, inclusive=True):
+                    raise SeqError(f"slice bound {printer.expr(written)} is out of range for "
+                                   f"{_axis_text(el, dim)}", written.pos)
             length = sympy.simplify(hi - lo)
             value = length.subs(el.subs)
             if value.is_number and value <= 0:
@@ -452,9 +457,26 @@ def index(el, frame, base, e: A.Index):
             if not isinstance(i, Scalar):
                 raise ctx.error(f"an index must be a number or a slice, got {describe(i)}")
             k = i.expr + dim if i.expr.is_negative else i.expr
+            if not _within(el, k, dim, inclusive=False):
+                raise SeqError(f"index {printer.expr(s)} is out of range for {_axis_text(el, dim)}", s.pos)
             spec.append(("index", k))
         axis += 1
     return ctx.node(OpKind.SLICE, [("x", base)], TensorType(tuple(shape), base.type.dtype), {"index": tuple(spec)})
+
+
+def _within(el, k, dim, inclusive: bool) -> bool:
+    """False only when the sizes are known and k (an index, or with ``inclusive`` a slice
+    bound) lies outside 0..dim."""
+    k_v, dim_v = sympy.sympify(k).subs(el.subs), sympy.sympify(dim).subs(el.subs)
+    if not (k_v.is_number and dim_v.is_number):
+        return True
+    return bool(0 <= k_v <= dim_v) if inclusive else bool(0 <= k_v < dim_v)
+
+
+def _axis_text(el, dim) -> str:
+    value = sympy.sympify(dim).subs(el.subs)
+    size = show_dim(dim) + (f" = {value}" if dim.free_symbols and value.is_number else "")
+    return f"an axis of size {size}"
 
 
 def _bound(el, frame, e, dim, default):

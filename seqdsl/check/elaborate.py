@@ -251,6 +251,10 @@ class Elaborator:
                     return Scalar(sympy.true if left else sympy.false)
                 right = self.truth(self.value(frame, self.evaluate(frame, r)), r.pos)
                 return Scalar(sympy.true if right else sympy.false)
+            case A.BinOp(op="&" | "|" as op, left=l, right=r):
+                left = self.value(frame, self.evaluate(frame, l))
+                right = self.value(frame, self.evaluate(frame, r))
+                return B.combine_masks(self, op, left, right, e.pos, (l, r))
             case A.BinOp(op=op, left=l, right=r):
                 left = self.value(frame, self.evaluate(frame, l))
                 right = self.value(frame, self.evaluate(frame, r))
@@ -391,8 +395,8 @@ class Elaborator:
             raise SeqError(f"{d.name}: argument {p.name!r} must have shape {_type_text(want)} "
                            f"(rank {len(want.dims)}), got {v.type}", pos)
         if want.dtype != v.type.dtype:
-            raise SeqError(f"{d.name}: argument {p.name!r} must be {want.dtype}, got {v.type.dtype} {v.type}",
-                           pos)
+            got = f"float{v.type}" if v.type.dtype == "float" else str(v.type)   # `[B, N]` hides its dtype
+            raise SeqError(f"{d.name}: argument {p.name!r} must be {want.dtype}, got {got}", pos)
         for i, (dim_expr, actual) in enumerate(zip(want.dims, v.type.shape)):
             if isinstance(dim_expr, A.Name) and dim_expr.id in config and dim_expr.id not in frame.locals:
                 frame.locals[dim_expr.id] = Scalar(actual)   # bound by unification
@@ -461,8 +465,10 @@ class Elaborator:
                 self.run(frame, body if self.truth(self.value(frame, self.evaluate(frame, t)), t.pos) else orelse)
             case A.ParamStmt(name=n, type=t, init=init):
                 shape = tuple(self.dim_value(frame, d) for d in t.dims)
-                init_v = B.default_init() if init is None else self.value(frame, self.evaluate(frame, init))
-                init_v = B.as_init(init_v, init.pos if init is not None else s.pos)
+                if init is None:
+                    init_v = B.default_init()
+                else:
+                    init_v = B.as_init(self.value(frame, self.evaluate(frame, init)), init.pos)
                 frame.locals[n] = self.param(frame, n, shape, init_v, s.pos, trainable=init_v.trainable)
             case A.Require(test=t, message=msg):
                 self.require_stmt(frame, t, msg, s.pos)
@@ -487,6 +493,9 @@ class Elaborator:
         count = self.concrete_int(count_v.expr, s.count.pos, "the repeat count")
         if count < 0 or count > MAX_UNROLL:
             raise SeqError(f"repeat count {count} is out of range (0..{MAX_UNROLL})", s.count.pos)
+        ret = _first_return(s.body)
+        if ret is not None:
+            raise SeqError("'return' inside 'repeat' is not allowed", ret.pos)
         scope = self.instance(frame, "layers")
         saved = frame.prefix, frame.param_prefix
         saved_outer = frame.loop_outer
@@ -500,8 +509,6 @@ class Elaborator:
                 if s.var:
                     frame.locals[s.var] = Scalar(sympy.Integer(i))
                 self.run(frame, s.body)
-                if frame.returned:
-                    raise SeqError("'return' inside 'repeat' is not allowed", s.pos)
         finally:
             frame.prefix, frame.param_prefix = saved
             frame.loop_outer = saved_outer
@@ -536,6 +543,23 @@ class Elaborator:
             self.graph, self.params, self.used = saved
 
 
+def _first_return(body: tuple[A.Stmt, ...]) -> A.Return | None:
+    """The first 'return' in a body, in its nested 'if's and 'repeat's too."""
+    for s in body:
+        match s:
+            case A.Return():
+                return s
+            case A.If(body=then, orelse=orelse):
+                found = _first_return(then) or _first_return(orelse)
+            case A.Repeat(body=inner):
+                found = _first_return(inner)
+            case _:
+                found = None
+        if found is not None:
+            return found
+    return None
+
+
 def _type_text(t: A.TypeExpr) -> str:
     from seqdsl.frontend.printer import type_expr
     return type_expr(t)
@@ -553,7 +577,8 @@ def elaborate(prog: Program, entry: str | None = None, sizes: dict | None = None
     d = prog.definitions.get(name)
     if d is None:
         known = ", ".join(prog.definitions) or "none"
-        raise SeqError(f"no mixer, block or model named {name!r} (defined: {known})", prog.main.pos)
+        # the entry is an argument (API, CLI), not a place in the file: name the file only
+        raise SeqError(f"no mixer, block or model named {name!r} (defined: {known})", Pos(prog.file, 0, 0))
     el = Elaborator(prog, values)
     for req in prog.requires:
         root = Frame(d, {}, "", "")

@@ -126,9 +126,18 @@ def _collect(prog: Program, module: A.Module, stack: list[str]) -> None:
             prev = prog.definitions.get(item.name)
             if prev is not None and prev.pos.file == item.pos.file:
                 raise SeqError(f"{item.name!r} is defined twice (first at {prev.pos})", item.pos)
+            _check_params(item)
             prog.definitions[item.name] = item
         elif isinstance(item, A.Require):
             prog.requires.append(item)
+
+
+def _check_params(d: A.Definition) -> None:
+    seen: dict[str, A.Param] = {}
+    for p in d.params:
+        first = seen.setdefault(p.name, p)
+        if first is not p:
+            raise SeqError(f"{d.name}: parameter {p.name!r} is named twice (first at {first.pos})", p.pos)
 
 
 def _declare(prog: Program, d: A.DimItem, is_option: bool, imported: bool) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +139,14 @@ class Graph:
     @property
     def params(self) -> list[Node]:
         return self.nodes(OpKind.PARAM)
+
+    def set_attr(self, nid: int, key: str, value: Any) -> None:
+        """Replace one attribute of a node; its id, inputs and outputs stay (a pass that
+        rewrites a nested ``body`` uses this on its own copy of the graph)."""
+        old = self._nodes[nid]
+        node = replace(old, attrs=tuple(sorted({**dict(old.attrs), key: value}.items())))
+        self._nodes[nid] = node
+        self.nx.nodes[nid]["node"] = node
 
     def remove(self, nids: set[int]) -> None:
         for nid in nids:

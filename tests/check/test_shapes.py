@@ -223,9 +223,6 @@ def test_buffers_do_not_count_as_parameters(check_text):
     assert check_text(text, D=16).param_count == dim_symbol("D"), "sizes stay symbolic in the count"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: `param w: [D]` without '= init' fails with \"a parameter's initial "
-                   "value must be an init such as normal(0.02), got Init\": the default init (an Init) is passed "
-                   "to as_init, which only accepts Structs and numbers")
 def test_param_without_init_uses_the_default(check_text):
     checked = check_text("dim N = 8, D = 4\nmixer m(x: [N, D]) {\n  param w: [D]\n  return x * w\n}")
     assert checked.param_count == dim_symbol("D")
@@ -240,8 +237,6 @@ OUT_OF_RANGE = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: indices and slice bounds are not checked against the axis: with "
-                   "N = 64, x[:, 100] and x[:, 0:100] are accepted, and x[:, -M:] with M = 100 gives length M")
 @pytest.mark.parametrize("name", sorted(OUT_OF_RANGE))
 def test_index_out_of_range_is_an_error(name):
     text = f"dim B = 2, N = 64, D = 4, M = 100\nmixer m(x: [B, N, D]) {{\n  return {OUT_OF_RANGE[name]}\n}}\n"

@@ -189,8 +189,8 @@ def test_missing_file():
     assert ":0:0" not in info.value.render()
 
 
-# ---- known bugs: what the message SHOULD be (strict xfail: fix the compiler, then move the
-# case into CASES and bless its golden with --update-golden) -------------------------------
+# ---- bugs that were fixed: each test states what the message must be (a new known bug goes
+# here as a strict xfail; once fixed, its marker goes, or the case moves into CASES) -------
 
 def _error(source: str, entry: str | None = None, **sizes) -> seqdsl.SeqError:
     with pytest.raises(seqdsl.SeqError) as info:
@@ -210,46 +210,33 @@ def test_end_of_file_hint_names_what_is_expected():
     assert err.hint == "expected '='", err.render()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: ''return' inside 'repeat'' points at the 'repeat', not at the "
-                   "'return' it is about")
 def test_return_inside_repeat_points_at_the_return():
     err = _error(HEAD + "mixer m(x: [N]) {\n  repeat 2 {\n    return x\n  }\n}\n")
     assert err.message == "'return' inside 'repeat' is not allowed"
     assert (err.line, err.column) == (4, 5), err.render()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: rearrange() reports 'bad axis name '(h'' for an unbalanced "
-                   "parenthesis; its 'unbalanced parentheses' check comes after the name check and is never reached")
 def test_rearrange_unbalanced_parenthesis():
     err = _error(HEAD + "mixer m(x: [N, D]) {\n  return rearrange(x, \"n (h d -> n h d\", h = 2)\n}\n")
     assert err.message == "rearrange(): unbalanced parentheses in 'n (h d -> n h d'", err.render()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the '|'-with-decay message shows the IR's repr 'decay(9/10, scalar)' "
-                   "(an exact rational and an internal granularity) instead of the mask as written")
 def test_union_with_decay_names_the_mask_as_written():
     err = _error(HEAD + f"mixer m({QKV}) {{\n  return mix(q, k, v, mask = causal() | decay(0.9), norm = none)\n}}\n")
     assert "scalar" not in err.message and "9/10" not in err.message, err.render()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a dtype mismatch at a call reads \"must be float, got int int[B, N]\" "
-                   "(the dtype twice)")
 def test_argument_dtype_message_names_the_type_once():
     err = _error(HEAD + "block g(x: [B, N]) {\n  return x\n}\nmodel m(t: int[B, N]) {\n  return g(t)\n}\n")
     assert err.message == "g: argument 'x' must be float, got int[B, N]", err.render()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: an unknown entry (an API/CLI argument, like --set) is reported at "
-                   "line 1, column 1 of the file, with a caret under its first token")
 def test_unknown_entry_has_no_source_position():
     err = _error("dim N = 4\nmixer m(x: [N]) {\n  return x\n}\n", entry="nope")
     assert err.line == 0
     assert err.render() == "<string>: error: no mixer, block or model named 'nope' (defined: m)"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (found by the fuzzer): two parameters with one name are not rejected; "
-                   "as the entry's inputs they crash the checker with VerifyError ('two nodes are named x'), in a "
-                   "called definition the second silently shadows the first")
 @pytest.mark.parametrize("source", [
     "dim N = 4\nmixer m(x: [N], x: [N]) {\n  return x\n}\n",
     "dim N = 4\nblock f(y: [N], x: [N], x = 2) {\n  return y\n}\nmodel m(a: [N]) {\n  return f(a, a)\n}\n",
@@ -261,8 +248,9 @@ def test_duplicate_parameter_name_is_an_error(source):
 
 
 # docs/language.md: "Keywords that cannot be names: dim option require import return repeat if
-# then else param and or not in true false None". The contextual lexer lets them through
-# wherever only a name can follow (declarations, parameters, `as`), e.g. `dim return = 3`.
+# then else param and or not in true false None". The contextual lexer would read them as
+# names wherever only a name can follow (declarations, parameters, `as`, after a ','), e.g.
+# `dim return = 3`; the parser's NAME callback turns them back into keywords.
 KEYWORD_AS_NAME = {
     "dim": ("dim N = 4, return = 3\nmixer m(x: [N]) {\n  return x\n}\n", (1, 12)),
     "option": ("dim N = 4\noption true = 3\nmixer m(x: [N]) {\n  return x\n}\n", (2, 8)),
@@ -271,6 +259,8 @@ KEYWORD_AS_NAME = {
     "config-parameter": ("dim N = 4\nmixer m(x: [N], then = 2) {\n  return x\n}\n", (2, 17)),
     "repeat-index": ("dim N = 4\nmixer m(x: [N]) {\n  repeat 2 as else { x = x }\n  return x\n}\n", (3, 15)),
     "param": ("dim N = 4\nmixer m(x: [N]) {\n  param return: [N] = zeros()\n  return x\n}\n", (3, 9)),
+    "argument": ("dim N = 4\nmixer m(x: [N]) {\n  return concat([x, x], then)\n}\n", (3, 25)),
+    "keyword-argument": ("dim N = 4\nmixer m(x: [N]) {\n  return concat([x, x], axis = None)\n}\n", (3, 32)),
 }
 
 
