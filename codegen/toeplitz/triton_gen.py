@@ -32,7 +32,17 @@ imports math, torch, triton, tl and ``codegen.masks as M``). The section defines
   forward and adjoint states the two passes store (PyTorch, then autograd of the
   discretisation).
 
-Not generated here (``unsupported`` says why): DPLR and explicit kernels.
+- explicit kernels (taps K [L, C] given, L ≤ N: Hyena's long convolutions): one program per
+  (channel, block of batch rows, output chunk I of T tokens) sums, over the input chunks J ≤ I
+  within reach of the L taps, the T×T Toeplitz block K[(I − J)·T + t − s] (a gather load,
+  masked where the lag is < 0 or ≥ L) times the chunk's inputs (tl.dot, batch rows the other
+  dimension); gates fused as above. Backward through ``triton_support.SSMMix``: the input
+  gradient is the same kernel reading backwards (the anti-causal correlation with the same
+  taps), the taps' gradient dK[l] = Σ_i dz_i u_(i−l) by FFT correlation in PyTorch
+  (``lag_correlation``). A mirrored kernel (causal=False, M_ij = K[|i − j|]) adds the backward
+  read with tap 0 taken out. See ``EXPLICIT_COST`` for what this costs against the FFT.
+
+Not generated here (``unsupported`` says why): DPLR.
 """
 
 from __future__ import annotations
@@ -41,13 +51,21 @@ from string import Template
 
 KINDS = ("diag", "ema", "shift")
 
+#: the explicit-kernel path's trade-off (also written as a comment into the generated section)
+EXPLICIT_COST = ("explicit kernels run as a chunked block-Toeplitz Triton kernel: O(N·L) work per channel "
+                 "(T×T tl.dot blocks) against the O(N log N) of PyTorch's FFT convolution; no padded "
+                 "O(N) transforms in memory and the gates fused")
+
 
 def unsupported(*, kind: str | None, disc: str | None, conj: bool, mimo: bool, causal: bool,
                 explicit: bool) -> str | None:
     """None when the Triton generator handles this Toeplitz mixer, else a one-line reason."""
-    if explicit or kind is None:
-        return ("explicit kernels of length N (Hyena's implicit filters): a direct Triton convolution is "
-                "O(N·L) and loses to PyTorch's O(N log N) FFT; no chunked explicit-kernel kernel yet")
+    if explicit:
+        if mimo:
+            return "an explicit kernel is one filter per channel ([L, C]); MIMO applies to diagonal SSMs (S5)"
+        return None          # chunked block-Toeplitz kernel: O(N·L) work (see EXPLICIT_COST)
+    if kind is None:
+        return "a Toeplitz mixer needs an SSM kind or an explicit kernel"
     if kind == "dplr":
         return ("DPLR (S4) has a dense per-channel state (Ā is S×S after discretisation): the chunked "
                 "kernel carries diagonal states only")
@@ -80,8 +98,11 @@ def generate(name: str, *, kind: str | None, disc: str | None, conj: bool, mimo:
         "causal": repr(bool(causal)),
         "chunk": repr(T),
         "gates": repr((bool(pre), bool(skip), bool(post))),
-        "what": _describe(kind, disc, conj, causal, pre, skip, post),
+        "what": _describe("explicit" if explicit else kind, disc, conj, causal, pre, skip, post),
     }
+    if explicit:
+        text = "".join(Template(p).substitute(fields) for p in (_EXPLICIT_KERNEL, _EXPLICIT_LAUNCH, _EXPLICIT_WRAPPER))
+        return _select(text, complex_modes=False, shift=True, bidirectional=not causal)
     if mimo:
         fields["what"] = _describe("mimo", disc, conj, causal, pre, skip, post)
         text = "".join(Template(p).substitute(fields) for p in (_MIMO_KERNEL, _MIMO_LAUNCH, _MIMO_WRAPPER))
@@ -97,7 +118,8 @@ def generate(name: str, *, kind: str | None, disc: str | None, conj: bool, mimo:
 def _describe(kind, disc, conj, causal, pre, skip, post) -> str:
     what = {"diag": f"diagonal SSM (disc={disc}, conj={bool(conj)})", "ema": "Mega's EMA (real diagonal SSM)",
             "shift": "shift SSM (short causal filter)",
-            "mimo": f"MIMO diagonal SSM (S5; disc={disc}, conj={bool(conj)})"}[kind]
+            "mimo": f"MIMO diagonal SSM (S5; disc={disc}, conj={bool(conj)})",
+            "explicit": "an explicit kernel (given taps, Hyena's long convolution)" + ("" if causal else ", mirrored")}[kind]
     gates = [g for g, on in (("pre", pre), ("skip", skip), ("post", post)) if on]
     return f"{what}, {'causal' if causal else 'bidirectional'}, gates: {', '.join(gates) or 'none'}"
 
@@ -645,4 +667,141 @@ def $name(
     if return_state:  # [causal]
         return y, hN.reshape(*lead, *hN.shape[1:])  # [causal]
     return y
+'''
+
+# ---- explicit kernels (Hyena's long convolutions) ---------------------------------------------
+
+_EXPLICIT_KERNEL = '''
+# ==== $name: Toeplitz mix of $what ====
+# Cost: the taps are given ([L, C], no state to carry), so each output chunk of T tokens reads
+# every input chunk within L tokens before it: O(N·L) multiply-adds per channel (tensor-core
+# T×T blocks), against the O(N log N) of an FFT convolution (toeplitz_mix(algorithm="fft")).
+# For L ≈ N and long sequences the FFT does less work; this kernel needs no O(N) padded
+# transforms in memory and fuses the gates.
+
+from codegen.triton import tuning as tt
+
+${name}_CHUNK = $chunk           # tokens per chunk: the Toeplitz blocks are CHUNK × CHUNK
+${name}_GATES = $gates   # (pre, skip, post) this mixer was generated with
+
+
+@tt.autotune(key=["N", "C", "L", "REVERSE"])   # warps × stages timed once per size on a GPU
+@triton.jit
+def ${name}_kernel(
+    p_v, p_pre, p_post, p_skip, p_y,     # v, gates [B, N, C] (strided), skip [C], y [B, N, C]
+    p_taps,                              # the explicit kernel, channel-major: K[c, l] at c·L + l, [C, L]
+    n_batch, N, C, L,
+    s_vb, s_vn, s_vc, s_pb, s_pn, s_pc, s_qb, s_qn, s_qc,
+    T: tl.constexpr, BB: tl.constexpr,
+    USE_PRE: tl.constexpr, USE_SKIP: tl.constexpr, USE_POST: tl.constexpr, REVERSE: tl.constexpr,
+):
+    """Channel i_c, batch rows i_b·BB …, output chunk i_i (tokens i_i·T …):
+    y_i = post_i ⊙ (Σ_(0 ≤ i−j < L) K[i − j] u_j + skip ⊙ u_i), u = pre ⊙ v, as a sum over the
+    input chunks J ≤ I within reach of the L taps of the T×T Toeplitz block K[(I − J)·T + t − s]
+    times the chunk's inputs. REVERSE reads the tokens backwards (the anti-causal correlation
+    with the same taps: the backward pass, a mirrored kernel's second direction)."""
+    i_c = tl.program_id(0)
+    i_b = tl.program_id(1)
+    i_i = tl.program_id(2)
+    o_b = i_b * BB + tl.arange(0, BB)            # batch rows
+    m_b = o_b < n_batch
+    o_t = tl.arange(0, T)                        # token within a chunk
+    o_d = o_t[:, None] - o_t[None, :]            # t − s: the lag inside a block
+
+    b_y = tl.zeros([T, BB], dtype=tl.float32)
+    # the first input chunk within reach: lags (I − J)·T + t − s ≥ (I − J)·T − T + 1 must be < L
+    j_lo = tl.maximum(i_i - (L + T - 2) // T, 0)
+    for i_j in range(j_lo, i_i + 1):
+        # the Toeplitz block: b_K[t, s] = K[(I − J)·T + t − s], 0 where the lag is < 0 or ≥ L
+        o_l = (i_i - i_j) * T + o_d
+        b_K = tl.load(p_taps + i_c * L + o_l, mask=(o_l >= 0) & (o_l < L), other=0.0).to(tl.float32)
+        # u = pre ⊙ v for the input chunk's tokens   [T, BB]
+        o_j = i_j * T + o_t                      # input step in processing order
+        m_x = (o_j < N)[:, None] & m_b[None, :]
+        if REVERSE:                              # anti-causal: token N − 1 first
+            o_n = N - 1 - o_j
+        else:
+            o_n = o_j
+        b_u = tl.load(p_v + o_b[None, :] * s_vb + o_n[:, None] * s_vn + i_c * s_vc, mask=m_x, other=0.0).to(tl.float32)
+        if USE_PRE:
+            b_u *= tl.load(p_pre + o_b[None, :] * s_pb + o_n[:, None] * s_pn + i_c * s_pc, mask=m_x, other=0.0).to(tl.float32)
+        b_y += tl.dot(b_K, b_u, input_precision="ieee")
+
+    # the output chunk's tokens: skip ⊙ u, post, store
+    o_i = i_i * T + o_t
+    m_x = (o_i < N)[:, None] & m_b[None, :]
+    if REVERSE:
+        o_n = N - 1 - o_i
+    else:
+        o_n = o_i
+    if USE_SKIP:
+        b_u = tl.load(p_v + o_b[None, :] * s_vb + o_n[:, None] * s_vn + i_c * s_vc, mask=m_x, other=0.0).to(tl.float32)
+        if USE_PRE:
+            b_u *= tl.load(p_pre + o_b[None, :] * s_pb + o_n[:, None] * s_pn + i_c * s_pc, mask=m_x, other=0.0).to(tl.float32)
+        b_y += tl.load(p_skip + i_c).to(tl.float32) * b_u
+    if USE_POST:
+        b_y *= tl.load(p_post + o_b[None, :] * s_qb + o_n[:, None] * s_qn + i_c * s_qc, mask=m_x, other=0.0).to(tl.float32)
+    tl.store(p_y + o_b[None, :] * (N * C) + o_n[:, None] * C + i_c, b_y.to(p_y.dtype.element_ty), mask=m_x)
+'''
+
+_EXPLICIT_LAUNCH = '''
+
+def ${name}_launch(v, pre, skip, post, taps, sys, h0, reverse, want_state):
+    """One pass of ${name}_kernel over v [B, N, C] (gates None or [B, N, C] views) with the taps
+    [L, C]: (y, None) — an explicit kernel has no state (``sys``, ``h0`` unused). ``reverse``
+    reads the tokens backwards."""
+    from codegen.toeplitz import triton_support as tzs
+    Bn, N, C = v.shape
+    L = taps.shape[0]
+    T = ${name}_CHUNK
+    y = tzs.scratch((Bn, N, C), v.dtype, v.device)
+    gp = pre if pre is not None else v           # placeholders: the kernel never reads an absent gate
+    gq = post if post is not None else v
+    BB = tzs.pow2(Bn, 16, 64)                    # batch rows per program: tl.dot's other dimension
+    ${name}_kernel[(C, triton.cdiv(Bn, BB), triton.cdiv(N, T))](
+        v, gp, gq, skip if skip is not None else y, y,
+        taps.transpose(0, 1).contiguous(),
+        Bn, N, C, L, *v.stride(), *gp.stride(), *gq.stride(),
+        T=T, BB=BB,
+        USE_PRE=pre is not None, USE_SKIP=skip is not None, USE_POST=post is not None, REVERSE=bool(reverse),
+    )
+    return y, None
+'''
+
+_EXPLICIT_WRAPPER = '''
+
+def $name(
+    v, params=None, reverse_params=None, explicit_kernel=None, *, pre=None, skip=None, post=None,
+    initial_state=None, return_state=False, kernel_length=None,
+):
+    """$what.
+    v [..., N, C] → y [..., N, C] = post ⊙ (K ∗ (pre ⊙ v) + skip ⊙ pre ⊙ v), K = explicit_kernel
+    [L, C] (its first N taps; toeplitz_mix's semantics). pre / post broadcast to v's shape,
+    skip [C]. No recurrent state."""
+    from codegen.toeplitz import triton_support as tzs
+    tzs.check_device(v)
+    given = (pre is not None, skip is not None, post is not None)
+    if given != ${name}_GATES:
+        raise ValueError(f"$name was generated with gates (pre, skip, post) = {${name}_GATES}, called with {given}")
+    if explicit_kernel is None or params is not None or reverse_params is not None:
+        raise ValueError("$name is an explicit-kernel mix: it takes explicit_kernel, not SSM params")
+    if initial_state is not None or return_state:
+        raise ValueError("$name mixes with an explicit kernel: it has no recurrent state")
+    lead, (N, C) = v.shape[:-2], v.shape[-2:]
+    if explicit_kernel.dim() != 2 or explicit_kernel.shape[1] != C:
+        raise ValueError(f"an explicit kernel must be [L, C] with C = {C}, got {tuple(explicit_kernel.shape)}")
+    T = ${name}_CHUNK
+    taps = explicit_kernel[:N].to(torch.float32)       # taps beyond N never reach an output
+    u = v.reshape(-1, N, C)
+    if pre is not None:
+        pre = torch.broadcast_to(pre, v.shape).reshape(u.shape)
+    if post is not None:
+        post = torch.broadcast_to(post, v.shape).reshape(u.shape)
+    L = taps.shape[0]
+    y, _ = tzs.SSMMix.apply(${name}_launch, L, False, False, u, pre, skip, post, taps, None, None, None, None)  # [causal]
+    y, _ = tzs.SSMMix.apply(${name}_launch, L, False, False, u, pre, skip, None, taps, None, None, None, None)  # [bidir]
+    # mirrored (M_ij = K[|i − j|]): the same taps read backwards, tap 0 taken out (the diagonal counts once)  # [bidir]
+    yr, _ = tzs.SSMMix.apply(${name}_launch, L, True, False, u, pre, -taps[0], None, taps, None, None, None, None)  # [bidir]
+    y = (y + yr) * post if post is not None else y + yr  # [bidir]
+    return y.reshape(*lead, N, C)
 '''

@@ -104,7 +104,8 @@ class SSMMix(torch.autograd.Function):
     Inputs (tensors may be None): v, pre, post [B, N, C] (pre / post possibly broadcast views);
     skip [C]; taps [L, C] (L ≥ T; only the first T enter the kernel, the rest exist so that
     their gradient reaches the SSM parameters); system: DiagSSM (z = log λ, b, c with c the
-    output weights including the scale) or ShiftSSM; h0 the initial state. ``reverse`` runs
+    output weights including the scale) or ShiftSSM; h0 the initial state. An explicit kernel
+    passes z = b = c = None and T = L (all its taps enter the kernel; no state). ``reverse`` runs
     the anti-causal direction (token N − 1 first). Outputs (y, h_N) — h_N None unless asked."""
 
     @staticmethod

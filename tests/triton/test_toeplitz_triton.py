@@ -1,7 +1,7 @@
 """The Toeplitz family's Triton kernels (codegen/toeplitz/triton_gen.py) against the PyTorch
 runtime (toeplitz_mix) and the plain references (codegen/toeplitz/reference.py): diagonal SSMs
 (S4D, DSS, Mega's EMA) chunked with state passing, shift SSMs, fused gates, carried states,
-the bidirectional form. Forward and gradients, fp32, through TRITON_INTERPRET=1 on a CPU
+the bidirectional form, MIMO (S5) and explicit kernels (Hyena's long convolutions). Forward and gradients, fp32, through TRITON_INTERPRET=1 on a CPU
 (tests/conftest.py sets it); chunk 32 so that N = 63 / 100 / 200 cross chunk boundaries."""
 
 from __future__ import annotations
@@ -229,7 +229,10 @@ def test_unsupported_reasons():
     assert tg.unsupported(kind="diag", **{**base, "mimo": True}) is None
     assert tg.unsupported(kind="diag", **{**base, "mimo": True, "causal": False}) is None
     assert "MIMO" in tg.unsupported(kind="ema", **{**base, "mimo": True})
-    assert "FFT" in tg.unsupported(kind=None, **{**base, "explicit": True})
+    assert tg.unsupported(kind=None, **{**base, "explicit": True}) is None
+    assert tg.unsupported(kind=None, **{**base, "explicit": True, "causal": False}) is None
+    assert "MIMO" in tg.unsupported(kind=None, **{**base, "explicit": True, "mimo": True})
+    assert "O(N·L)" in tg.EXPLICIT_COST and "O(N log N)" in tg.EXPLICIT_COST
     with pytest.raises(ValueError, match="DPLR"):
         tg.generate("x", kind="dplr", **base)
 
@@ -390,3 +393,102 @@ def test_mimo_generated_text_is_specialised_and_named():
     with pytest.raises(ValueError, match="bidirectional"):          # no state for a bidirectional mix
         params = mimo_params(3, 4, grad=False)
         build_mimo(causal=False)(torch.randn(1, 20, 3), params, params, return_state=True)
+
+
+# ---- explicit kernels (Hyena's long convolutions) ------------------------------------------------
+
+
+def build_explicit(*, causal: bool = True, chunk: int = 32, pre=False, skip=False, post=False):
+    key = ("explicit", causal, chunk, pre, skip, post)
+    if key not in _CACHE:
+        text = tg.generate("tz_ex", kind=None, disc=None, conj=True, mimo=False, causal=causal, explicit=True,
+                           chunk=chunk, pre=pre, skip=skip, post=post)
+        stem = f"toeplitz_explicit_{'c' if causal else 'b'}{chunk}{int(pre)}{int(skip)}{int(post)}"
+        _CACHE[key] = load_source(HEADER + text, stem)
+    return _CACHE[key].tz_ex
+
+
+# (causal, B, N, C, L, gates): L = N, L < N (taps out of reach of early chunks), L > N (cut to N)
+EXPLICIT_CASES = [(True, 2, 63, 3, 63, False), (True, 2, 100, 4, 40, True), (True, 1, 63, 2, 80, False),
+                  (False, 2, 100, 3, 100, True), (False, 2, 63, 3, 20, False)]
+
+
+@pytest.mark.parametrize("causal,B,N,C,L,gates", EXPLICIT_CASES,
+                         ids=[f"{'causal' if c[0] else 'mirrored'}-B{c[1]}-N{c[2]}-C{c[3]}-L{c[4]}{'-gates' if c[5] else ''}"
+                              for c in EXPLICIT_CASES])
+def test_explicit_forward_and_grads_match_torch_and_reference(causal, B, N, C, L, gates):
+    """y = post ⊙ (K ∗ (pre ⊙ v) + skip ⊙ pre ⊙ v) with given taps K [L, C], against toeplitz_mix
+    (FFT) and reference.direct_conv (float64, the literal Toeplitz matrix; a mirrored kernel is
+    its own reverse): values and gradients of v, K and the gates."""
+    g = torch.Generator().manual_seed(12)
+    v = torch.randn(B, N, C, generator=g, requires_grad=True)
+    K = (torch.randn(L, C, generator=g) * torch.exp(-torch.arange(L) / 30.0)[:, None]).requires_grad_()
+    kw, inputs, names = {}, [v, K], ["v", "K"]
+    if gates:
+        kw = dict(pre=torch.randn(B, N, C, generator=g, requires_grad=True),
+                  skip=torch.randn(C, generator=g, requires_grad=True),
+                  post=torch.randn(B, N, C, generator=g, requires_grad=True))
+        inputs += list(kw.values())
+        names += list(kw)
+    y = build_explicit(causal=causal, pre=gates, skip=gates, post=gates)(v, explicit_kernel=K, **kw)
+
+    def unfused(mix):
+        u = v * kw["pre"] if gates else v
+        z = mix(u)
+        return kw["post"] * (z + kw["skip"] * u) if gates else z
+
+    y_ref = unfused(lambda u: toeplitz_mix(u, explicit_kernel=K, causal=causal, algorithm="fft"))
+    assert y.shape == v.shape and torch.isfinite(y).all()
+    assert rel(y, y_ref) < 1e-4
+    Kd = K.detach().double()[:N]
+    plain = ref.direct_conv(v.detach().double() * (kw["pre"].detach().double() if gates else 1), Kd,
+                            K_rev=None if causal else Kd)
+    if gates:
+        plain = kw["post"].detach().double() * (plain + kw["skip"].detach().double()
+                                                * v.detach().double() * kw["pre"].detach().double())
+    assert rel(y, plain) < 1e-4
+    for got, want, what in zip(grads(y, inputs), grads(y_ref, inputs), names):
+        assert got is not None and rel(got, want) < 1e-3, what
+
+
+def test_explicit_hyena_step_with_broadcast_gates_and_leading_dims():
+    """Hyena's step v ← h ∗ (x ⊙ v) + b ⊙ (x ⊙ v) with a post gate broadcast over the batch and
+    v [2, 3, N, C] (six batch rows): the fused call equals the PyTorch expression."""
+    g = torch.Generator().manual_seed(13)
+    N, C = 40, 4
+    v, x = (torch.randn(2, 3, N, C, generator=g, requires_grad=True) for _ in range(2))
+    q = torch.randn(N, C, generator=g, requires_grad=True)
+    h = torch.randn(N, C, generator=g, requires_grad=True)
+    b = torch.randn(C, generator=g, requires_grad=True)
+    y = build_explicit(pre=True, skip=True, post=True)(v, explicit_kernel=h, pre=x, skip=b, post=q)
+    w = x * v
+    y_ref = q * (toeplitz_mix(w, explicit_kernel=h, algorithm="direct") + b * w)
+    assert y.shape == v.shape and rel(y, y_ref) < 1e-4
+    inputs = [v, x, q, h, b]
+    for got, want, what in zip(grads(y, inputs), grads(y_ref, inputs), ["v", "x", "q", "h", "b"]):
+        assert rel(got, want) < 1e-3, what
+
+
+def test_explicit_generated_text_and_contract():
+    text = tg.generate("hy_conv", kind=None, disc=None, conj=True, mimo=False, causal=True, explicit=True,
+                       pre=True, skip=True, post=True)
+    mirrored = tg.generate("hy_mir", kind=None, disc=None, conj=True, mimo=False, causal=False, explicit=True)
+    compile(text, "gen", "exec")
+    compile(mirrored, "gen", "exec")
+    assert "def hy_conv_kernel(" in text and "def hy_conv(" in text
+    assert "# [" not in text and "# [" not in mirrored
+    assert "O(N·L)" in text and "O(N log N)" in text              # the cost, documented in the section
+    assert "-taps[0]" in mirrored and "-taps[0]" not in text        # the mirrored read only when non-causal
+    for line in text.splitlines():
+        if line.startswith(("def ", "class ")):
+            assert line.split()[1].startswith("hy_conv"), line
+        elif line and not line[0].isspace() and "=" in line and not line.startswith(("#", "@")):
+            assert line.startswith("hy_conv"), line
+    mix = build_explicit()
+    v = torch.randn(1, 20, 2)
+    with pytest.raises(ValueError, match="explicit"):
+        mix(v, make_params("ema", 2, 4, grad=False))
+    with pytest.raises(ValueError, match="state"):
+        mix(v, explicit_kernel=torch.randn(20, 2), return_state=True)
+    with pytest.raises(ValueError, match=r"\[L, C\]"):
+        mix(v, explicit_kernel=torch.randn(20, 3))
