@@ -78,6 +78,8 @@ class Fold:
     dropped: set[int] = field(default_factory=set)
     result: int | None = None
     v: Port | None = None          # the mixer's value input after a pre-gate was folded
+    hoist: list[int] = field(default_factory=list)   # nodes to compute before the call (they read
+                                                     # only what exists before the mixer)
 
 
 def outer_gate(g: Graph, mix: Node, uses) -> Fold | None:
@@ -94,6 +96,21 @@ def outer_gate(g: Graph, mix: Node, uses) -> Fold | None:
         if _one(tr.shape[-1]) and _one(tc.shape[-2]) and not _one(tc.shape[-1]):
             return Fold(args={"gate_rate": rate, "gate_channel": channel}, dropped={prod.id}, result=mix.id)
     return None
+
+
+def _available(g: Graph, port: Port, mix: Node, fold: Fold) -> bool:
+    """Whether ``port`` can be read by the mixer's call: computed before it, or by a node whose
+    own inputs all are (a slice of a weight written after the mix, say), which is then hoisted."""
+    if port.node < mix.id:
+        return True
+    n = g.node(port.node)
+    if n.kind in (OpKind.MIX, OpKind.INPUT) or n.attr("body") is not None or not n.inputs:
+        return False
+    if all(p.node < mix.id for p in n.inputs):
+        if n.id not in fold.hoist:
+            fold.hoist.append(n.id)
+        return True
+    return False
 
 
 def toeplitz_gates(g: Graph, mix: Node, uses, taken: frozenset[int] = frozenset()) -> Fold | None:
@@ -113,8 +130,8 @@ def toeplitz_gates(g: Graph, mix: Node, uses, taken: frozenset[int] = frozenset(
         ops = (m.input("a"), m.input("b"))
         for x, w in (ops, ops[::-1]):
             tw = g.type_of(w)
-            if (x.node, x.index) == (v.node, v.index) and tw.rank == 1 and w.node < mix.id and w.node not in taken \
-                    and sympy.simplify(tw.shape[0] - channels) == 0:
+            if (x.node, x.index) == (v.node, v.index) and tw.rank == 1 and w.node not in taken \
+                    and sympy.simplify(tw.shape[0] - channels) == 0 and _available(g, w, mix, fold):
                 fold.args["skip"] = w
                 fold.dropped |= {m.id, add.id}
                 end = add.id
@@ -123,8 +140,8 @@ def toeplitz_gates(g: Graph, mix: Node, uses, taken: frozenset[int] = frozenset(
     # post: end * y, with y of the output's shape and computed before the mix
     mul = _binary(g, _sole_reader(g, uses, end), "*")
     other = _other(mul, end) if mul is not None else None
-    if other is not None and other.node < mix.id and mul.id not in taken and other.node not in taken \
-            and g.type_of(other).shape == g.node(end).out.shape:
+    if other is not None and mul.id not in taken and other.node not in taken \
+            and g.type_of(other).shape == g.node(end).out.shape and _available(g, other, mix, fold):
         fold.args["post"] = other
         fold.dropped.add(mul.id)
         end = mul.id

@@ -107,6 +107,7 @@ class _Writer:
         self.used: set[str] = set()
         self.folds: dict[int, fuse.Fold] = {}     # MIX node id -> what its call absorbs
         self.dropped: set[int] = set()            # nodes a fold computes inside a mixer call
+        self.early: set[int] = set()              # nodes already emitted ahead of a mixer call
 
     # ---- names
     def name_for(self, n: Node, index: int = 0) -> str:
@@ -136,7 +137,7 @@ class _Writer:
     def run(self) -> None:
         self.plan_folds()
         for n in self.g.nodes():
-            if n.id in self.dropped:
+            if n.id in self.dropped or n.id in self.early:
                 continue
             handler = getattr(self, f"op_{n.kind.value}", None)
             if handler is None:
@@ -151,6 +152,14 @@ class _Writer:
             if n.spec.family in ("linear", "decayed_linear") and decay is not None and decay.log \
                     and isinstance(decay.rate, M.Ref):
                 self.add_fold(n, fuse.outer_gate(self.g, n, uses))
+
+    def emit_hoisted(self, n: Node) -> None:
+        """Emit, ahead of the mixer ``n``, the nodes its fold reads that come later in the graph."""
+        fold = self.folds.get(n.id)
+        for nid in fold.hoist if fold is not None else ():
+            node = self.g.node(nid)
+            getattr(self, f"op_{node.kind.value}")(node)
+            self.early.add(nid)
 
     def add_fold(self, n: Node, fold) -> None:
         if fold is not None:

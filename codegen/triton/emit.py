@@ -95,6 +95,7 @@ class TritonWriter(torch_emit._Writer):
 
     # ---- the token mixer
     def op_mix(self, n: Node) -> None:
+        self.emit_hoisted(n)          # what the fold reads that the graph computes after the mixer
         choice = self.choose(n)
         plan, reason = self._plan(n)
         if plan is None:

@@ -155,3 +155,12 @@ def test_mixers_of_one_structure_share_their_kernels(tmp_path):
     kernels = {c.note.split()[2] for c in result.choices if c.backend == "triton"}
     assert len([c for c in result.choices if c.backend == "triton"]) > len(kernels) == 3, kernels
     assert result.source.count("# ==== generated for ") == 3
+
+
+def test_hyena_gates_are_fused_with_weights_sliced_after_the_mix(compiled):
+    """Hyena: long_conv(v ⊙ z₁) + (v ⊙ z₁) ⊙ bias[slice], then ⊙ z₀. The bias slice is written
+    after the mix in the file; the fold computes it ahead of the call (codegen/fuse.py)."""
+    result = compiled("models/hyena.seq")
+    forward = result.source.split("def forward", 1)[1]
+    calls = [line for line in forward.splitlines() if "= mix_" in line and "long_conv" in line]
+    assert calls and all("pre=" in c and "skip=" in c and "post=" in c for c in calls), calls
