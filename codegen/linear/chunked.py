@@ -29,7 +29,8 @@ Two forms of the intra-chunk term, chosen by cost (``prefer_scan``):
   C×C scores cost far more than the states: run the recurrence inside every chunk at once
   (a loop over the C positions, vectorised over chunks), first from zero to get each
   chunk's local final state, then, once the entering states are known, again to emit
-  outputs. Only multiplications by a_t ≤ 1: stable for any gate.
+  outputs. Only multiplications by a_t ≤ 1: stable for any gate. In ``scan_form.py``:
+  its own layout (batch dims last) and, without autograd, in-place steps in reused buffers.
 
 Both forms walk the sequence in blocks of chunks sized to stay in cache (BLOCK_BUDGET),
 carrying S between blocks; the loop over the chunk states of a block is a Python loop of
@@ -90,28 +91,31 @@ def chunked(fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, lg: torch.Tenso
     batch shape); returns (o [*batch, N, V], final state)."""
     n, f, dv = fq.shape[-2], fq.shape[-1], v.shape[-1]
     batch = state.shape[:-2]
-    scan = prefer_scan(f, dv, chunk)
-    if isinstance(lg, OuterGate) and not scan:
-        lg = lg.materialize()
-    max_gate = 0.0
-    if kind == "channel" and not scan and lg.numel():
-        lo, hi = lg.detach().aminmax()
-        max_gate = max(-float(lo), float(hi))
-    plan = _plan(n, chunk, math.prod(batch), f, dv, scan, max_gate if kind == "channel" else 0.0)
-    # cumulative gates beyond ±WIDE_SUMS: float64 sums (fp32's spacing there exceeds 1e-5)
-    wide = max_gate * chunk > WIDE_SUMS and fq.dtype != torch.float64
     gate = (lg.rate, lg.channel) if isinstance(lg, OuterGate) else (lg,)
     grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (fq, fk, v, state, *gate))
-    if grad and not scan and all(sub == c for _, c, sub in plan):
+    if prefer_scan(f, dv, chunk):
+        from codegen.linear.scan_form import scan
+
+        return scan(fq, fk, v, lg, kind, state, chunk, grad)
+    if isinstance(lg, OuterGate):
+        lg = lg.materialize()
+    max_gate = 0.0
+    if kind == "channel" and lg.numel():
+        lo, hi = lg.detach().aminmax()
+        max_gate = max(-float(lo), float(hi))
+    plan = _plan(n, chunk, math.prod(batch), f, dv, max_gate if kind == "channel" else 0.0)
+    # cumulative gates beyond ±WIDE_SUMS: float64 sums (fp32's spacing there exceeds 1e-5)
+    wide = max_gate * chunk > WIDE_SUMS and fq.dtype != torch.float64
+    if grad and all(sub == c for _, c, sub in plan):
         # the quadratic form without sub-blocks has a hand-written, recomputing backward
         # (chunked_grad.py): ~2× faster than autograd through the blocks, O(N/C·F·V) saved
         from codegen.linear.chunked_grad import chunked_with_grad
 
         return chunked_with_grad(fq, fk, v, lg, kind, state, plan, wide)
-    return run_blocks(fq, fk, v, lg, kind, state, plan, scan, wide, grad)
+    return run_blocks(fq, fk, v, lg, kind, state, plan, wide, grad)
 
 
-def run_blocks(fq, fk, v, lg, kind, state, plan, scan: bool, wide: bool, grad: bool,
+def run_blocks(fq, fk, v, lg, kind, state, plan, wide: bool, grad: bool,
                keep: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The forward over the ``plan``'s blocks. ``keep``: a list that receives, per block of the
     quadratic form, the states entering its chunks [*, g, F, V] (for the backward)."""
@@ -127,12 +131,9 @@ def run_blocks(fq, fk, v, lg, kind, state, plan, scan: bool, wide: bool, grad: b
         out.fill_(SCRATCH_FILL)
     outs, pos, masks = [], 0, {}
     for (g, c, sub), args in zip(plan, pieces):
-        if scan:
-            o, state = _scan_block(*args, kind, state, c)
-        else:
-            if kind == "head" and c not in masks:
-                masks[c] = head_masks(lg, c)
-            o, state = _quadratic_block(*args, kind, state, c, sub, masks.get(c), wide, keep)
+        if kind == "head" and c not in masks:
+            masks[c] = head_masks(lg, c)
+        o, state = _quadratic_block(*args, kind, state, c, sub, masks.get(c), wide, keep)
         if out is None:
             outs.append(o)
         else:
@@ -143,20 +144,17 @@ def run_blocks(fq, fk, v, lg, kind, state, plan, scan: bool, wide: bool, grad: b
     return (outs[0] if len(outs) == 1 else torch.cat(outs, dim=-2)), state
 
 
-def _plan(n: int, chunk: int, batch: int, f: int, dv: int, scan: bool, max_gate: float) -> list[tuple[int, int, int]]:
+def _plan(n: int, chunk: int, batch: int, f: int, dv: int, max_gate: float) -> list[tuple[int, int, int]]:
     """Blocks of the sequence, in order: (chunks g, chunk size C, diagonal sub-block size)."""
     plan, pos = [], 0
     while pos < n:
         c = min(chunk, n - pos)
         sub = c
-        if max_gate * (c - 1) > SPAN_LIMIT and not scan:
+        if max_gate * (c - 1) > SPAN_LIMIT:
             sub = int(SPAN_LIMIT / max_gate) + 1
             c = sub * max(1, min(c // sub, MAX_SUBBLOCKS))
         chunks = (n - pos) // c
-        if scan:
-            per_block = max(1, BLOCK_BUDGET // max(1, batch * f * dv))
-        else:
-            per_block = max(1, BLOCK_BUDGET // max(1, batch * max(f, dv, chunk) * c))
+        per_block = max(1, BLOCK_BUDGET // max(1, batch * max(f, dv, chunk) * c))
         for b0 in range(0, chunks, per_block):
             plan.append((min(per_block, chunks - b0), c, sub))
         pos += chunks * c
@@ -270,97 +268,3 @@ def _channel_scores(q, k, lg, c, sub, wide):
         off = qh @ kh.transpose(-1, -2)                                                  # [*, g, s−1, sub, width]
         scores = scores + F.pad(off, (0, c - width, 0, 0, 1, 0)).flatten(-3, -2)
     return scores, q * _exp(G, dt), k * _exp(last - G, dt), decay
-
-
-# ---- the scan form ---------------------------------------------------------------------
-
-
-def _scan_block(q, k, v, lg, kind, state, c):
-    """The recurrence inside n chunks at once (a loop over the C positions), twice: from zero
-    for each chunk's own final state, then from the entering states for the outputs. The
-    chunk index goes first, so that one position of every chunk is a few long runs of memory
-    when the inputs are time-major (``selective_scan`` builds its gate so). The second pass
-    reuses the first pass's a_t and recomputes φ(k_t)ᵀv_t (cheaper than keeping N·F·V).
-    Per-position pieces come from ``unbind``: one autograd node each, not one per slice."""
-    n = q.shape[-2] // c
-    # position, then chunk, first, contiguous: x[t] is position t of every chunk, one block of
-    # memory (q, k, v are the small operands here; strided reads of them thrash the cache)
-    q, k, v = (x.unflatten(-2, (n, c)).movedim(-3, 0).movedim(-2, 0).contiguous().unbind(0) for x in (q, k, v))
-    outer = isinstance(lg, OuterGate)
-    if outer:
-        rate, channel = lg.rate.unflatten(-1, (n, c)).movedim(-2, 0), lg.channel         # [n, *, C], [*, F]
-        steps = rate.unbind(-1)
-    elif kind == "token":
-        lg = lg.unflatten(-1, (n, c)).movedim(-2, 0)                                     # [n, *, C]
-        steps = lg.unbind(-1)
-    elif kind == "channel":
-        # one copy to position-major memory: the per-position reads are then contiguous (a
-        # head-major gate would be read in runs of F floats, and its exps come out in a layout
-        # that disagrees with the states')
-        pm = lg.unflatten(-2, (n, c)).movedim(-3, 0).movedim(-2, 0).contiguous()         # [C, n, *, F]
-        steps = pm.unbind(0)
-        lg = pm.movedim(0, -2)                                                           # [n, *, C, F]
-    head = torch.exp(lg)[..., None, None] if kind == "head" else None
-    rates = []                                         # a_t of pass 1, reused by pass 2 (autograd keeps them anyway)
-    grad = torch.is_grad_enabled()
-
-    def gate_at(t):
-        """a_t for position t of every chunk (None without a decay)."""
-        if kind is None:
-            return None
-        if kind == "head":
-            return head
-        if t < len(rates):
-            return rates[t]
-        if outer:
-            a = torch.mul(steps[t][..., None], channel).exp_()[..., None]              # [n, *, F, 1]
-        elif kind == "token":
-            a = torch.exp(steps[t])[..., None, None]                                     # [n, *, 1, 1]
-        else:
-            a = torch.exp(steps[t])[..., None]                                           # [n, *, F, 1]
-        rates.append(a)
-        return a
-
-    def step(t, h):
-        """a_t ⊙ h + φ(k_t)ᵀ v_t for position t of every chunk: [n, *, F, V]."""
-        a = gate_at(t)
-        kt, vt = k[t][..., :, None], v[t][..., None, :]
-        if h is None:
-            return kt * vt
-        if not grad:
-            # h is this function's own buffer (never a caller's tensor): update it in place,
-            # two passes over the state and no temporary of its size
-            return (h if a is None else h.mul_(a)).addcmul_(kt, vt)
-        kv = kt * vt
-        # addcmul's backward multiplies by its scalar `value` twice more: two full passes
-        return kv.add_(h) if a is None else kv.add_(a * h)
-
-    if n == 1:
-        h = state[None] if grad else state[None].clone()            # pass 2 updates h in place
-    else:
-        local = None
-        for t in range(c):                             # pass 1: each chunk from a zero state
-            local = step(t, local)
-        if kind is None:
-            decay = [None] * n
-        elif kind == "head":
-            decay = [torch.exp(c * lg)[..., None, None]] * n
-        elif outer:
-            decay = torch.exp(rate.sum(-1)[..., None] * channel)[..., None].unbind(0)    # n × [*, F, 1]
-        elif kind == "token":
-            decay = torch.exp(lg.sum(-1))[..., None, None].unbind(0)                     # n × [*, 1, 1]
-        else:
-            decay = torch.exp(lg.sum(-2))[..., None].unbind(0)                           # n × [*, F, 1]
-        entering = []
-        for i, own in enumerate(local.unbind(0)[:-1]):  # the states entering chunks 1..n−1
-            entering.append(state)
-            state = state + own if decay[i] is None else torch.addcmul(own, decay[i], state)
-        entering.append(state)
-        h = torch.stack(entering)                                                        # [n, *, F, V]
-    outs = []
-    for t in range(c):                                 # pass 2: the true states, and the outputs
-        h = step(t, h)
-        # φ(q_t)·h: einsum is the faster forward; its backward copies row by row, mul+sum's does not
-        outs.append((q[t][..., :, None] * h).sum(-2) if grad else torch.einsum("...f,...fv->...v", q[t], h))
-    o = torch.stack(outs, dim=-2).movedim(0, -3)                                         # [*, n, C, V]
-    return o.flatten(-3, -2), h[-1]

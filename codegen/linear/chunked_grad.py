@@ -55,7 +55,7 @@ class _ChunkedLinear(torch.autograd.Function):
     def forward(ctx, fq, fk, v, lg, state, kind, plan, wide):
         keep: list[torch.Tensor] = []
         with torch.no_grad():
-            o, final = _chunked.run_blocks(fq, fk, v, None if kind is None else lg, kind, state, plan, False, wide, False,
+            o, final = _chunked.run_blocks(fq, fk, v, None if kind is None else lg, kind, state, plan, wide, False,
                                   keep)
         entering = keep[0] if len(keep) == 1 else torch.cat(keep, dim=-3)                 # [*, N/C, F, V]
         ctx.save_for_backward(fq, fk, v, lg, final, entering)

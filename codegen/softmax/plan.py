@@ -58,6 +58,7 @@ class Step:
     keep: Tensor | None = None    # cached [Lb, Lh, G, L, S] predicate (masked steps)
     dead: Tensor | None = None    # cached [Lb, Lh, G, L]: rows with no kept key in this step
     additive: dict = field(default_factory=dict)   # dtype → cached additive mask
+    causal: bool = False          # square groups whose predicate is exactly j ≤ i: the fused kernel's causal mode
 
 
 @dataclass(eq=False)
@@ -179,11 +180,46 @@ def _windows(rows: Tensor, kidx: Tensor, valid: Tensor, C: int) -> tuple[Tensor,
     return None
 
 
+def _diagonal_squares(mask: M.Mask, any_: Tensor, all_: Tensor, open_: Tensor, nq: int, nk: int, bq: int, bk: int,
+                      heads: int, side: int) -> list[tuple[int, int, int]]:
+    """Aligned squares (r0, r0, side) on the diagonal whose predicate is exactly the causal
+    triangle j ≤ i for every head: tiles below the diagonal full, above it empty, the
+    diagonal tiles lower-triangular (checked element by element, N·bq booleans), all of
+    them still open (``open_``: not taken by an earlier step), and nothing of their rows
+    left outside the square (else those rows need a masked step anyway, and one wider
+    masked step is cheaper than a triangle plus a masked remainder: a sliding window)."""
+    if not mask.static or bq != bk:
+        return []
+    nt = min(nq // bq, nk // bk)                          # whole tiles on the diagonal
+    if nt < side:
+        return []
+    tri = torch.ones(bq, bq, dtype=torch.bool).tril_()
+    a = torch.arange(bq)
+    diag = torch.empty(nt, dtype=torch.bool)
+    for t0 in range(0, nt, 1024):                         # pieces of ≤ 1024·bq² booleans
+        t = torch.arange(t0, min(nt, t0 + 1024))[:, None, None] * bq
+        eq = mask.keep(t + a[:, None], t + a[None, :], nq, nk, heads) == tri                # [*lead, T, bq, bq]
+        eq = eq.broadcast_to(torch.broadcast_shapes(eq.shape, (len(t), bq, bq)))
+        diag[t0:t0 + len(t)] = eq.reshape(-1, len(t), bq * bq).all(2).all(0)
+    lower = torch.ones(side, side, dtype=torch.bool).tril_()
+    below, above = lower.tril(-1), ~lower
+    out = []
+    for r0 in range(0, nt - side + 1, side):
+        sq = slice(r0, r0 + side)
+        if bool(diag[sq].all()) and bool(all_[sq, sq][below].all()) and not bool(any_[sq, sq][above].any()) \
+                and bool(open_[sq, sq][lower].all()) and not bool(open_[sq, :r0].any()) \
+                and not bool(open_[sq, r0 + side:].any()):
+            out.append((r0, r0, side))
+    return out
+
+
 def make_plan(mask: M.Mask, nq: int, nk: int, bq: int, bk: int, heads: int, batch_shape: tuple[int, ...],
               chunk_keys: int = CHUNK_KEYS, device=None) -> Plan:
     """The steps of the tiled algorithm for ``mask`` (cached for static masks):
 
     1. squares of full tiles (side ≥ chunk/2 tiles), batched by side: no mask, strided views;
+       then diagonal squares of that side whose predicate is the causal triangle (no mask
+       tensor: the fused kernel's causal mode);
     2. the other full tiles, ``chunk`` at a time per query tile: no mask;
     3. the rest (partial tiles, full ones left over), ``chunk`` at a time, with a mask.
     """
@@ -201,10 +237,10 @@ def make_plan(mask: M.Mask, nq: int, nk: int, bq: int, bk: int, heads: int, batc
     steps: list[Step] = []
     seen = torch.zeros(nqb, dtype=torch.bool)
 
-    def add(rows, kidx, masked, valid=None, q_view=None, k_view=None) -> None:
+    def add(rows, kidx, masked, valid=None, q_view=None, k_view=None, causal=False) -> None:
         first = not bool(seen[rows].any())
         seen[rows.reshape(-1)] = True
-        steps.append(Step(rows, kidx, masked, first, valid if masked else None, q_view, k_view))
+        steps.append(Step(rows, kidx, masked, first, valid if masked else None, q_view, k_view, causal=causal))
 
     def add_rows(rows: Tensor, kidx: Tensor, masked: bool, valid: Tensor) -> None:
         """Per-row tiles [R, c]: shared by all rows, strided windows, or gathered."""
@@ -219,11 +255,17 @@ def make_plan(mask: M.Mask, nq: int, nk: int, bq: int, bk: int, heads: int, batc
             kidx, valid, k_view = win
             add(rows[:, None], kidx, masked or not bool(valid.all()), valid, (int(rows[0]), 1), k_view)
 
-    # 1. squares of full tiles
-    todo = all_.clone()
-    for rows, kidx, q_view, k_view in _square_steps(_squares(all_, max(2, C // 2))):
+    # 1. squares of full tiles, then causal squares on the diagonal
+    todo, partial = all_.clone(), any_ & ~all_
+    side = max(2, C // 2)
+    for rows, kidx, q_view, k_view in _square_steps(_squares(all_, side)):
         add(rows, kidx, False, q_view=q_view, k_view=k_view)
         todo[rows[:, :, None], kidx[:, None, :]] = False
+    diagonal = _diagonal_squares(mask, any_, all_, todo | partial, nq, nk, bq, bk, heads, side)
+    for rows, kidx, q_view, k_view in _square_steps(diagonal):
+        add(rows, kidx, True, q_view=q_view, k_view=k_view, causal=True)
+        todo[rows[:, :, None], kidx[:, None, :]] = False
+        partial[rows[:, :, None], kidx[:, None, :]] = False
     # 2. the other full tiles, C at a time (ascending): no mask
     nfull = todo.sum(1)
     full_tiles = torch.where(todo, pos, nkb + pos).sort(1).values
@@ -235,7 +277,7 @@ def make_plan(mask: M.Mask, nq: int, nk: int, bq: int, bk: int, heads: int, batc
     done = torch.zeros(nqb, nkb + 1, dtype=torch.bool)
     ndone = (nfull // C) * C
     done.scatter_(1, torch.where(torch.arange(nkb) < ndone[:, None], full_tiles, nkb), True)
-    rest = (any_ & ~all_) | (todo & ~done[:, :nkb])
+    rest = partial | (todo & ~done[:, :nkb])
     left = rest.sum(1)
     rest_tiles = torch.where(rest, pos, nkb + pos).sort(1).values
     Cm = max(1, min(C, int(left.max()) if nqb else 1))      # no wider than the widest row needs
@@ -257,7 +299,7 @@ def make_plan(mask: M.Mask, nq: int, nk: int, bq: int, bk: int, heads: int, batc
     if key is not None:
         budget = MASK_CACHE_BYTES
         for s in plan.steps:
-            if s.masked:
+            if s.masked and not s.causal:
                 keep, dead = step_keep(plan, s)
                 budget -= keep.numel() * 5       # the boolean and one float32 additive copy
                 if budget < 0:

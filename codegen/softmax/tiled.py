@@ -63,20 +63,20 @@ def _additive(keep: Tensor | None, bias: Tensor | None, dtype) -> Tensor | None:
     return torch.where(keep, base, float("-inf"))
 
 
-def flash_forward(q, k, v, additive, scale):
+def flash_forward(q, k, v, additive, scale, causal=False):
     B, H = q.shape[:2]
     lead = (1, 1) if additive is None else additive.shape[:2]
-    out, lse = _FLASH(_flash_layout(q, lead), _flash_layout(k, lead), _flash_layout(v, lead), 0.0, False,
+    out, lse = _FLASH(_flash_layout(q, lead), _flash_layout(k, lead), _flash_layout(v, lead), 0.0, causal,
                       attn_mask=None if additive is None else _flash_mask(additive, B, H), scale=scale)
     return out.reshape(*q.shape[:-1], v.shape[-1]), lse.reshape(q.shape[:-1])
 
 
-def flash_backward(do, q, k, v, o, lse, additive, scale):
+def flash_backward(do, q, k, v, o, lse, additive, scale, causal=False):
     B, H = q.shape[:2]
     lead = (1, 1) if additive is None else additive.shape[:2]
     f = _flash_layout
     dq, dk, dv = _FLASH_BWD(f(do, lead), f(q, lead), f(k, lead), f(v, lead), f(o, lead),
-                            f(lse[..., None], lead)[..., 0], 0.0, False,
+                            f(lse[..., None], lead)[..., 0], 0.0, causal,
                             attn_mask=None if additive is None else _flash_mask(additive, B, H), scale=scale)
     return dq.reshape(q.shape), dk.reshape(k.shape), dv.reshape(v.shape)
 
@@ -172,8 +172,15 @@ def _use_flash(cfg: Config, table_grad: bool) -> bool:
     return cfg.flash and cfg.cap is None and not table_grad
 
 
+def _causal(s: Step, bias: Tensor | None, flash: bool) -> bool:
+    """The step runs the fused kernel in its causal mode (its predicate is j ≤ i, no bias)."""
+    return flash and s.causal and bias is None
+
+
 def _masks(cfg: Config, s: Step, bias: Tensor | None, flash: bool, dtype):
     """(keep, dead rows, additive mask for the fused kernel) of a step; None where none."""
+    if _causal(s, bias, flash):                  # a triangle: no dead rows, no mask tensor
+        return None, None, None
     keep, dead = step_keep(cfg.plan, s) if s.masked else (None, None)
     if not flash:
         return keep, dead, None
@@ -199,7 +206,7 @@ def tiled_forward(cfg: Config, q: Tensor, k: Tensor, v: Tensor, table: Tensor | 
         bias = _bias(cfg, s, table, q.dtype)
         keep, dead, additive = _masks(cfg, s, bias, flash, q.dtype)
         if flash:
-            o, l_s = flash_forward(qs, ks, vs, additive, cfg.scale)
+            o, l_s = flash_forward(qs, ks, vs, additive, cfg.scale, _causal(s, bias, flash))
         else:
             o, l_s = plain_forward(qs, ks, vs, keep, bias, cfg.scale, cfg.cap)
         l_s = l_s.to(lse_dtype)
@@ -255,7 +262,7 @@ def tiled_backward(cfg: Config, d_out: Tensor, q: Tensor, k: Tensor, v: Tensor, 
         keep, _, additive = _masks(cfg, s, bias, flash, q.dtype)
         if flash:
             dq, dk, dv = flash_backward(dos, qs, ks, vs, os_, ls.to(qs.dtype) if qs.dtype == torch.float64 else ls,
-                                        additive, cfg.scale)
+                                        additive, cfg.scale, _causal(s, bias, flash))
         else:
             dq, dk, dv, ds = plain_backward(dos, qs, ks, vs, os_, ls.to(qs.dtype), keep, bias, cfg.scale, cfg.cap)
             if need_table:                      # d bias = d scores: through the bias's own formula

@@ -22,8 +22,8 @@ def _autograd_chunked(fq, fk, v, lg, kind, state, chunk):
     """The same forward with autograd through its blocks (what ran before the hand-written backward)."""
     if isinstance(lg, OuterGate):
         lg = lg.materialize()
-    plan = chunked_mod._plan(fq.shape[-2], chunk, math.prod(state.shape[:-2]), fq.shape[-1], v.shape[-1], False, 0.0)
-    return chunked_mod.run_blocks(fq, fk, v, lg, kind, state, plan, False, False, True)
+    plan = chunked_mod._plan(fq.shape[-2], chunk, math.prod(state.shape[:-2]), fq.shape[-1], v.shape[-1], 0.0)
+    return chunked_mod.run_blocks(fq, fk, v, lg, kind, state, plan, False, True)
 
 
 def _inputs(kind, n, d=12, dv=20, seed=0):

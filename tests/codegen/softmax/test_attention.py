@@ -21,7 +21,7 @@ TOL = 1e-4
 def rel(a, b) -> float:
     """Relative error with an absolute floor of 1 (inputs are O(1)): some gradients vanish
     exactly (a query that sees one key) and then only fp32 rounding remains."""
-    return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1.0))
+    return float((a.detach().double() - b.detach().double()).norm() / b.detach().double().norm().clamp_min(1.0))
 
 
 def compare(fn, ref_fn, tensors: dict, tol: float = TOL) -> None:

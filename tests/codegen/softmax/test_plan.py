@@ -40,6 +40,9 @@ def check_coverage(mask: M.Mask, nq: int, nk: int, block: int, heads: int = 2, c
         rows = s.rows[:, :, None].expand(G, g, s.kidx.shape[1])
         tiles = s.kidx[:, None, :].expand_as(rows)
         sel = given_[:, None, :].expand_as(rows)
+        if s.causal:                    # the fused kernel's causal mode: only the square's lower triangle
+            assert torch.equal(s.rows, s.kidx - plan.front), "a causal square off the diagonal"
+            sel = sel & (tiles - plan.front <= rows)
         count.index_put_((rows[sel], tiles[sel]), torch.ones(int(sel.sum()), dtype=torch.long), accumulate=True)
         if not s.masked:
             assert full[rows.reshape(-1), (tiles - plan.front).reshape(-1)].all(), "an unmasked step holds a partial tile"
@@ -65,14 +68,25 @@ def test_causal_is_a_few_batched_squares():
     assert len(plan.steps) <= 6
     assert all(s.q_view is not None and s.k_view is not None for s in plan.steps), "gathered copies"
     assert sum(not s.masked for s in plan.steps) >= 4
+    # the diagonal: squares in the fused kernel's causal mode, no mask tensor
+    (diag,) = [s for s in plan.steps if s.masked]
+    assert diag.causal and diag.rows.shape == (16, 4) and diag.keep is None
+
+
+def test_causal_squares_only_where_the_predicate_is_the_triangle():
+    # an offset diagonal, or a window narrower than a square, is not j ≤ i on the square
+    for mask in (M.Causal(1), M.Causal(-1), M.Causal() & M.Window(100)):
+        plan = P.make_plan(mask, 1024, 1024, 64, 64, 2, (1, 2))
+        assert not any(s.causal for s in plan.steps), mask
 
 
 def test_sliding_window_is_one_step_of_views():
     plan = P.make_plan(M.Causal() & M.Window(256), 16384, 16384, 64, 64, 2, (1, 2))
-    assert len(plan.steps) == 1
-    (s,) = plan.steps
-    assert s.rows.shape == (256, 1) and s.kidx.shape == (256, 5)
-    assert s.q_view == (0, 1) and s.k_view is not None
+    # the first 256 rows see nothing beyond their square: a causal square; the rest one window
+    first, s = plan.steps
+    assert first.causal and first.rows.tolist() == [[0, 1, 2, 3]]
+    assert s.rows.shape == (252, 1) and s.kidx.shape == (252, 5)
+    assert s.q_view == (4, 1) and s.k_view is not None
     assert s.keep is not None, "the mask of a static plan is cached"
 
 
