@@ -42,7 +42,13 @@ imports math, torch, triton, tl and ``codegen.masks as M``). The section defines
   (``lag_correlation``). A mirrored kernel (causal=False, M_ij = K[|i − j|]) adds the backward
   read with tap 0 taken out. See ``EXPLICIT_COST`` for what this costs against the FFT.
 
-Not generated here (``unsupported`` says why): DPLR.
+- DPLR SSMs (S4: Ā = Λ − PP* discretised, dense S×S per channel): the diagonal kernel's chunked
+  algorithm with matrices in place of the powers of λ. The launcher tabulates per channel (PyTorch,
+  O(C·S²·log T), ``triton_support.dense_tables``) W[t] = scale·C Ā^(t+1) (state → output),
+  X[:, s] = Ā^(T−1−s) B̄ (input → state) and Ā^T; per chunk the kernel adds Re(W h) to the
+  Toeplitz block's output and advances h ← Ā^T h + X u (complex products as real tl.dots).
+  Backward as for the diagonal kernel (``SSMMix``; the taps' gradient reaches Λ, P, B through
+  PyTorch autograd of the discretisation and the kernel's generation).
 """
 
 from __future__ import annotations
@@ -50,20 +56,25 @@ from __future__ import annotations
 from string import Template
 
 from codegen.toeplitz.triton_templates import (
+    PIECES,
+    _DENSE_KERNEL,
+    _DENSE_LAUNCH,
     _DIAG_KERNEL,
     _DIAG_LAUNCH,
+    _SHIFT_KERNEL,
+    _SHIFT_LAUNCH,
+    _WRAPPER,
+)
+from codegen.toeplitz.triton_templates_mimo_explicit import (
     _EXPLICIT_KERNEL,
     _EXPLICIT_LAUNCH,
     _EXPLICIT_WRAPPER,
     _MIMO_KERNEL,
     _MIMO_LAUNCH,
     _MIMO_WRAPPER,
-    _SHIFT_KERNEL,
-    _SHIFT_LAUNCH,
-    _WRAPPER,
 )
 
-KINDS = ("diag", "ema", "shift")
+KINDS = ("diag", "ema", "shift", "dplr")
 
 #: the explicit-kernel path's trade-off (also written as a comment into the generated section)
 EXPLICIT_COST = ("explicit kernels run as a chunked block-Toeplitz Triton kernel: O(N·L) work per channel "
@@ -80,15 +91,14 @@ def unsupported(*, kind: str | None, disc: str | None, conj: bool, mimo: bool, c
         return None          # chunked block-Toeplitz kernel: O(N·L) work (see EXPLICIT_COST)
     if kind is None:
         return "a Toeplitz mixer needs an SSM kind or an explicit kernel"
-    if kind == "dplr":
-        return ("DPLR (S4) has a dense per-channel state (Ā is S×S after discretisation): the chunked "
-                "kernel carries diagonal states only")
     if mimo and kind != "diag":
         return f"ssm({kind}) has no MIMO form; mimo applies to diagonal SSMs (S5)"
     if kind not in KINDS:
         return f"unknown SSM kind {kind!r}"
     if kind == "diag" and disc not in ("zoh", "bilinear", "dss", "none"):
         return f"unknown discretisation {disc!r}"
+    if kind == "dplr" and disc not in ("zoh", "bilinear", "none"):
+        return f"discretisation {disc!r} does not apply to a DPLR SSM (zoh, bilinear or none)"
     return None
 
 
@@ -114,23 +124,28 @@ def generate(name: str, *, kind: str | None, disc: str | None, conj: bool, mimo:
         "gates": repr((bool(pre), bool(skip), bool(post))),
         "what": _describe("explicit" if explicit else kind, disc, conj, causal, pre, skip, post),
     }
+    fields.update({k: Template(piece).substitute(fields) for k, piece in PIECES.items()})
     if explicit:
         text = "".join(Template(p).substitute(fields) for p in (_EXPLICIT_KERNEL, _EXPLICIT_LAUNCH, _EXPLICIT_WRAPPER))
-        return _select(text, complex_modes=False, shift=True, bidirectional=not causal)
+        return _select(text, complex_modes=False, shift=True, bidirectional=not causal, dense=False)
     if mimo:
         fields["what"] = _describe("mimo", disc, conj, causal, pre, skip, post)
         text = "".join(Template(p).substitute(fields) for p in (_MIMO_KERNEL, _MIMO_LAUNCH, _MIMO_WRAPPER))
-        return _select(text, complex_modes=True, shift=False, bidirectional=not causal)
+        return _select(text, complex_modes=True, shift=False, bidirectional=not causal, dense=False)
     if kind == "shift":
         parts = [_SHIFT_KERNEL, _SHIFT_LAUNCH, _WRAPPER]
+    elif kind == "dplr":
+        parts = [_DENSE_KERNEL, _DENSE_LAUNCH, _WRAPPER]
     else:
         parts = [_DIAG_KERNEL, _DIAG_LAUNCH, _WRAPPER]
     text = "".join(Template(p).substitute(fields) for p in parts)
-    return _select(text, complex_modes=kind == "diag", shift=kind == "shift", bidirectional=not causal)
+    return _select(text, complex_modes=kind in ("diag", "dplr"), shift=kind == "shift", bidirectional=not causal,
+                   dense=kind == "dplr")
 
 
 def _describe(kind, disc, conj, causal, pre, skip, post) -> str:
     what = {"diag": f"diagonal SSM (disc={disc}, conj={bool(conj)})", "ema": "Mega's EMA (real diagonal SSM)",
+            "dplr": f"DPLR SSM (S4: dense Ā = Λ − PP* discretised; disc={disc}, conj={bool(conj)})",
             "shift": "shift SSM (short causal filter)",
             "mimo": f"MIMO diagonal SSM (S5; disc={disc}, conj={bool(conj)})",
             "explicit": "an explicit kernel (given taps, Hyena's long convolution)" + ("" if causal else ", mirrored")}[kind]
@@ -138,11 +153,13 @@ def _describe(kind, disc, conj, causal, pre, skip, post) -> str:
     return f"{what}, {'causal' if causal else 'bidirectional'}, gates: {', '.join(gates) or 'none'}"
 
 
-def _select(text: str, *, complex_modes: bool, shift: bool, bidirectional: bool) -> str:
+def _select(text: str, *, complex_modes: bool, shift: bool, bidirectional: bool, dense: bool) -> str:
     """Keep the lines tagged for this structure: ``# [complex]`` / ``# [real]`` (a diagonal SSM's
-    modes complex or real), ``# [modes]`` / ``# [shift]`` (diagonal or shift SSM), ``# [bidir]`` /
-    ``# [causal]``; the tag itself is removed."""
+    modes complex or real), ``# [modes]`` / ``# [shift]`` (an SSM with states or a shift SSM),
+    ``# [diagonal]`` / ``# [dense]`` (a diagonal or dense state), ``# [bidir]`` / ``# [causal]``;
+    the tag itself is removed."""
     keep = {"[complex]": complex_modes, "[real]": not complex_modes and not shift, "[modes]": not shift,
+            "[diagonal]": not shift and not dense, "[dense]": dense,
             "[shift]": shift, "[bidir]": bidirectional, "[causal]": not bidirectional}
     out = []
     for line in text.splitlines():

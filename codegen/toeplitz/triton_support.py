@@ -18,6 +18,8 @@ is written once for every section:
     ``state.py``'s expressions: O(N·C·M) elementwise, run only when a state is given or a
     final state's gradient arrives;
   * the gate gradients elementwise.
+- :func:`dense_tables` — a dense (DPLR) system's per-chunk matrices, which its kernel reads;
+  :func:`system` — the system an SSMMix call's tensors stand for.
 - :class:`MIMOMix` — the same for a MIMO diagonal SSM (S5), its parameter gradients from the
   states of the forward and adjoint passes.
 - :func:`lag_correlation` — the dK correlation.
@@ -31,7 +33,9 @@ import torch
 from torch import Tensor
 
 from codegen.toeplitz import state as st
-from codegen.toeplitz.kernels import DiagSSM, ShiftSSM
+from dataclasses import dataclass
+
+from codegen.toeplitz.kernels import DenseSSM, DiagSSM, ShiftSSM, dense_powers
 
 #: tests set this (or SEQDSL_TRITON_NAN_SCRATCH=1): every buffer a kernel writes starts as NaN,
 #: so an element that no program writes shows in the result instead of stale memory
@@ -73,6 +77,47 @@ def split(x: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
     return x.contiguous(), None
 
 
+def system(z: Tensor | None, b: Tensor | None, c: Tensor):
+    """The system of an SSMMix call from its tensors: z = log λ [C, M] (diagonal), z = Ā
+    [C, S, S] (dense: DPLR), or z None (shift SSM, c its taps). c includes the scale."""
+    if z is None:
+        return ShiftSSM(c)
+    return DenseSSM(z, b, c, 1.0) if z.dim() == 3 else DiagSSM(z, b, c, 1.0)
+
+
+@dataclass(frozen=True)
+class DenseTables:
+    """A dense system's per-channel tables for a chunk of T tokens, each as (real, imaginary)
+    fp32 parts: w [C, T, S] = scale·C Ā^(t+1); x [C, S, T] = Ā^(T−1−s) B̄; a [C, S, S] = Ā^T;
+    x_last, a_last the same for a short last chunk of n tokens (x's columns s ≥ n zero)."""
+
+    w: tuple[Tensor, Tensor]
+    x: tuple[Tensor, Tensor]
+    a: tuple[Tensor, Tensor]
+    x_last: tuple[Tensor, Tensor]
+    a_last: tuple[Tensor, Tensor]
+
+
+def dense_tables(sys: DenseSSM, T: int, n_last: int = 0) -> DenseTables:
+    """The tables of ``sys`` (c = scale·C) for chunks of T tokens, by doubling (dense_powers):
+    O(C·S²·log T). ``n_last``: the length of a short last chunk (0: none; its tables repeat)."""
+    def parts(x: Tensor) -> tuple[Tensor, Tensor]:
+        x = x.to(torch.complex64)
+        return x.real.contiguous(), x.imag.contiguous()
+
+    A, b, c = sys.A, sys.b, sys.scale * sys.c
+    X = dense_powers(A, b, T)                                                      # [C, S, T]: Ā^j B̄
+    R = dense_powers(A.transpose(-1, -2), torch.einsum("cs,cst->ct", c, A), T)   # (c Ā^{t+1})ᵀ [C, S, T]
+    AT = torch.linalg.matrix_power(A, T)
+    x, a = parts(X.flip(-1)), parts(AT)
+    if n_last:
+        XL = torch.nn.functional.pad(X[..., :n_last].flip(-1), (0, T - n_last))
+        x_last, a_last = parts(XL), parts(torch.linalg.matrix_power(A, n_last))
+    else:
+        x_last, a_last = x, a
+    return DenseTables(parts(R.transpose(1, 2)), x, a, x_last, a_last)
+
+
 def lag_correlation(dz: Tensor, u: Tensor, length: int, prefix: Tensor | None = None) -> Tensor:
     """G[l, c] = Σ_{b,t} dz[b, t, c] · x[b, t − l, c] for l < ``length``: the gradient of causal
     taps. x is u [B, N, C] with x[−1 − j] = prefix[b, c, j] (a shift register's state), zero
@@ -110,7 +155,7 @@ class SSMMix(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, launch, T, reverse, want_state, v, pre, skip, post, taps, z, b, c, h0):
-        sys = DiagSSM(z, b, c, 1.0) if z is not None else ShiftSSM(c)
+        sys = system(z, b, c)
         y, hN = launch(v, pre, skip, post, taps[:T], sys, h0, reverse, want_state)
         ctx.launch, ctx.T, ctx.reverse = launch, T, reverse
         ctx.save_for_backward(v, pre, skip, post, taps, z, b, c, h0)
@@ -121,7 +166,7 @@ class SSMMix(torch.autograd.Function):
         v, pre, skip, post, taps, z, b, c, h0 = ctx.saved_tensors
         launch, T, reverse = ctx.launch, ctx.T, ctx.reverse
         need = ctx.needs_input_grad[4:]
-        sys = DiagSSM(z, b, c, 1.0) if z is not None else ShiftSSM(c)
+        sys = system(z, b, c)
         dy = dy.contiguous()
         u = v * pre if pre is not None else v
         dz = dy * post if post is not None else dy
@@ -159,8 +204,9 @@ def _state_grads(sys, u: Tensor, h0: Tensor | None, dz: Tensor, dhN: Tensor | No
             leaves = {"c": sys.taps.detach().requires_grad_()}
             s = ShiftSSM(leaves["c"])
         else:
-            leaves = {k: t.detach().requires_grad_() for k, t in (("z", sys.log_lam), ("b", sys.b), ("c", sys.c))}
-            s = DiagSSM(leaves["z"], leaves["b"], leaves["c"], 1.0)
+            z = sys.A if isinstance(sys, DenseSSM) else sys.log_lam
+            leaves = {k: t.detach().requires_grad_() for k, t in (("z", z), ("b", sys.b), ("c", sys.c))}
+            s = system(leaves["z"], leaves["b"], leaves["c"])
         outs, grads = [], []
         if hh is not None:
             outs.append(st.state_output(s, hh, u.shape[1]).to(dz.dtype))

@@ -1,6 +1,6 @@
 """The Toeplitz family's Triton kernels (codegen/toeplitz/triton_gen.py) against the PyTorch
 runtime (toeplitz_mix) and the plain references (codegen/toeplitz/reference.py): diagonal SSMs
-(S4D, DSS, Mega's EMA) chunked with state passing, shift SSMs, fused gates, carried states,
+(S4D, DSS, Mega's EMA) and DPLR ones (S4) chunked with state passing, shift SSMs, fused gates, carried states,
 the bidirectional form, MIMO (S5) and explicit kernels (Hyena's long convolutions). Forward and gradients, fp32, through TRITON_INTERPRET=1 on a CPU
 (tests/conftest.py sets it); chunk 32 so that N = 63 / 100 / 200 cross chunk boundaries."""
 
@@ -31,10 +31,15 @@ KIND = {   # name → (kind, disc, conj, init, parameter shapes for C channels a
     "dss": ("diag", "dss", True, "dss"),
     "ema": ("ema", None, True, "random"),
     "shift": ("shift", None, True, "random"),
+    "s4": ("dplr", "zoh", True, "legs"),
+    "s4-bilinear": ("dplr", "bilinear", False, "legs"),
 }
 
 
-def shapes(kind: str, C: int, M: int) -> dict[str, tuple[int, ...]]:
+def shapes(kind: str, C: int, M: int, disc: str | None = None, conj: bool = True) -> dict[str, tuple[int, ...]]:
+    if kind == "dplr":                   # what the checker gives a DPLR mixer (P, B shared by the channels)
+        from seqdsl.check.builtins_mix import _ssm_shapes
+        return {k: tuple(int(d) for d in v) for k, v in _ssm_shapes(kind, M, C, False, conj, disc).items()}
     if kind == "shift":
         return {"C_re": (C, M)}
     if kind == "ema":
@@ -43,9 +48,9 @@ def shapes(kind: str, C: int, M: int) -> dict[str, tuple[int, ...]]:
 
 
 def make_params(name: str, C: int, M: int, seed: int = 0, grad: bool = True) -> dict[str, torch.Tensor]:
-    kind, _, _, init = KIND[name]
+    kind, disc, conj, init = KIND[name]
     g = torch.Generator().manual_seed(seed)
-    p = init_ssm_params(kind, init, shapes(kind, C, M), g)
+    p = init_ssm_params(kind, init, shapes(kind, C, M, disc, conj), g)
     return {k: t.requires_grad_(grad) for k, t in p.items()}
 
 
@@ -85,7 +90,7 @@ def grads(out, inputs):
 
 
 CASES = [("s4d", 2, 63, 5, 8), ("s4d", 1, 200, 3, 4), ("dss", 2, 100, 4, 8), ("ema", 2, 100, 6, 4),
-         ("shift", 2, 100, 40, 4)]
+         ("shift", 2, 100, 40, 4), ("s4", 2, 100, 3, 4), ("s4-bilinear", 1, 63, 2, 16)]
 
 
 @pytest.mark.parametrize("name,B,N,C,M", CASES, ids=[f"{c[0]}-B{c[1]}-N{c[2]}-C{c[3]}-M{c[4]}" for c in CASES])
@@ -101,7 +106,7 @@ def test_forward_and_grads_match_torch(name, B, N, C, M):
         assert rel(got, want) < 1e-3, what
 
 
-@pytest.mark.parametrize("name", ["s4d", "ema", "shift"])
+@pytest.mark.parametrize("name", ["s4d", "ema", "shift", "s4"])
 def test_forward_matches_plain_recurrence(name):
     """The literal recurrence of reference.py (float64, dense system) agrees with the kernel."""
     B, N, C, M = 2, 63, 3, 4
@@ -116,7 +121,7 @@ def test_forward_matches_plain_recurrence(name):
 # ---- states ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["s4d", "ema", "shift"])
+@pytest.mark.parametrize("name", ["s4d", "ema", "shift", "s4"])
 def test_split_sequence_with_carried_state_equals_whole(name):
     B, N, C, M = 2, 100, 4, 4
     params = make_params(name, C, M, grad=False)
@@ -131,7 +136,7 @@ def test_split_sequence_with_carried_state_equals_whole(name):
     assert h.shape == h_ref.shape and rel(h, h_ref) < 1e-4
 
 
-@pytest.mark.parametrize("name", ["s4d", "ema", "shift"])
+@pytest.mark.parametrize("name", ["s4d", "ema", "shift", "s4"])
 def test_state_gradients_match_torch(name):
     """Initial state in, final state out: gradients of v, the parameters and h0 through both."""
     B, N, C, M = 2, 63, 3, 4
@@ -190,7 +195,7 @@ def test_shift_gates_broadcast_post():
         assert rel(got, want) < 1e-3, what
 
 
-@pytest.mark.parametrize("name", ["s4d", "shift"])
+@pytest.mark.parametrize("name", ["s4d", "shift", "s4"])
 def test_bidirectional(name):
     B, N, C, M = 2, 63, 3, 4
     params, rparams = make_params(name, C, M, seed=0), make_params(name, C, M, seed=1)
@@ -225,7 +230,8 @@ def test_unsupported_reasons():
     assert tg.unsupported(kind="diag", **base) is None
     assert tg.unsupported(kind="ema", **{**base, "disc": None}) is None
     assert tg.unsupported(kind="shift", **{**base, "causal": False}) is None
-    assert "DPLR" in tg.unsupported(kind="dplr", **base)
+    assert tg.unsupported(kind="dplr", **base) is None
+    assert "DPLR" in tg.unsupported(kind="dplr", **{**base, "disc": "dss"})
     assert tg.unsupported(kind="diag", **{**base, "mimo": True}) is None
     assert tg.unsupported(kind="diag", **{**base, "mimo": True, "causal": False}) is None
     assert "MIMO" in tg.unsupported(kind="ema", **{**base, "mimo": True})
@@ -234,7 +240,7 @@ def test_unsupported_reasons():
     assert "MIMO" in tg.unsupported(kind=None, **{**base, "explicit": True, "mimo": True})
     assert "O(N·L)" in tg.EXPLICIT_COST and "O(N log N)" in tg.EXPLICIT_COST
     with pytest.raises(ValueError, match="DPLR"):
-        tg.generate("x", kind="dplr", **base)
+        tg.generate("x", kind="dplr", **{**base, "disc": "dss"})
 
 
 def test_generated_text_is_specialised_and_named():
