@@ -30,14 +30,15 @@ Two forms of the intra-chunk term, chosen by cost (``prefer_scan``):
   (a loop over the C positions, vectorised over chunks), first from zero to get each
   chunk's local final state, then, once the entering states are known, again to emit
   outputs. Only multiplications by a_t ≤ 1: stable for any gate. In ``scan_form.py``:
-  its own layout (batch dims last) and, without autograd, in-place steps in reused buffers.
+  its own layout (batch dims last), in-place steps in reused buffers, and a hand-written
+  backward that runs the adjoint recurrence the same chunked way.
 
 Both forms walk the sequence in blocks of chunks sized to stay in cache (BLOCK_BUDGET),
 carrying S between blocks; the loop over the chunk states of a block is a Python loop of
 small steps (N/C in all). Every input is split once (``torch.split``/``unbind``): slicing
 it block by block would make autograd zero-fill a full-size gradient per block.
 Memory: forward without autograd O(N·V + block), with autograd O(N·(C + F + V) + N/C·F·V)
-(the scan form keeps O(N·F·V): its states are what it computes).
+(the scan form: the inputs and N/C·F·V; both forms have hand-written backwards).
 """
 
 from __future__ import annotations
