@@ -35,6 +35,7 @@ from string import Template
 
 from codegen.linear import triton_support as lx
 from codegen.linear.triton_templates import (
+    PROGRAM,
     _CHUNK_BWD,
     _CHUNK_FWD,
     _ENTRY,
@@ -117,7 +118,7 @@ def _ind(text: str, n: int) -> str:
 
 
 def _fill(template: str, **slots: str) -> str:
-    text = Template(template).substitute(**slots)
+    text = Template(template).substitute(PROGRAM=PROGRAM, **slots)
     return "\n".join(line for line in text.splitlines() if line.strip() != "<drop>")
 
 

@@ -4,6 +4,15 @@ that the generator's ``_Gen.slots`` lists)."""
 
 # ---- kernel templates (slots: $P the section name, $G "g, " when there is a gate) -----------
 
+
+#: every kernel's first lines: program (value block i_v, batch·head i_bh), offsets and masks
+#: of the state's F × BV tile (filled in as $PROGRAM)
+PROGRAM = """    i_v, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k, m_v = o_k < F, o_v < V
+    m_kv = m_k[:, None] & m_v[None, :]"""
+
 _CHUNK_FWD = '''
 @tt.autotune(key=["N", "F", "V"])   # warps × stages timed once per size on a GPU
 @triton.jit
@@ -11,12 +20,8 @@ def ${P}_fwd_kernel(q, k, v, ${G}h0, o, ht, N, F, V,
         C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, USE_H0: tl.constexpr):
     """Chunked forward. One program per (block of BV values, batch·head): chunks of C tokens in
     order, the intra-chunk part as a C×C product, the state S [F, BV] carried in registers."""
-    i_v, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+$PROGRAM
     o_c = tl.arange(0, C)
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k, m_v = o_k < F, o_v < V
-    m_kv = m_k[:, None] & m_v[None, :]
     m_causal = o_c[:, None] >= o_c[None, :]                  # key j ≤ query i inside a chunk
     q, k = q + i_bh * N * F, k + i_bh * N * F
     v, o = v + i_bh * N * V, o + i_bh * N * V
@@ -46,12 +51,8 @@ def ${P}_bwd_kernel(q, k, v, ${G}h0, do, dht, dq, dk, dv, ${DG}dh0, N, F, V, BH,
     """Chunked backward, recomputing the forward. Pass 1 (chunks in order, carrying S): ∂φ(q).
     Pass 2 (chunks in reverse, carrying ∂S from the final state's gradient): ∂φ(k), ∂v, ∂S_0.
     dq, dk [NV, BH, N, F] are partial sums over this program's values (summed afterwards)."""
-    i_v, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+$PROGRAM
     o_c = tl.arange(0, C)
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k, m_v = o_k < F, o_v < V
-    m_kv = m_k[:, None] & m_v[None, :]
     m_causal = o_c[:, None] >= o_c[None, :]
     q, k = q + i_bh * N * F, k + i_bh * N * F
     v, do, dv = v + i_bh * N * V, do + i_bh * N * V, dv + i_bh * N * V
@@ -86,11 +87,7 @@ _SCAN_FWD = '''
 def ${P}_scan_fwd_kernel(q, k, v, ${G}h0, o, ht, N, F, V,
         BK: tl.constexpr, BV: tl.constexpr, USE_H0: tl.constexpr):
     """The recurrence one token at a time, the state S [F, BV] in registers (decoding; tiny V)."""
-    i_v, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k, m_v = o_k < F, o_v < V
-    m_kv = m_k[:, None] & m_v[None, :]
+$PROGRAM
     q, k = q + i_bh * N * F, k + i_bh * N * F
     v, o = v + i_bh * N * V, o + i_bh * N * V
 $GATE_BASE
@@ -109,11 +106,7 @@ def ${P}_scan_bwd_kernel(q, k, v, ${G}h0, do, dht, dq, dk, dv, ${DG}dh0, N, F, V
         BK: tl.constexpr, BV: tl.constexpr, USE_H0: tl.constexpr):
     """Backward of the recurrence: pass 1 replays S_t forward for ∂φ(q_t); pass 2 walks back
     carrying ∂S_t for ∂φ(k_t), ∂v_t and, at the end, ∂S_0. dq, dk are partial over values."""
-    i_v, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k, m_v = o_k < F, o_v < V
-    m_kv = m_k[:, None] & m_v[None, :]
+$PROGRAM
     q, k = q + i_bh * N * F, k + i_bh * N * F
     v, do, dv = v + i_bh * N * V, do + i_bh * N * V, dv + i_bh * N * V
     dq, dk = dq + (i_v * BH + i_bh) * N * F, dk + (i_v * BH + i_bh) * N * F
@@ -141,12 +134,8 @@ _GLOBAL_FWD = '''
 def ${P}_global_fwd_kernel(q, k, v, h0, o, ht, NQ, NK, F, V,
         C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, USE_H0: tl.constexpr):
     """Non-causal: S = S_0 + φ(K)ᵀV over the key chunks, then o = scale · φ(Q) S."""
-    i_v, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+$PROGRAM
     o_c = tl.arange(0, C)
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k, m_v = o_k < F, o_v < V
-    m_kv = m_k[:, None] & m_v[None, :]
     q, o = q + i_bh * NQ * F, o + i_bh * NQ * V
     k, v = k + i_bh * NK * F, v + i_bh * NK * V
     b_S = tl.zeros([BK, BV], dtype=tl.float32)
@@ -176,12 +165,8 @@ def ${P}_global_bwd_kernel(q, k, v, ht, do, dht, dq, dk, dv, dh0, NQ, NK, F, V, 
         C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
     """Non-causal backward from the global state S (ht): ∂φ(q) = do Sᵀ; ∂S = φ(Q)ᵀ do + ∂S_final;
     ∂φ(k) = v ∂Sᵀ; ∂v = φ(k) ∂S; ∂S_0 = ∂S. dq, dk are partial over this program's values."""
-    i_v, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+$PROGRAM
     o_c = tl.arange(0, C)
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k, m_v = o_k < F, o_v < V
-    m_kv = m_k[:, None] & m_v[None, :]
     q, do = q + i_bh * NQ * F, do + i_bh * NQ * V
     k, v, dv = k + i_bh * NK * F, v + i_bh * NK * V, dv + i_bh * NK * V
     dq, dk = dq + (i_v * BH + i_bh) * NQ * F, dk + (i_v * BH + i_bh) * NK * F

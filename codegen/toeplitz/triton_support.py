@@ -172,26 +172,31 @@ class SSMMix(torch.autograd.Function):
         dz = dy * post if post is not None else dy
         # input gradient: the mix read backwards, post ⊙ dy as its input (K ∗ dz reversed + skip ⊙ dz)
         du, _ = launch(dy, post, skip, None, taps[:T], sys, None, not reverse, False)
-        dv = dpre = dskip = dpost = dtaps = dz_ = db = dc = dh0 = None
+        dtaps = dz_ = db = dc = dh0 = None
         state_terms = h0 is not None or (dhN is not None and dhN.abs().sum() > 0)
         if state_terms:
             du_s, dz_, db, dc, dh0 = _state_grads(sys, u, h0, dz, dhN, need)
             if du_s is not None:
                 du = du + du_s
-        if need[0]:
-            dv = du * pre if pre is not None else du
-        if need[1]:
-            dpre = _sum_like(du * v, pre)
-        if need[2]:
-            dskip = (dz * u).sum((0, 1))
-        if need[3]:
-            zval, _ = launch(v, pre, skip, None, taps[:T], sys, h0, reverse, False)
-            dpost = _sum_like(dy * zval, post)
+        dv, dpre, dskip, dpost = _gate_grads(need, du, dz, dy, v, u, pre, post,
+                                             lambda: launch(v, pre, skip, None, taps[:T], sys, h0, reverse, False)[0])
         if need[4]:
             L = min(taps.shape[0], u.shape[1])
             g = lag_correlation(_flip(dz, reverse), _flip(u, reverse), L)   # h0's share: _state_grads
             dtaps = torch.cat([g, g.new_zeros(taps.shape[0] - L, g.shape[1])]) if L < taps.shape[0] else g
         return (None, None, None, None, dv, dpre, dskip, dpost, dtaps, dz_, db, dc, dh0)
+
+
+def _gate_grads(need, du: Tensor, dz: Tensor, dy: Tensor, v: Tensor, u: Tensor, pre: Tensor | None,
+                post: Tensor | None, mix):
+    """(dv, dpre, dskip, dpost) of y = post ⊙ (mix(u) + skip ⊙ u), u = pre ⊙ v, from du = ∂L/∂u
+    and dz = post ⊙ dy; ``mix()`` gives mix(u) + skip ⊙ u (run only for dpost). None where
+    ``need`` (v, pre, skip, post) is False."""
+    dv = (du * pre if pre is not None else du) if need[0] else None
+    dpre = _sum_like(du * v, pre) if need[1] else None
+    dskip = (dz * u).sum((0, 1)) if need[2] else None
+    dpost = _sum_like(dy * mix(), post) if need[3] else None
+    return dv, dpre, dskip, dpost
 
 
 def _state_grads(sys, u: Tensor, h0: Tensor | None, dz: Tensor, dhN: Tensor | None, need):
@@ -251,7 +256,7 @@ class MIMOMix(torch.autograd.Function):
         v, pre, skip, post, z, b, c, h0 = ctx.saved_tensors
         launch, reverse = ctx.launch, ctx.reverse
         need = ctx.needs_input_grad[3:]          # v, pre, skip, post, z, b, c, h0
-        dv = dpre = dskip = dpost = dz_ = db = dc = dh0 = None
+        dz_ = db = dc = dh0 = None
         sys = DiagSSM(z, b, c, 1.0, mimo=True)
         adjoint = DiagSSM(z, c.transpose(0, 1).contiguous(), b.transpose(0, 1).contiguous(), 1.0, mimo=True)
         dy = dy.contiguous()
@@ -281,14 +286,7 @@ class MIMOMix(torch.autograd.Function):
             db = db_s if db is None else db + db_s
             if h0 is not None:
                 dh0 = dh0_s if dh0 is None else dh0 + dh0_s
-        if need[0]:
-            dv = du * pre if pre is not None else du
-        if need[1]:
-            dpre = _sum_like(du * v, pre)
-        if need[2]:
-            dskip = (e * u).sum((0, 1))
-        if need[3]:
-            dpost = _sum_like(dy * zval, post)
+        dv, dpre, dskip, dpost = _gate_grads(need, du, e, dy, v, u, pre, post, lambda: zval)
         return (None, None, None, dv, dpre, dskip, dpost, dz_, db, dc, dh0)
 
 

@@ -2,11 +2,11 @@
 triton_gen.py: ``$name`` the section name, other ``$slots`` from ``generate``, and lines
 tagged ``# [complex]``, ``# [real]``, ``# [modes]``, ``# [diagonal]``, ``# [dense]``, ``# [shift]``,
 ``# [bidir]``, ``# [causal]``
-that ``_select`` keeps or drops for the structure; ``$head``, ``$chunk_in``, ``$chunk_out``
-are the PIECES shared by two kernels, filled in first. MIMO SSMs and explicit kernels:
+that ``_select`` keeps or drops for the structure; ``$head``, ``$chunk_in``, ``$chunk_out``,
+``$wrapper_start`` are the PIECES shared by several templates, filled in first. MIMO SSMs and explicit kernels:
 ``triton_templates_mimo_explicit.py``."""
 
-# ---- pieces shared by the diagonal and dense kernels (filled in before the slots) ----------
+# ---- pieces shared by several templates (filled in before the slots) ----------------------
 
 #: the section's first lines
 _HEAD = '''
@@ -39,7 +39,28 @@ _CHUNK_OUT = '''
             b_y *= tl.load(p_post + o_b[None, :] * s_qb + o_n[:, None] * s_qn + i_c * s_qc, mask=m_x, other=0.0).to(tl.float32)
         tl.store(p_y + o_b[None, :] * (N * C) + o_n[:, None] * C + i_c, b_y.to(p_y.dtype.element_ty), mask=m_x)'''[1:]
 
-PIECES = {"head": _HEAD, "chunk_in": _CHUNK_IN, "chunk_out": _CHUNK_OUT}
+#: an SSM mix's callable, first lines: checks of the call, v as [B, N, C] rows and its gates
+_WRAPPER_START = '''
+    from codegen.toeplitz import triton_support as tzs
+    from codegen.toeplitz.kernels import discretize
+    tzs.check_device(v)
+    given = (pre is not None, skip is not None, post is not None)
+    if given != ${name}_GATES:
+        raise ValueError(f"$name was generated with gates (pre, skip, post) = {${name}_GATES}, called with {given}")
+    if explicit_kernel is not None or params is None:
+        raise ValueError("$name is an SSM mix: it takes params, not an explicit kernel")
+    if reverse_params is None or initial_state is not None or return_state:  # [bidir]
+        raise ValueError("$name is bidirectional: it needs reverse_params and has no recurrent state")  # [bidir]
+    lead, (N, C) = v.shape[:-2], v.shape[-2:]
+    rd = torch.float32                                 # the kernel computes in fp32 (loads convert, y in v.dtype)
+    u = v.reshape(-1, N, C)
+    if pre is not None:
+        pre = torch.broadcast_to(pre, v.shape).reshape(u.shape)
+    if post is not None:
+        post = torch.broadcast_to(post, v.shape).reshape(u.shape)
+'''[1:-1]
+
+PIECES = {"head": _HEAD, "chunk_in": _CHUNK_IN, "chunk_out": _CHUNK_OUT, "wrapper_start": _WRAPPER_START}
 
 # ---- diagonal SSMs ------------------------------------------------------------------------
 
@@ -417,24 +438,8 @@ def $name(
     v [..., N, C] → y [..., N, C] = post ⊙ (K ∗ (pre ⊙ v) + skip ⊙ pre ⊙ v), K the SSM's kernel
     (toeplitz_mix's semantics). pre / post broadcast to v's shape, skip [C]. A causal mix carries
     the SSM's state: ``initial_state`` [..., C, M] in, ``return_state=True`` → (y, final state)."""
-    from codegen.toeplitz import triton_support as tzs
-    from codegen.toeplitz.kernels import discretize
-    tzs.check_device(v)
-    given = (pre is not None, skip is not None, post is not None)
-    if given != ${name}_GATES:
-        raise ValueError(f"$name was generated with gates (pre, skip, post) = {${name}_GATES}, called with {given}")
-    if explicit_kernel is not None or params is None:
-        raise ValueError("$name is an SSM mix: it takes params, not an explicit kernel")
-    if reverse_params is None or initial_state is not None or return_state:  # [bidir]
-        raise ValueError("$name is bidirectional: it needs reverse_params and has no recurrent state")  # [bidir]
-    lead, (N, C) = v.shape[:-2], v.shape[-2:]
+$wrapper_start
     T = ${name}_CHUNK
-    rd = torch.float32                                 # the kernel computes in fp32 (loads convert, y in v.dtype)
-    u = v.reshape(-1, N, C)
-    if pre is not None:
-        pre = torch.broadcast_to(pre, v.shape).reshape(u.shape)
-    if post is not None:
-        post = torch.broadcast_to(post, v.shape).reshape(u.shape)
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in [*params.values(), *(reverse_params or {}).values()])
     # the discretised system (PyTorch, O(C·state)) and its first taps; with gradients, all N taps,
     # through which the kernel's tap gradient reaches the parameters

@@ -1,6 +1,6 @@
 """Text templates of the Toeplitz family's Triton sections for MIMO diagonal SSMs (S5) and
 explicit kernels (Hyena's long convolutions), filled by triton_gen.py as in
-``triton_templates.py`` (same ``$slots`` and line tags)."""
+``triton_templates.py`` (same ``$slots``, line tags and PIECES)."""
 
 # ---- MIMO diagonal SSMs (S5) ----------------------------------------------------------------
 
@@ -175,23 +175,7 @@ def $name(
     the [C, C] taps of the shared state (toeplitz_mix's semantics, mimo=True). pre / post broadcast
     to v's shape, skip [C]. A causal mix carries the state: ``initial_state`` [..., M] (complex)
     in, ``return_state=True`` → (y, final state)."""
-    from codegen.toeplitz import triton_support as tzs
-    from codegen.toeplitz.kernels import discretize
-    tzs.check_device(v)
-    given = (pre is not None, skip is not None, post is not None)
-    if given != ${name}_GATES:
-        raise ValueError(f"$name was generated with gates (pre, skip, post) = {${name}_GATES}, called with {given}")
-    if explicit_kernel is not None or params is None:
-        raise ValueError("$name is an SSM mix: it takes params, not an explicit kernel")
-    if reverse_params is None or initial_state is not None or return_state:  # [bidir]
-        raise ValueError("$name is bidirectional: it needs reverse_params and has no recurrent state")  # [bidir]
-    lead, (N, C) = v.shape[:-2], v.shape[-2:]
-    rd = torch.float32                                 # the kernel computes in fp32 (loads convert, y in v.dtype)
-    u = v.reshape(-1, N, C)
-    if pre is not None:
-        pre = torch.broadcast_to(pre, v.shape).reshape(u.shape)
-    if post is not None:
-        post = torch.broadcast_to(post, v.shape).reshape(u.shape)
+$wrapper_start
     # the discretised system (PyTorch, O(M·C)): log λ [M], B̄ [M, C], scale·C [C, M]
     sys = discretize($kind, {k: t.to(rd) for k, t in params.items()}, disc=$disc, conj=$conj, mimo=True,
                      length=kernel_length or N)
