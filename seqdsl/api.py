@@ -174,5 +174,5 @@ def check(source: str | Path | Program, entry: str | None = None, **sizes) -> Ch
     el: Elaborated = elaborate(prog, entry, sizes)
     verify(el.graph)
     graph = run_pipeline(el.graph)
-    from seqdsl.check.elaborate import param_count
+    from seqdsl.ir.graph import param_count
     return Checked(prog, el.entry.name, el.entry.kind, graph, el.sizes, param_count(graph), el.constraints)

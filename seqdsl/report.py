@@ -21,7 +21,7 @@ def _params_under(g: Graph, prefix: str) -> sympy.Expr:
     for n in g.nodes():
         body = n.attr("body")
         if body is not None and n.name.startswith(prefix + "."):
-            from seqdsl.check.elaborate import param_count
+            from seqdsl.ir.graph import param_count
             total += n.attr("copies", 1) * param_count(body)
     return sympy.expand(total)
 

@@ -98,7 +98,7 @@ def _pieces(x: torch.Tensor | None, blocks):
         pos += m * c
 
 
-def _forward(q, k, vv, gate: "_Gate", h, chunk: int, keep: list | None = None):
+def _forward(q, k, vv, gate: _Gate, h, chunk: int, keep: list | None = None):
     """The two passes, without autograd, in reused buffers. Layout tensors in (module
     docstring); returns (o [N, V, *b], final state [F, V, *b]). ``keep`` receives, per block,
     the states entering its chunks [m, F, V, *b]."""

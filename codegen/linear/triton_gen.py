@@ -35,7 +35,6 @@ from string import Template
 
 from codegen.linear import triton_support as lx
 from codegen.linear.triton_templates import (
-    PROGRAM,
     _CHUNK_BWD,
     _CHUNK_FWD,
     _ENTRY,
@@ -45,6 +44,7 @@ from codegen.linear.triton_templates import (
     _GLOBAL_FWD,
     _SCAN_BWD,
     _SCAN_FWD,
+    PROGRAM,
 )
 
 #: φ(x) and φ'(x) as Triton expressions of a raw block ``{x}`` (None: φ' = 1)

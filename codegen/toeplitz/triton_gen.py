@@ -56,7 +56,6 @@ from __future__ import annotations
 from string import Template
 
 from codegen.toeplitz.triton_templates import (
-    PIECES,
     _DENSE_KERNEL,
     _DENSE_LAUNCH,
     _DIAG_KERNEL,
@@ -64,6 +63,7 @@ from codegen.toeplitz.triton_templates import (
     _SHIFT_KERNEL,
     _SHIFT_LAUNCH,
     _WRAPPER,
+    PIECES,
 )
 from codegen.toeplitz.triton_templates_mimo_explicit import (
     _EXPLICIT_KERNEL,

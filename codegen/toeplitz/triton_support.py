@@ -28,13 +28,12 @@ is written once for every section:
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from codegen.toeplitz import state as st
-from dataclasses import dataclass
-
 from codegen.toeplitz.kernels import DenseSSM, DiagSSM, ShiftSSM, dense_powers
 
 #: tests set this (or SEQDSL_TRITON_NAN_SCRATCH=1): every buffer a kernel writes starts as NaN,

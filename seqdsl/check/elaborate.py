@@ -21,7 +21,7 @@ from seqdsl.check.scalars import arith, number
 from seqdsl.check.values import Func, ListV, Scalar, Str, Tensor, TupleV, Word, describe
 from seqdsl.errors import Pos, SeqError
 from seqdsl.frontend import ast as A
-from seqdsl.ir.graph import Graph, OpKind, Port
+from seqdsl.ir.graph import Graph, OpKind, Port, param_count
 from seqdsl.ir.types import TensorType, same_dim, show_dim
 
 MAX_UNROLL = 4096
@@ -51,19 +51,6 @@ class Elaborated:
 
     def param_count(self) -> sympy.Expr:
         return param_count(self.graph)
-
-
-def param_count(g: Graph) -> sympy.Expr:
-    """Number of trainable weights, symbolic in the dims; nested bodies counted with their
-    multiplicity (MoE experts)."""
-    total = sympy.Integer(0)
-    for n in g.nodes():
-        if n.kind == OpKind.PARAM:
-            total += n.out.numel()
-        body = n.attr("body")
-        if body is not None:
-            total += n.attr("copies", 1) * param_count(body)
-    return sympy.expand(total)
 
 
 def _join(*parts: str) -> str:

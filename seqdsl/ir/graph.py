@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import networkx as nx
+import sympy
 
 from seqdsl.errors import NOWHERE, Pos
 from seqdsl.ir.mix import MixSpec, Ref, mask_leaves
@@ -156,6 +157,19 @@ class Graph:
 
 class VerifyError(AssertionError):
     """An IR invariant does not hold: a bug in the compiler, not in the user's file."""
+
+
+def param_count(g: Graph) -> sympy.Expr:
+    """Number of trainable weights, symbolic in the dims; nested bodies counted with their
+    multiplicity (MoE experts)."""
+    total = sympy.Integer(0)
+    for n in g.nodes():
+        if n.kind == OpKind.PARAM:
+            total += n.out.numel()
+        body = n.attr("body")
+        if body is not None:
+            total += n.attr("copies", 1) * param_count(body)
+    return sympy.expand(total)
 
 
 def verify(g: Graph) -> None:
