@@ -187,10 +187,10 @@ def bench_linear(n: int):
 
 
 def bench_scan(n: int, dm: int = 256, s: int = 16):
-    u, dt = torch.randn(1, dm, n), torch.rand(1, dm, n) * 0.1
-    a = -torch.rand(dm, s)
-    bm, c = torch.randn(1, s, n), torch.randn(1, s, n)
-    d_skip = torch.randn(dm)
+    u, dt = torch.randn(1, dm, n, requires_grad=True), (torch.rand(1, dm, n) * 0.1).requires_grad_()
+    a = (-torch.rand(dm, s)).requires_grad_()
+    bm, c = torch.randn(1, s, n, requires_grad=True), torch.randn(1, s, n, requires_grad=True)
+    d_skip = torch.randn(dm, requires_grad=True)
 
     def ours():
         return selective_scan(u, dt, a, bm, c, d_skip)          # the factored gate Δ ⊗ A (OuterGate)
@@ -205,6 +205,9 @@ def bench_scan(n: int, dm: int = 256, s: int = 16):
 
     row(f"selective scan Dm{dm} S{s} N{n}, forward", best_of(fwd(ours)), best_of(fwd(loop), repeat=1),
         "sequential loop", "≤ 1/10")
+    # training: our hand-written backward against autograd through the loop
+    row(f"selective scan Dm{dm} S{s} N{n}, fwd+bwd", best_of(fwd_bwd(ours, u, dt, a, bm, c, d_skip)),
+        best_of(fwd_bwd(loop, u, dt, a, bm, c, d_skip), repeat=1), "sequential loop (autograd)", "≤ 1/10")
 
 
 # ---- long sequences: time of one forward and peak extra memory, in a fresh process ----------

@@ -92,9 +92,15 @@ def _blocks(n: int, chunk: int, state_numel: int, budget: int | None = None) -> 
 
 def _pieces(x: torch.Tensor | None, blocks):
     """Per block, the c positions of x [N, ...] as c tensors [m, ...] (views)."""
+    for view in _views(x, blocks):
+        yield None if view is None else view.unbind(1)
+
+
+def _views(x: torch.Tensor | None, blocks):
+    """Per block, x [N, ...] as [m, c, ...] (a view)."""
     pos = 0
     for m, c in blocks:
-        yield None if x is None else x[pos:pos + m * c].unflatten(0, (m, c)).unbind(1)
+        yield None if x is None else x[pos:pos + m * c].unflatten(0, (m, c))
         pos += m * c
 
 
@@ -113,7 +119,8 @@ def _forward(q, k, vv, gate: _Gate, h, chunk: int, keep: list | None = None):
     if _chunked.SCRATCH_FILL is not None:
         out.fill_(_chunked.SCRATCH_FILL)
     pos = 0
-    for (m, c), qs, ks, vs, gs in zip(blocks, *(_pieces(x, blocks) for x in (q, k, vv, gate.seq))):
+    for (m, c), qs, ks, vs, gv in zip(blocks, *(_pieces(x, blocks) for x in (q, k, vv)), _views(gate.seq, blocks)):
+        gs = None if gv is None else gv.unbind(1)
         if m == 1:
             H = h[None].clone(memory_format=torch.contiguous_format)
         else:
@@ -121,7 +128,7 @@ def _forward(q, k, vv, gate: _Gate, h, chunk: int, keep: list | None = None):
             own.copy_(ks[0]).mul_(vs[0])               # broadcast into the full state's shape
             for t in range(1, c):
                 _step(own, gate.rate(gs, t, work.a[:m]), ks[t], vs[t])
-            decay = gate.chunk_decay(q.new_empty(0) if gs is None else torch.stack(gs, 1), m, c)
+            decay = gate.chunk_decay(gv, m, c)
             entering = []
             for i, own_i in enumerate(own.unbind(0)[:-1]):
                 entering.append(h)
@@ -186,6 +193,7 @@ class _ScanFn(torch.autograd.Function):
         work = _Buffers(max(m for m, _ in blocks), state, gate.step_shape(), q, chunk=max(c for _, c in blocks))
         grads = (dq, dk, dv, dg1 if gate.seq is not None else None)
         pieces = [list(_pieces(x, blocks)) for x in (q, k, v, gate.seq, do, *grads)]
+        views = list(_views(gate.seq, blocks))
         starts = [0]
         for m, _ in blocks:
             starts.append(starts[-1] + m)
@@ -209,7 +217,7 @@ class _ScanFn(torch.autograd.Function):
             a0 = gate.rate(gs, 0, work.a[:m])
             own = G if a0 is None else G.mul_(a0)                                        # a_0 ⊙ G_0, per chunk
             # carried across the chunks backwards: E_i enters chunk i at its end
-            decay = gate.chunk_decay(q.new_empty(0) if gs is None else torch.stack(gs, 1), m, c)
+            decay = gate.chunk_decay(views[b], m, c)
             carried = [None] * m
             for i in reversed(range(m)):
                 carried[i] = E
@@ -271,7 +279,7 @@ class _Gate:
 
     def chunk_decay(self, piece, m: int, c: int) -> torch.Tensor | None:
         """e^{Σ lg} over each chunk: [m, F or 1, 1, *b], or [1, 1, *b] shared by all chunks.
-        ``piece``: the block's per-position tensor stacked [m, c, ...]."""
+        ``piece``: the block's per-position tensor as [m, c, ...]."""
         if self.kind is None:
             return None
         if self.head is not None:
