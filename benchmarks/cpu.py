@@ -36,14 +36,17 @@ from codegen.toeplitz.torch_impl import toeplitz_mix
 OUT = Path(__file__).resolve().parent / "results"
 
 
-def best_of(fn, repeat: int = 3) -> float:
-    fn()  # warm-up
-    times = []
+def side_by_side(ours, theirs, repeat: int = 3) -> tuple[float, float]:
+    """Best times of ``ours`` and ``theirs``, run alternately after a warm-up of each, so that a
+    slow or fast phase of a shared machine falls on both."""
+    ours(), theirs()
+    a, b = [], []
     for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        for fn, times in ((ours, a), (theirs, b)):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    return min(a), min(b)
 
 
 def fwd(fn):
@@ -118,15 +121,15 @@ def bench_causal(n: int):
     model = seqdsl.load(ROOT / "examples" / "mixers" / "softmax_attention.seq", B=1, H=8, N=n, Dh=64, causal=1)
     chosen = model.choices[0].algorithm
     loaded = lambda: model(q, k, v)  # noqa: E731
-    row(f"causal softmax B1 H8 N{n} D64, forward (seqdsl.load: {chosen})", best_of(fwd(loaded)), best_of(fwd(sdpa)),
+    row(f"causal softmax B1 H8 N{n} D64, forward (seqdsl.load: {chosen})", *side_by_side(fwd(loaded), fwd(sdpa)),
         "SDPA", "≤ 1.1")
-    row(f"causal softmax B1 H8 N{n} D64, fwd+bwd (seqdsl.load: {chosen})", best_of(fwd_bwd(loaded, q, k, v)),
-        best_of(fwd_bwd(sdpa, q, k, v)), "SDPA", "≤ 1.2")
+    row(f"causal softmax B1 H8 N{n} D64, fwd+bwd (seqdsl.load: {chosen})",
+        *side_by_side(fwd_bwd(loaded, q, k, v), fwd_bwd(sdpa, q, k, v)), "SDPA", "≤ 1.2")
     # the tiled algorithm forced (what any other mask runs)
-    row(f"causal softmax B1 H8 N{n} D64, forward (tiled forced)", best_of(fwd(ours)), best_of(fwd(sdpa)), "SDPA",
+    row(f"causal softmax B1 H8 N{n} D64, forward (tiled forced)", *side_by_side(fwd(ours), fwd(sdpa)), "SDPA",
         "≤ 1.1")
-    row(f"causal softmax B1 H8 N{n} D64, fwd+bwd (tiled forced)", best_of(fwd_bwd(ours, q, k, v)),
-        best_of(fwd_bwd(sdpa, q, k, v)), "SDPA", "≤ 1.2")
+    row(f"causal softmax B1 H8 N{n} D64, fwd+bwd (tiled forced)",
+        *side_by_side(fwd_bwd(ours, q, k, v), fwd_bwd(sdpa, q, k, v)), "SDPA", "≤ 1.2")
 
 
 def bench_window(n: int, w: int = 256):
@@ -139,8 +142,7 @@ def bench_window(n: int, w: int = 256):
     with torch.no_grad():
         ours()
     first = time.perf_counter() - first
-    t_ours = best_of(fwd(ours))
-    row(f"sliding window H2 N{n} W{w}, forward", t_ours, best_of(fwd(dense)), "dense masked SDPA", "≤ 1/20",
+    row(f"sliding window H2 N{n} W{w}, forward", *side_by_side(fwd(ours), fwd(dense)), "dense masked SDPA", "≤ 1/20",
         note=f"first result after {first:.2f} s")
     try:
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
@@ -150,7 +152,8 @@ def bench_window(n: int, w: int = 256):
         with torch.no_grad():
             flex(q, k, v, block_mask=block_mask)
         compile_s = time.perf_counter() - start
-        row(f"sliding window H2 N{n} W{w}, forward", t_ours, best_of(fwd(lambda: flex(q, k, v, block_mask=block_mask))),
+        row(f"sliding window H2 N{n} W{w}, forward",
+            *side_by_side(fwd(ours), fwd(lambda: flex(q, k, v, block_mask=block_mask))),
             "compiled FlexAttention", "≤ 1.5", note=f"Flex first call {compile_s:.1f} s; ours {first:.2f} s")
     except Exception as err:  # noqa: BLE001 - reported, not hidden
         print(f"FlexAttention unavailable here: {type(err).__name__}: {err}")
@@ -181,8 +184,8 @@ def bench_linear(n: int):
          lambda: chunk_gla_baseline(*bthd, g_bthd), "fla naive chunk GLA"),
     ]
     for name, ours, theirs, base in cases:
-        row(f"{name} H{h} N{n} D{d}, forward", best_of(fwd(ours)), best_of(fwd(theirs)), base, "≤ 1.0")
-        row(f"{name} H{h} N{n} D{d}, fwd+bwd", best_of(fwd_bwd(ours, *bhnd)), best_of(fwd_bwd(theirs, *bthd)), base,
+        row(f"{name} H{h} N{n} D{d}, forward", *side_by_side(fwd(ours), fwd(theirs)), base, "≤ 1.0")
+        row(f"{name} H{h} N{n} D{d}, fwd+bwd", *side_by_side(fwd_bwd(ours, *bhnd), fwd_bwd(theirs, *bthd)), base,
             "≤ 1.0")
 
 
@@ -203,11 +206,12 @@ def bench_scan(n: int, dm: int = 256, s: int = 16):
             ys.append((h * c[:, None, :, t]).sum(-1))
         return torch.stack(ys, -1) + u * d_skip[:, None]
 
-    row(f"selective scan Dm{dm} S{s} N{n}, forward", best_of(fwd(ours)), best_of(fwd(loop), repeat=1),
+    row(f"selective scan Dm{dm} S{s} N{n}, forward", *side_by_side(fwd(ours), fwd(loop), repeat=5),
         "sequential loop", "≤ 1/10")
     # training: our hand-written backward against autograd through the loop
-    row(f"selective scan Dm{dm} S{s} N{n}, fwd+bwd", best_of(fwd_bwd(ours, u, dt, a, bm, c, d_skip)),
-        best_of(fwd_bwd(loop, u, dt, a, bm, c, d_skip), repeat=1), "sequential loop (autograd)", "≤ 1/10")
+    row(f"selective scan Dm{dm} S{s} N{n}, fwd+bwd",
+        *side_by_side(fwd_bwd(ours, u, dt, a, bm, c, d_skip), fwd_bwd(loop, u, dt, a, bm, c, d_skip), repeat=1),
+        "sequential loop (autograd)", "≤ 1/10")
 
 
 # ---- long sequences: time of one forward and peak extra memory, in a fresh process ----------
@@ -354,7 +358,9 @@ def machine() -> str:
 def write(rows, quick: bool) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     lines = ["# CPU benchmarks", "", f"Machine: {machine()}.", "",
-             "Each row runs ours and the baseline side by side in one process (best of 3). "
+             "Each row runs ours and the baseline side by side in one process, alternately after a warm-up "
+             "of each, and keeps each one's best time (of 3; the selective scan forward of 5, its fwd+bwd "
+             "of 1). "
              "ratio = ours / baseline (lower is better).", "",
              "Rows without a baseline (ratio nan) time one forward (after a warm-up at a small N) in a "
              "fresh process, then measure the peak resident memory a second forward adds (VmHWM after "

@@ -121,27 +121,28 @@ def _forward(q, k, vv, gate: _Gate, h, chunk: int, keep: list | None = None):
     pos = 0
     for (m, c), qs, ks, vs, gv in zip(blocks, *(_pieces(x, blocks) for x in (q, k, vv)), _views(gate.seq, blocks)):
         gs = None if gv is None else gv.unbind(1)
-        if m == 1:
-            H = h[None].clone(memory_format=torch.contiguous_format)
-        else:
+        a_buf, s_buf = work.a[:m], work.s[:m]
+        H = q.new_empty(m, *state)                     # the states entering the chunks, then the true states
+        H[0] = h
+        if m > 1:
             own = work.h[:m]                           # pass 1: every chunk from a zero state
             own.copy_(ks[0]).mul_(vs[0])               # broadcast into the full state's shape
             for t in range(1, c):
-                _step(own, gate.rate(gs, t, work.a[:m]), ks[t], vs[t])
+                _step(own, gate.rate(gs, t, a_buf), ks[t], vs[t])
             decay = gate.chunk_decay(gv, m, c)
-            entering = []
-            for i, own_i in enumerate(own.unbind(0)[:-1]):
-                entering.append(h)
-                d = decay if decay is None or decay.dim() == h.dim() else decay[i]
-                h = own_i + h if d is None else torch.addcmul(own_i, d, h)
-            entering.append(h)
-            H = torch.stack(entering)                                                    # [m, F, V, *b]
+            shared = decay is None or decay.dim() == h.dim()
+            for i in range(m - 1):
+                d = decay if shared else decay[i]
+                if d is None:
+                    torch.add(own[i], H[i], out=H[i + 1])
+                else:
+                    torch.addcmul(own[i], d, H[i], out=H[i + 1])
         if keep is not None:
             keep.append(H.clone())
         view = out[pos:pos + m * c].unflatten(0, (m, c))
         for t in range(c):                             # pass 2: the true states, and the outputs
-            _step(H, gate.rate(gs, t, work.a[:m]), ks[t], vs[t])
-            view[:, t] = _read(qs[t], H, shared_q, work.s[:m])                          # [m, V, *b]
+            _step(H, gate.rate(gs, t, a_buf), ks[t], vs[t])
+            view[:, t] = _read(qs[t], H, shared_q, s_buf)                                # [m, V, *b]
         pos += m * c
         h = H[-1]
     return out, h

@@ -265,5 +265,8 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
                             initial_state=h0, return_state=True)
     y = y.squeeze(-1)
     if D is not None:
-        y = y + u * D.unsqueeze(-1)
+        if y.requires_grad:
+            y = torch.addcmul(y, u, D.unsqueeze(-1))
+        else:                                          # the scan's own fresh output: no second buffer
+            y.addcmul_(u, D.unsqueeze(-1))
     return (y, h.squeeze(-1)) if return_state else y
