@@ -57,16 +57,21 @@ def make_params(name: str, C: int, M: int, seed: int = 0, grad: bool = True) -> 
 _CACHE: dict[tuple, object] = {}
 
 
+def _section(section: str, tag: str, *, causal: bool, chunk: int, pre: bool, skip: bool, post: bool, **structure):
+    """The generated section ``section`` for a structure, loaded once as a module."""
+    key = (tag, causal, chunk, pre, skip, post)
+    if key not in _CACHE:
+        text = tg.generate(section, causal=causal, chunk=chunk, pre=pre, skip=skip, post=post, **structure)
+        stem = f"toeplitz_{tag}_{'c' if causal else 'b'}{chunk}{int(pre)}{int(skip)}{int(post)}"
+        _CACHE[key] = load_source(HEADER + text, stem)
+    return _CACHE[key]
+
+
 def build(name: str, *, causal: bool = True, chunk: int = 32, pre=False, skip=False, post=False):
     """The generated section for a kind, loaded as a module; returns its callable."""
     kind, disc, conj, _ = KIND[name]
-    key = (name, causal, chunk, pre, skip, post)
-    if key not in _CACHE:
-        text = tg.generate("tz_mix", kind=kind, disc=disc, conj=conj, mimo=False, causal=causal, explicit=False,
-                           chunk=chunk, pre=pre, skip=skip, post=post)
-        stem = f"toeplitz_{name}_{'c' if causal else 'b'}{chunk}{int(pre)}{int(skip)}{int(post)}"
-        _CACHE[key] = load_source(HEADER + text, stem)
-    return _CACHE[key].tz_mix
+    return _section("tz_mix", name, causal=causal, chunk=chunk, pre=pre, skip=skip, post=post, kind=kind, disc=disc,
+                    conj=conj, mimo=False, explicit=False).tz_mix
 
 
 def torch_mix(name: str, v, params, **kw):
@@ -285,15 +290,10 @@ def mimo_params(C: int, M: int, seed: int = 0, grad: bool = True) -> dict[str, t
 
 
 def build_mimo(*, causal: bool = True, chunk: int = 32, pre=False, skip=False, post=False, mode_block: int = 64):
-    key = ("mimo", causal, chunk, pre, skip, post, mode_block)
-    if key not in _CACHE:
-        text = tg.generate("s5_mix", kind="diag", disc="zoh", conj=True, mimo=True, causal=causal, explicit=False,
-                           chunk=chunk, pre=pre, skip=skip, post=post)
-        stem = f"toeplitz_mimo_{'c' if causal else 'b'}{chunk}{int(pre)}{int(skip)}{int(post)}"
-        mod = load_source(HEADER + text, stem)
-        mod.s5_mix_MODE_BLOCK = mode_block        # fewer modes per program: several blocks, summed
-        _CACHE[key] = mod
-    return _CACHE[key].s5_mix
+    mod = _section("s5_mix", f"mimo{mode_block}", causal=causal, chunk=chunk, pre=pre, skip=skip, post=post,
+                   kind="diag", disc="zoh", conj=True, mimo=True, explicit=False)
+    mod.s5_mix_MODE_BLOCK = mode_block            # fewer modes per program: several blocks, summed
+    return mod.s5_mix
 
 
 def mimo_torch(v, params, **kw):
@@ -405,13 +405,8 @@ def test_mimo_generated_text_is_specialised_and_named():
 
 
 def build_explicit(*, causal: bool = True, chunk: int = 32, pre=False, skip=False, post=False):
-    key = ("explicit", causal, chunk, pre, skip, post)
-    if key not in _CACHE:
-        text = tg.generate("tz_ex", kind=None, disc=None, conj=True, mimo=False, causal=causal, explicit=True,
-                           chunk=chunk, pre=pre, skip=skip, post=post)
-        stem = f"toeplitz_explicit_{'c' if causal else 'b'}{chunk}{int(pre)}{int(skip)}{int(post)}"
-        _CACHE[key] = load_source(HEADER + text, stem)
-    return _CACHE[key].tz_ex
+    return _section("tz_ex", "explicit", causal=causal, chunk=chunk, pre=pre, skip=skip, post=post, kind=None,
+                    disc=None, conj=True, mimo=False, explicit=True).tz_ex
 
 
 # (causal, B, N, C, L, gates): L = N, L < N (taps out of reach of early chunks), L > N (cut to N)
