@@ -13,13 +13,13 @@ Nothing from a .seq file is pasted unescaped: names become identifiers made of
 from __future__ import annotations
 
 import fnmatch
-import keyword
 import re
 from dataclasses import dataclass, field
 
 import sympy
 
 from codegen import fuse
+from codegen.source import comment, ident
 from seqdsl.analysis import mixers as cost
 from seqdsl.analysis.select import MACHINES, choose
 from seqdsl.ir import mix as M
@@ -46,13 +46,7 @@ class Emitted:
     choices: list[Choice] = field(default_factory=list)
 
 
-def _ident(text: str) -> str:
-    name = re.sub(r"[^A-Za-z0-9_]", "_", text).strip("_") or "t"
-    if name[0].isdigit():
-        name = "t_" + name
-    if keyword.iskeyword(name):
-        name += "_"
-    return name
+_ident = ident
 
 
 def class_name(entry: str) -> str:
@@ -547,9 +541,9 @@ def emit_module(graph: Graph, entry: str, sizes: dict, source_name: str, machine
     w.run()
     main = w.source(())
     title = "the PyTorch module" if backend == "torch" else "the module with generated Triton kernels"
-    head = HEADER.format(title=f"{cls}: {title} of {entry}", version=__version__,
-                         source=source_name, entry=entry,
-                         sizes=", ".join(f"{k}={v}" for k, v in values.items()) or "none")
+    head = HEADER.format(title=comment(f"{cls}: {title} of {entry}"), version=comment(__version__),
+                         source=comment(source_name), entry=comment(entry),
+                         sizes=comment(", ".join(f"{k}={v}" for k, v in values.items()) or "none", 1000))
     body = "\n\n".join(classes + [main])
     needed = []
     families = {c.family for c in choices}
