@@ -34,11 +34,31 @@ def register_source(file: str, text: str) -> None:
 
 
 def source_line(file: str, line: int) -> str | None:
+    """Line ``line`` of a registered source, counted as the lexer counts: only "\\n" ends a
+    line (a form feed or U+2028 inside a line does not shift the lines after it)."""
     text = _SOURCES.get(file)
     if text is None or line < 1:
         return None
-    lines = text.splitlines()
-    return lines[line - 1] if line <= len(lines) else None
+    lines = text.split("\n")
+    if text.endswith("\n"):
+        lines.pop()
+    return lines[line - 1].removesuffix("\r") if line <= len(lines) else None
+
+
+def printable(text: str) -> str:
+    """``text`` on one line, with every character a terminal would act on written as an
+    escape (a newline as \\n, ESC as \\x1b): a message that quotes a string of the file
+    can neither start a line of its own (forging ``file:1:1: error:``) nor drive the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _shown(text: str) -> str:
+    """A source line as it is quoted: tabs expanded, other control characters as one '?' each,
+    so that the caret line built from the same text lines up under it."""
+    text = text.expandtabs(8)
+    return text if text.isprintable() else "".join(c if c.isprintable() else "?" for c in text)
 
 
 class SeqError(ValueError):
@@ -64,20 +84,24 @@ class SeqError(ValueError):
 
     def render(self) -> str:
         """The message as the CLI prints it: location, source line with a caret, hint."""
+        file = printable(self.pos.file)
         if self.pos.line > 0:
-            head = f"{self.pos}: error: "
+            head = f"{file}:{self.pos.line}:{self.pos.col}: error: "
         elif self.pos.file != NOWHERE.file:
-            head = f"{self.pos.file}: error: "
+            head = f"{file}: error: "
         else:
             head = "error: "
-        out = [head + self.message]
+        out = [head + printable(self.message)]
         text = source_line(self.pos.file, self.pos.line)
         if text is not None:
             width = 1
             if self.pos.end_line == self.pos.line and self.pos.end_col:
                 width = max(1, self.pos.end_col - self.pos.col)
-            out.append(f"  {text.rstrip()}")
-            out.append("  " + " " * (self.pos.col - 1) + "^" + "~" * (width - 1))
+            shown = _shown(text)
+            start = len(_shown(text[: self.pos.col - 1]))
+            width = max(1, len(_shown(text[: self.pos.col - 1 + width])) - start)
+            out.append(f"  {shown.rstrip()}")
+            out.append("  " + " " * start + "^" + "~" * (width - 1))
         if self.hint:
-            out.append(f"  hint: {self.hint}")
+            out.append(f"  hint: {printable(self.hint)}")
         return "\n".join(out)

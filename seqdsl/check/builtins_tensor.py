@@ -15,7 +15,7 @@ from seqdsl.frontend import ast as A
 from seqdsl.frontend import printer
 from seqdsl.ir import mix as M
 from seqdsl.ir.graph import OpKind
-from seqdsl.ir.types import TensorType, broadcast, same_dim, show_dim
+from seqdsl.ir.types import TensorType, broadcast, same_dim, show_dim, simplified
 
 _ONE = sympy.Integer(1)
 
@@ -446,7 +446,7 @@ def index(el, frame, base, e: A.Index):
                 if written is not None and not _within(el, bound, dim, inclusive=True):
                     raise SeqError(f"slice bound {printer.expr(written)} is out of range for "
                                    f"{_axis_text(el, dim)}", written.pos)
-            length = sympy.simplify(hi - lo)
+            length = simplified(hi - lo)
             value = length.subs(el.subs)
             if value.is_number and value <= 0:
                 raise ctx.error(f"slice {show_dim(lo)}:{show_dim(hi)} of an axis of size {show_dim(dim)} is empty")

@@ -21,8 +21,9 @@ from seqdsl.check.scalars import arith, number
 from seqdsl.check.values import Func, ListV, Scalar, Str, Tensor, TupleV, Word, describe
 from seqdsl.errors import Pos, SeqError
 from seqdsl.frontend import ast as A
+from seqdsl.frontend.limits import MAX_CALL_DEPTH, MAX_SIZE, MAX_STATEMENTS, check_size
 from seqdsl.ir.graph import Graph, OpKind, Port, param_count
-from seqdsl.ir.types import TensorType, same_dim, show_dim
+from seqdsl.ir.types import TensorType, same_dim, show_dim, simplified
 
 MAX_UNROLL = 4096
 CONSTANTS = {"pi": sympy.pi}   # looked up after every declared name, so a dim may shadow it
@@ -69,6 +70,7 @@ class Elaborator:
         self.roles = 0
         self.constraints: list[tuple[sympy.Basic, str, Pos]] = []
         self.shared_depth = 0
+        self.statements = 0     # checked so far, repeats unrolled and calls inlined (MAX_STATEMENTS)
 
     # ---- helpers used by builtins ------------------------------------------------
     def concrete(self, expr: sympy.Basic, pos: Pos, what: str) -> sympy.Basic:
@@ -107,7 +109,7 @@ class Elaborator:
         """a / b as a size; requires b to divide a."""
         if b == 0:
             raise SeqError("division by zero", pos)
-        q = sympy.simplify(a / b)
+        q = simplified(a / b)
         if q.is_Integer is False and not q.free_symbols:
             raise SeqError(f"{what}: {show_dim(a)} is not divisible by {show_dim(b)}", pos)
         self.require(sympy.Eq(sympy.Mod(a, b), 0), f"{what}: {show_dim(a)} must be divisible by "
@@ -177,9 +179,11 @@ class Elaborator:
         return False
 
     def check_dim(self, d: sympy.Basic, pos: Pos, what: str) -> None:
-        value = sympy.sympify(d).subs(self.subs)
+        value = sympy.sympify(check_size(d, pos, f"{what}: size expression")).subs(self.subs)
         if value.is_number and (not value.is_integer or value <= 0):
             raise SeqError(f"{what}: size {show_dim(d)} = {value} is not a positive integer", pos)
+        if value.is_number and value > MAX_SIZE:
+            raise SeqError(f"{what}: size {show_dim(d)} = {value} is too large (at most 2**53)", pos)
 
     # ---- names -------------------------------------------------------------------
     def lookup(self, frame: Frame, name: str, pos: Pos) -> Any:
@@ -325,6 +329,8 @@ class Elaborator:
 
     def call_def(self, caller: Frame | None, d: A.Definition, args: list, kwargs: dict, pos: Pos,
                  inst: str, prefix: str | None = None) -> Any:
+        if len(self.stack) >= MAX_CALL_DEPTH:
+            raise SeqError(f"definitions nested too deeply (more than {MAX_CALL_DEPTH} calls inside calls)", pos)
         if d.name in self.stack:
             chain = " -> ".join(self.stack[self.stack.index(d.name):] + [d.name])
             raise SeqError(f"recursive use of {d.name!r} ({chain}); definitions cannot call themselves",
@@ -422,6 +428,10 @@ class Elaborator:
         for s in body:
             if frame.returned:
                 raise SeqError("statement after 'return' is never reached", s.pos)
+            self.statements += 1
+            if self.statements > MAX_STATEMENTS:    # in total: nested repeats multiply
+                raise SeqError(f"the program unrolls to more than {MAX_STATEMENTS} statements", s.pos,
+                               hint="nested repeats and calls multiply; use 'shared' or fewer layers")
             self.stmt(frame, s)
 
     def stmt(self, frame: Frame, s: A.Stmt) -> None:

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import sympy
 
 from seqdsl.errors import Pos, SeqError
 from seqdsl.frontend import ast as A
+from seqdsl.frontend.limits import MAX_IMPORT_DEPTH, MAX_SIZE, in_range, literal
 from seqdsl.frontend.parser import parse_file, parse_text
 from seqdsl.ir.types import dim_symbol, option_symbol
 
@@ -75,22 +78,54 @@ class Program:
 
 
 def _coerce_size(raw: object, info: DimInfo) -> sympy.Basic:
+    """A value given by the caller (``--set N=4096``, ``check(..., N=4096)``), read with the
+    limits of a literal in the file: ``1e1000000000`` is refused, not computed."""
+    where = info.pos
+    shown = repr(raw) if len(repr(raw)) <= 40 else repr(raw)[:37] + "..."
     try:
         if isinstance(raw, bool):
             value = sympy.Integer(int(raw))
-        elif isinstance(raw, str):
-            low = raw.strip().lower()
-            value = sympy.Integer(1 if low == "true" else 0) if low in ("true", "false") else sympy.Rational(raw)
+        elif isinstance(raw, int):
+            value = in_range(sympy.Integer(raw), where)
+        elif isinstance(raw, (str, float)):
+            text = (repr(raw) if isinstance(raw, float) else raw).strip()
+            low = text.lower()
+            negative = text.startswith("-")
+            value = sympy.Integer(1 if low == "true" else 0) if low in ("true", "false") else \
+                literal(text.removeprefix("-").removeprefix("+"), where)
+            value = -value if negative else value
         else:
-            value = sympy.Rational(str(raw)) if isinstance(raw, float) else sympy.Integer(raw)
-    except (TypeError, ValueError, sympy.SympifyError):
-        raise SeqError(f"{info.name} must be a number, got {raw!r}", info.pos) from None
+            raise TypeError
+    except (TypeError, ValueError, SeqError) as err:
+        why = f" ({err.message})" if isinstance(err, SeqError) and "not a number" not in err.message else ""
+        raise SeqError(f"{info.name} must be a number, got {shown}{why}", where) from None
     if not info.is_option and (not value.is_integer or value <= 0):
-        raise SeqError(f"dim {info.name} must be a positive integer, got {raw}", info.pos)
+        raise SeqError(f"dim {info.name} must be a positive integer, got {shown}", where)
+    if not info.is_option and value > MAX_SIZE:
+        raise SeqError(f"dim {info.name} = {shown} is too large (at most 2**53)", where)
     return value
 
 
-def load_program(source: str | Path) -> Program:
+@dataclass(frozen=True)
+class ImportRules:
+    """Where ``import "x.seq"`` may look: the importing file's folder, then ``path`` (the
+    caller's search path: ``import_path=``, ``--import-path``, SEQDSL_PATH). Only ``.seq``
+    files inside one of these folders (symlinks resolved first), unless ``allow_any``."""
+
+    path: tuple[Path, ...] = ()
+    allow_any: bool = False
+
+    @staticmethod
+    def make(import_path: Iterable[str | Path] | None, allow_any_import: bool | None) -> ImportRules:
+        dirs = [Path(p) for p in (import_path or ())]
+        dirs += [Path(p) for p in os.environ.get("SEQDSL_PATH", "").split(os.pathsep) if p]
+        if allow_any_import is None:
+            allow_any_import = os.environ.get("SEQDSL_ALLOW_ANY_IMPORT", "") not in ("", "0")
+        return ImportRules(tuple(dirs), bool(allow_any_import))
+
+
+def load_program(source: str | Path, import_path: Iterable[str | Path] | None = None,
+                 allow_any_import: bool | None = None) -> Program:
     """Parse a path or the text itself, resolve imports and declarations."""
     if isinstance(source, Path) or (isinstance(source, str) and "\n" not in source
                                     and source.endswith(".seq")):
@@ -98,25 +133,45 @@ def load_program(source: str | Path) -> Program:
     else:
         main = parse_text(str(source), "<string>")
     prog = Program(main)
-    _collect(prog, main, stack=[])
+    _collect(prog, main, stack=[], rules=ImportRules.make(import_path, allow_any_import))
     return prog
 
 
-def _collect(prog: Program, module: A.Module, stack: list[str]) -> None:
+def _resolve_import(item: A.Import, here: Path, rules: ImportRules) -> Path:
+    """The file ``import "..."`` names. Nothing of a file that is refused is read or quoted."""
+    if not item.path.endswith(".seq"):
+        raise SeqError(f"cannot import {item.path!r}: only .seq files can be imported", item.pos)
+    bases = [here.parent] + list(rules.path)
+    for base in bases:
+        target = (base / item.path).resolve()
+        if not rules.allow_any and not target.is_relative_to(base.resolve()):
+            continue
+        if target.suffix != ".seq":      # a .seq name that is a link to something else
+            raise SeqError(f"cannot import {item.path!r}: it is a link to a file that is not .seq", item.pos)
+        if target.exists():
+            return target
+    searched = ", ".join(str(b) for b in bases)
+    outside = Path(item.path).is_absolute() or ".." in Path(item.path).parts
+    hint = ("imports resolve inside the importing file's folder and the search path "
+            "(--import-path, SEQDSL_PATH); --allow-any-import lifts this") if outside else None
+    raise SeqError(f"cannot import {item.path!r}: no such file in {searched}", item.pos, hint=hint)
+
+
+def _collect(prog: Program, module: A.Module, stack: list[str], rules: ImportRules) -> None:
     here = Path(module.file).resolve() if module.file != "<string>" else Path.cwd() / "<string>"
     stack = stack + [str(here)]
     for item in module.items:
         if isinstance(item, A.Import):
-            target = (here.parent / item.path).resolve()
+            if len(stack) > MAX_IMPORT_DEPTH:
+                raise SeqError(f"imports nested too deeply (more than {MAX_IMPORT_DEPTH} files)", item.pos)
+            target = _resolve_import(item, here, rules)
             if str(target) in stack:
                 chain = " -> ".join(Path(p).name for p in stack[stack.index(str(target)):] + [str(target)])
                 raise SeqError(f"import cycle: {chain}", item.pos)
             if any(Path(m.file).resolve() == target for m in prog.modules):
                 continue
-            if not target.is_file():
-                raise SeqError(f"cannot import {item.path!r}: no such file ({target})", item.pos)
             sub = parse_file(target)
-            _collect(prog, sub, stack)
+            _collect(prog, sub, stack, rules)
     prog.modules.append(module)
     for item in module.items:
         if isinstance(item, (A.DimDecl, A.OptionDecl)):
@@ -160,6 +215,8 @@ def _declare(prog: Program, d: A.DimItem, is_option: bool, imported: bool) -> No
         else:
             if not is_option and (not value.is_integer or not value.is_positive):
                 raise SeqError(f"dim {d.name} must be a positive integer, got {value}", d.value.pos)
+            if not is_option and value > MAX_SIZE:
+                raise SeqError(f"dim {d.name} = {value} is too large (at most 2**53)", d.value.pos)
             info.default = value
     elif is_option:
         raise SeqError(f"option {d.name} needs a default value", d.pos)

@@ -6,15 +6,24 @@ import sympy
 
 from seqdsl.errors import SeqError
 from seqdsl.frontend import ast as A
+from seqdsl.frontend.limits import check_power, check_size, in_range, literal
 
 
 def number(node: A.Number) -> sympy.Basic:
     """The exact value of a numeric literal (0.1 is 1/10, not a float)."""
-    return sympy.Integer(int(node.text)) if node.is_int else sympy.Rational(node.text)
+    return literal(node.text, node.pos)
 
 
 def arith(op: str, a: sympy.Basic, b: sympy.Basic, pos) -> sympy.Basic:
-    """Scalar ``a op b``; exact, symbolic where the operands are."""
+    """Scalar ``a op b``; exact, symbolic where the operands are. A result that is not a
+    real number, too large a number or too large an expression is an error here, where the
+    program wrote it (frontend/limits.py)."""
+    if op == "**":
+        check_power(a, b, pos)
+    return check_size(in_range(_arith(op, a, b, pos), pos), pos)
+
+
+def _arith(op: str, a: sympy.Basic, b: sympy.Basic, pos) -> sympy.Basic:
     if op in ("/", "//", "%") and b == 0:
         raise SeqError("division by zero", pos)
     match op:

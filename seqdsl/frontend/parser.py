@@ -7,7 +7,9 @@ handlers receive their children by name (``v_args(inline=True)``), never by inde
 from __future__ import annotations
 
 import functools
+import os
 import re
+import stat
 from importlib import resources
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from lark import Token, Transformer, v_args
 
 from seqdsl.errors import Pos, SeqError, register_source
 from seqdsl.frontend import ast as A
+from seqdsl.frontend.limits import MAX_FILE_BYTES, MAX_NESTING, literal
 
 GRAMMAR_FILE = "seq.lark"
 
@@ -254,6 +257,7 @@ class _ToAst(Transformer):
         return A.Name(str(tok), self._p(meta))
 
     def number(self, meta, tok):
+        literal(str(tok), self._p(meta))      # refuses 1e1000000000 before anything computes it
         return A.Number(str(tok), self._p(meta))
 
     def string(self, meta, tok):
@@ -292,7 +296,7 @@ def _syntax_error(err: lark.exceptions.UnexpectedInput, file: str, text: str) ->
     expected = sorted({_TOKEN_NAMES.get(t, repr(t)) for t in err.expected})
     if tok.type == "$END":
         what = "end of file"
-        lines = text.splitlines() or [""]
+        lines = text.removesuffix("\n").split("\n")    # lines as the lexer counts them
         pos = Pos(file, len(lines) + (1 if text.endswith("\n") else 0),
                   1 if text.endswith("\n") else len(lines[-1]) + 1)
     else:
@@ -309,7 +313,7 @@ def _syntax_error(err: lark.exceptions.UnexpectedInput, file: str, text: str) ->
         hint = "is a ')' missing?"
     if tok.type == "EQUAL" and "'='" not in expected:
         hint = "'=' here is not allowed; use '==' to compare"
-        before = re.search(r"(\w+)\s*$", text.splitlines()[tok.line - 1][: tok.column - 1])
+        before = re.search(r"(\w+)\s*$", text.split("\n")[tok.line - 1][: tok.column - 1])
         if before and before.group(1) in _KEYWORDS:
             hint = f"{before.group(1)!r} is a keyword and cannot be used as a name"
     # a keyword where a name could stand (after a ')' that is missing, a keyword is just
@@ -327,13 +331,31 @@ _KEYWORDS = {
 }
 
 
+def _check_nesting(tree: lark.Tree, file: str) -> None:
+    """Refuse a tree deeper than MAX_NESTING before anything walks it recursively (the
+    transformer, the checker, sympy): 1000 nested minus signs are a few bytes."""
+    stack = [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_NESTING:
+            meta = node.meta
+            pos = Pos(file, meta.line, meta.column) if not getattr(meta, "empty", True) else Pos(file, 0, 0)
+            raise SeqError(f"nesting too deep: more than {MAX_NESTING} levels of expressions and blocks", pos,
+                           hint="split the expression or the block into named steps")
+        stack.extend((c, depth + 1) for c in node.children if isinstance(c, lark.Tree))
+
+
 def parse_text(text: str, file: str = "<string>") -> A.Module:
     """Parse the text of a ``.seq`` file into an AST :class:`Module`."""
+    text = text.removeprefix("\ufeff")      # a UTF-8 byte-order mark, as some editors write
     register_source(file, text)
+    if len(text) > MAX_FILE_BYTES:
+        raise SeqError(f"file too large: {len(text)} characters (at most {MAX_FILE_BYTES})", Pos(file, 0, 0))
     try:
         tree = _lark().parse(text)
     except lark.exceptions.UnexpectedInput as err:
         raise _syntax_error(err, file, text) from None
+    _check_nesting(tree, file)
     try:
         return _ToAst(file).transform(tree)
     except lark.exceptions.VisitError as err:
@@ -342,12 +364,37 @@ def parse_text(text: str, file: str = "<string>") -> A.Module:
         raise
 
 
-def parse_file(path: str | Path) -> A.Module:
+def read_source(path: str | Path) -> str:
+    """The text of a ``.seq`` file: a regular file of at most MAX_FILE_BYTES, in UTF-8.
+    A device, a FIFO or a directory is refused without reading from it (opened without
+    blocking, then checked)."""
     path = Path(path)
+    where = Pos(str(path), 0, 0)
     try:
-        text = path.read_text(encoding="utf-8")
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
     except OSError as err:
-        raise SeqError(f"cannot read {path}: {err.strerror}", Pos(str(path), 0, 0)) from None
+        raise SeqError(f"cannot read {path}: {err.strerror}", where) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            what = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+            raise SeqError(f"cannot read {path}: {what}", where)
+        if info.st_size > MAX_FILE_BYTES:
+            raise SeqError(f"cannot read {path}: file too large ({info.st_size} bytes, at most {MAX_FILE_BYTES})",
+                           where)
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(MAX_FILE_BYTES + 1)
+    except OSError as err:
+        raise SeqError(f"cannot read {path}: {err.strerror}", where) from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_FILE_BYTES:
+        raise SeqError(f"cannot read {path}: file too large (more than {MAX_FILE_BYTES} bytes)", where)
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError:
-        raise SeqError(f"{path} is not UTF-8 text", Pos(str(path), 0, 0)) from None
-    return parse_text(text, str(path))
+        raise SeqError(f"{path} is not UTF-8 text", where) from None
+
+
+def parse_file(path: str | Path) -> A.Module:
+    return parse_text(read_source(path), str(path))

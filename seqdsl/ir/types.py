@@ -40,11 +40,27 @@ class TensorType:
         return prefix + "[" + ", ".join(show_dim(d) for d in self.shape) + "]"
 
 
+SIMPLIFY_NODES = 40   # larger expressions are only expanded: simplify()'s time explodes with size
+
+
+def simplified(expr: sympy.Expr) -> sympy.Expr:
+    """``sympy.simplify(expr)`` for expressions small enough for it to finish quickly; a
+    larger one (a shape that grew through a chain of concats) is only expanded, which may
+    leave it unsimplified but never hangs (issue 11)."""
+    expr = sympy.sympify(expr)
+    count, stack = 0, [expr]
+    while stack and count <= SIMPLIFY_NODES:
+        e = stack.pop()
+        count += 1
+        stack.extend(e.args)
+    return sympy.simplify(expr) if count <= SIMPLIFY_NODES else sympy.expand(expr)
+
+
 def same_dim(a: sympy.Expr, b: sympy.Expr) -> bool:
-    """Provably equal for all values of the symbols."""
+    """Provably equal for all values of the symbols (as far as simplified() can prove)."""
     if a == b:
         return True
-    return sympy.simplify(a - b) == 0
+    return simplified(a - b) == 0
 
 
 def broadcast(a: tuple[sympy.Expr, ...], b: tuple[sympy.Expr, ...]) -> tuple[sympy.Expr, ...] | None:
