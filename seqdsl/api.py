@@ -9,19 +9,27 @@ import sympy
 
 from seqdsl.check.elaborate import Elaborated, elaborate
 from seqdsl.check.program import Program, load_program
-from seqdsl.errors import SeqError
+from seqdsl.errors import Pos, SeqError
 from seqdsl.frontend import ast as A
 from seqdsl.ir.graph import Graph, OpKind, verify
 from seqdsl.ir.types import TensorType
 from seqdsl.passes import run_pipeline
 
 
-def parse(source: str | Path) -> Program:
+def parse(source: str | Path, *, import_path: list[str | Path] | None = None,
+          allow_any_import: bool | None = None) -> Program:
     """Parse a ``.seq`` file (a path, or the text itself) and resolve its imports.
 
-    Raises :class:`seqdsl.SeqError` with file, line and column on any error.
+    ``import "x.seq"`` finds only ``.seq`` files inside the importing file's folder (the
+    current one for text) or a folder of ``import_path`` (then of SEQDSL_PATH), symlinks
+    resolved first; ``allow_any_import=True`` (or SEQDSL_ALLOW_ANY_IMPORT=1) lifts the
+    folder restriction. Raises :class:`seqdsl.SeqError` with file, line and column on any
+    error, also for input made to exhaust the compiler (docs/language.md, "Limits").
     """
-    return load_program(source)
+    try:
+        return load_program(source, import_path, allow_any_import)
+    except RecursionError:   # a safety net: the front end's limits should stop this first
+        raise SeqError("the program is nested too deeply to check") from None
 
 
 @dataclass
@@ -77,10 +85,12 @@ def analyze(source: str | Path | Program, entry: str | None = None, *, backward:
     of ``seqdsl analyze complexity --json``. ``algorithms`` forces a choice per mixer
     (layer path -> algorithm)."""
     from seqdsl.analysis import analyze_graph
+    from seqdsl.analysis.select import resolve_forced
 
     checked = check(source, entry, **sizes)
+    forced = resolve_forced(checked.graph, algorithms)
     return analyze_graph(checked.graph, checked.entry, checked.sizes, backward=backward, machine=machine,
-                         forced=algorithms)
+                         forced=forced)
 
 
 BACKENDS = ("auto", "torch", "triton")
@@ -101,7 +111,10 @@ def _lower(source, entry, backend: str, sizes: dict, algorithms: dict[str, str] 
 
     if backend not in BACKENDS:
         raise SeqError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    from seqdsl.analysis.select import resolve_forced
+
     checked = check(source, entry, **sizes)
+    resolve_forced(checked.graph, algorithms)     # a positioned error before the code generator
     name = str(checked.program.file)
     try:
         if backend == "triton":
@@ -171,7 +184,10 @@ def check(source: str | Path | Program, entry: str | None = None, **sizes) -> Ch
     ``sizes`` sets dims and options by name (``N=4096``); the others keep their defaults.
     """
     prog = source if isinstance(source, Program) else parse(source)
-    el: Elaborated = elaborate(prog, entry, sizes)
+    try:
+        el: Elaborated = elaborate(prog, entry, sizes)
+    except RecursionError:   # a safety net: the checker's limits should stop this first
+        raise SeqError("the program is nested too deeply to check", Pos(prog.file, 0, 0)) from None
     verify(el.graph)
     graph = run_pipeline(el.graph)
     from seqdsl.ir.graph import param_count

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import sympy
 
 from seqdsl.analysis.estimates import SRAM, Estimates
+from seqdsl.errors import Pos, SeqError
 
 
 @dataclass(frozen=True)
@@ -62,10 +63,53 @@ MACHINES = {
 }
 
 
-def choose(cands, machine: Machine, subs: dict, forced: str | None = None):
+def choose(cands, machine: Machine, subs: dict, forced: str | None = None, where: Pos | None = None):
     """The forced candidate, or the fastest by the machine model; with each one's time."""
     times = {c.algorithm: machine.time(c.forward, subs, c.steps) for c in cands}
     if forced is not None:
-        return next(c for c in cands if c.algorithm == forced), times
+        for c in cands:
+            if c.algorithm == forced:
+                return c, times
+        raise SeqError(f"algorithm {forced!r} does not apply to this mixer; it admits "
+                       f"{', '.join(c.algorithm for c in cands)}", where)
     best = min(cands, key=lambda c: times[c.algorithm])
     return best, times
+
+
+def resolve_forced(graph, forced: dict[str, str] | None) -> dict[str, str]:
+    """``forced`` (layer path or glob such as ``layers.*.attn.mix`` or ``*`` -> algorithm, as
+    ``--algorithm`` gives it) as exact layer paths, each checked against the algorithms that
+    apply to its mixer, and the file's own ``algorithm =`` hints checked the same way: a
+    positioned SeqError that lists the valid ones, instead of a crash deep in the analysis."""
+    import fnmatch
+
+    from seqdsl.analysis.mixers import candidates
+    from seqdsl.ir.graph import OpKind
+
+    def mixers(g):
+        for n in g.nodes():
+            if n.kind == OpKind.MIX:
+                yield g, n
+            if n.attr("body") is not None:
+                yield from mixers(n.attr("body"))
+
+    found = list(mixers(graph))
+    patterns = dict(forced or {})
+    out: dict[str, str] = {}
+    for pat, alg in patterns.items():
+        hits = [n.name for _, n in found if n.name == pat or fnmatch.fnmatchcase(n.name, pat)]
+        if not hits:
+            names = ", ".join(n.name for _, n in found) or "none"
+            raise SeqError(f"--algorithm {pat}={alg}: no mixer matches {pat!r} (mixers: {names})")
+        for name in hits:
+            out.setdefault(name, alg)
+    for g, n in found:
+        want = out.get(n.name) or n.spec.hint("algorithm")
+        if want is None:
+            continue
+        admitted = [c.algorithm for c in candidates(g, n, {})]
+        if want not in admitted:
+            how = "forced by --algorithm" if n.name in out else "asked by algorithm ="
+            raise SeqError(f"{n.name}: algorithm {want!r} ({how}) does not apply to this mixer; "
+                           f"it admits {', '.join(admitted)}", n.pos)
+    return out
