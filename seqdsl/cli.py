@@ -61,6 +61,10 @@ def guarded(fn):
         except BrokenPipeError:   # the reader went away (`seqdsl compile … | head`): not an error of ours
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             raise typer.Exit(0) from None
+        except OSError as err:    # an output path that cannot be written: the user's to fix, not a bug
+            where = f"{err.filename}: " if err.filename else ""
+            typer.echo(f"error: cannot write {where}{err.strerror or err}", err=True)
+            raise typer.Exit(1) from None
         except Exception as err:  # noqa: BLE001 - the last line of defence for users
             if os.environ.get("SEQDSL_DEBUG"):
                 raise
@@ -69,6 +73,37 @@ def guarded(fn):
             raise typer.Exit(2) from None
 
     return wrapper
+
+
+def output_path(path: Path, what: str, folder: bool = False) -> Path:
+    """Refuse an output path that cannot be written before any work is done: a missing
+    parent folder, one that is not writable, a file where a folder is wanted or the reverse."""
+    if folder:
+        if path.exists() and not path.is_dir():
+            raise SeqError(f"{what} {path}: exists and is not a folder")
+        target = path
+        while not target.exists() and target != target.parent:   # compile -o a/b creates a/b
+            target = target.parent
+    else:
+        if path.is_dir():
+            raise SeqError(f"{what} {path}: is a folder; give a file name")
+        target = path.parent
+    if not target.is_dir():
+        raise SeqError(f"{what} {path}: the folder {target} does not exist")
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise SeqError(f"{what} {path}: the folder {target} is not writable")
+    return path
+
+
+def _json_safe(value):
+    """JSON has no Infinity or NaN: such a number is written as the string "inf" or "nan"."""
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def _version(value: bool) -> None:
@@ -82,8 +117,21 @@ def main(
     version: Annotated[
         Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
     ] = None,
+    import_path: Annotated[
+        Optional[list[Path]],
+        typer.Option("--import-path", "-I", help="Also resolve `import` in DIR (repeatable; also SEQDSL_PATH)."),
+    ] = None,
+    allow_any_import: Annotated[
+        bool, typer.Option("--allow-any-import", help="Let `import` read .seq files outside the import folders.")
+    ] = False,
 ) -> None:
     """seqdsl: check, analyse and compile long-sequence architectures."""
+    # The front end reads these (seqdsl/check/program.py, ImportRules), as for a variable set by the user.
+    if import_path:
+        dirs = [str(p) for p in import_path] + [p for p in os.environ.get("SEQDSL_PATH", "").split(os.pathsep) if p]
+        os.environ["SEQDSL_PATH"] = os.pathsep.join(dirs)
+    if allow_any_import:
+        os.environ["SEQDSL_ALLOW_ANY_IMPORT"] = "1"
 
 
 @app.command()
@@ -110,6 +158,8 @@ def graph(
     from seqdsl.api import check as check_api
     from seqdsl.viz import to_dot, write_graph
 
+    if output is not None:
+        output_path(output, "graph -o")
     checked = check_api(file, entry, **parse_sets(set_))
     if output is None:
         typer.echo(to_dot(checked.graph, with_params=params), nl=False)
@@ -167,6 +217,7 @@ def compile_cmd(
     from seqdsl.api import compile as compile_api
 
     forced = parse_sets(algorithm)
+    output_path(output, "compile -o", folder=True)
     result = compile_api(file, output, backend=backend, entry=entry, algorithms=forced or None, **parse_sets(set_))
     typer.echo(f"wrote {result.path} (class {result.class_name})")
     for c in result.choices:
@@ -195,8 +246,41 @@ def run_cmd(
     """Run a forward (and backward) pass of FILE on random inputs; print time and peak memory."""
     from seqdsl.runner import run_model
 
-    run_model(file, entry, parse_sets(set_), device=device, backward=backward, repeat=repeat, backend=backend,
-              echo=typer.echo)
+    sizes = parse_sets(set_)
+    _fits_in_memory(file, entry, sizes, device)
+    try:
+            run_model(file, entry, sizes, device=device, backward=backward, repeat=repeat, backend=backend,
+                  echo=typer.echo)
+    except (RuntimeError, MemoryError) as err:      # torch's allocator: its first line, not its C++ stack
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        if isinstance(err, MemoryError) or "alloc" in first.lower() or "out of memory" in first.lower():
+            raise SeqError(f"run: out of memory at these sizes ({first[:200]})") from None
+        raise
+
+
+def _fits_in_memory(file: Path, entry: str | None, sizes: dict, device: str) -> None:
+    """Refuse, before allocating, sizes whose inputs and weights alone exceed the memory
+    available (``--set N=1000000000``): the run would fail deep inside torch, or swap."""
+    from seqdsl.api import check as check_api
+    from seqdsl.ir.graph import OpKind
+
+    checked = check_api(file, entry, **sizes)
+    elements = 0
+    for n in checked.graph.nodes():
+        if n.kind in (OpKind.INPUT, OpKind.PARAM, OpKind.BUFFER):
+            value = checked.value(n.out.numel())
+            value = value.xreplace({d: 1 for d in value.free_symbols})   # dims without a value: at least 1
+            elements += int(value) if value.is_number else 0
+    need = 4 * elements      # fp32; activations and gradients come on top
+    if device == "cuda":
+        import torch
+
+        free = torch.cuda.mem_get_info()[0]
+    else:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if need > free:
+        raise SeqError(f"run: the inputs and weights alone need {need / 2**30:.3g} GiB at these sizes; "
+                       f"{free / 2**30:.3g} GiB of {device} memory is free", hint="run at smaller sizes (--set)")
 
 
 analyze_app = typer.Typer(help="Cost analysis.", no_args_is_help=True)
@@ -230,9 +314,11 @@ def analyze_complexity(
     if machine not in MACHINES:
         raise SeqError(f"--machine must be one of {', '.join(MACHINES)}, got {machine!r}")
     forced = dict(parse_sets(algorithm))
+    if plot is not None:
+        output_path(plot, "--plot")
     report = analyze(file, entry, backward=backward, machine=machine, algorithms=forced, **parse_sets(set_))
     if json_out:
-        typer.echo(json.dumps(report.to_dict(), indent=2))
+        typer.echo(json.dumps(_json_safe(report.to_dict()), indent=2, allow_nan=False))
     else:
         typer.echo(render(report, formulas=formulas, mixers_only=mixers_only))
     if plot is not None:
