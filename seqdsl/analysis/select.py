@@ -70,7 +70,7 @@ def choose(cands, machine: Machine, subs: dict, forced: str | None = None, where
         for c in cands:
             if c.algorithm == forced:
                 return c, times
-        raise SeqError(f"algorithm {forced!r} does not apply to this mixer; it admits "
+        raise SeqError(f"algorithm {forced!r} is not available here: this mixer admits "
                        f"{', '.join(c.algorithm for c in cands)}", where)
     best = min(cands, key=lambda c: times[c.algorithm])
     return best, times
@@ -109,7 +109,7 @@ def resolve_forced(graph, forced: dict[str, str] | None) -> dict[str, str]:
             continue
         admitted = [c.algorithm for c in candidates(g, n, {})]
         if want not in admitted:
-            how = "forced by --algorithm" if n.name in out else "asked by algorithm ="
-            raise SeqError(f"{n.name}: algorithm {want!r} ({how}) does not apply to this mixer; "
-                           f"it admits {', '.join(admitted)}", n.pos)
+            how = "forced" if n.name in out else "from algorithm ="
+            raise SeqError(f"{n.name}: algorithm {want!r} ({how}) is not available here: this mixer "
+                           f"admits {', '.join(admitted)}", n.pos)
     return out
