@@ -29,8 +29,11 @@ def _limits() -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
-def run_batch(cases: dict[str, str], cwd: Path, env: dict | None = None) -> dict[str, dict]:
-    payload = json.dumps([{"name": k, "code": v} for k, v in cases.items()])
+def run_batch(cases: dict[str, str], cwd: Path, env: dict | None = None,
+              slow: dict[str, int] | None = None) -> dict[str, dict]:
+    """Run ``cases`` (name -> code); ``slow`` raises the time limit of some (name -> seconds)."""
+    payload = json.dumps([{"name": k, "code": v, **({"seconds": slow[k]} if k in (slow or {}) else {})}
+                          for k, v in cases.items()])
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     full_env.pop("SEQDSL_DEBUG", None)
     try:
