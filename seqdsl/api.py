@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import sympy
@@ -43,6 +43,7 @@ class Checked:
     sizes: dict[str, sympy.Basic]
     param_count: sympy.Expr
     constraints: list
+    concretized: set = field(default_factory=set)   # dims the graph's structure depends on
 
     def value(self, expr: sympy.Expr) -> sympy.Basic:
         """``expr`` (e.g. ``param_count``) at the sizes this entry was checked at."""
@@ -116,13 +117,16 @@ def _lower(source, entry, backend: str, sizes: dict, algorithms: dict[str, str] 
     checked = check(source, entry, **sizes)
     resolve_forced(checked.graph, algorithms)     # a positioned error before the code generator
     name = str(checked.program.file)
+    # Sizes the user gave are fixed; the others the inputs carry are read at each call.
+    binding = dict(explicit=set(sizes), concretized=checked.concretized, constraints=checked.constraints)
     try:
         if backend == "triton":
             from codegen.triton.emit import emit_triton_module
 
-            emitted = emit_triton_module(checked.graph, checked.entry, checked.sizes, name, algorithms=algorithms)
+            emitted = emit_triton_module(checked.graph, checked.entry, checked.sizes, name, algorithms=algorithms,
+                                         **binding)
         else:
-            emitted = emit_module(checked.graph, checked.entry, checked.sizes, name, algorithms=algorithms)
+            emitted = emit_module(checked.graph, checked.entry, checked.sizes, name, algorithms=algorithms, **binding)
     except ValueError as err:
         if isinstance(err, SeqError):
             raise
@@ -191,4 +195,5 @@ def check(source: str | Path | Program, entry: str | None = None, **sizes) -> Ch
     verify(el.graph)
     graph = run_pipeline(el.graph)
     from seqdsl.ir.graph import param_count
-    return Checked(prog, el.entry.name, el.entry.kind, graph, el.sizes, param_count(graph), el.constraints)
+    return Checked(prog, el.entry.name, el.entry.kind, graph, el.sizes, param_count(graph), el.constraints,
+                   el.concretized)

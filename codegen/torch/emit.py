@@ -12,18 +12,25 @@ Nothing from a .seq file is pasted unescaped: names become identifiers made of
 
 from __future__ import annotations
 
+import builtins
 import fnmatch
+import keyword
+import math
 import re
 from dataclasses import dataclass, field
 
 import sympy
 
 from codegen import fuse
-from codegen.source import comment, ident
+from codegen.source import comment, ident, literal
+from codegen.torch import scoped
+from codegen.torch.sizes import SizePlan, plan_sizes
+from codegen.torch.structure import Scope, build
 from seqdsl.analysis import mixers as cost
 from seqdsl.analysis.select import MACHINES, choose
 from seqdsl.ir import mix as M
 from seqdsl.ir.graph import Graph, Node, OpKind, Port
+from seqdsl.ir.types import show_dim
 
 
 @dataclass
@@ -37,6 +44,17 @@ class Choice:
     forced: bool
     backend: str = "torch"
     note: str = ""          # e.g. the generated kernel, or why a node falls back to PyTorch
+    # (dim, ((largest size, algorithm), ..., (None, algorithm))) when the choice depends on a
+    # length read at call time; ``algorithm`` is then the choice at the file's default sizes
+    by_length: tuple | None = None
+
+    def describe(self) -> str:
+        """The choice by length in words: "sdpa for N ≤ 8192, tiled beyond"."""
+        if self.by_length is None:
+            return self.algorithm
+        dim, table = self.by_length
+        parts = [f"{alg} for {dim} ≤ {size}" if size is not None else f"{alg} beyond" for size, alg in table]
+        return ", ".join(parts)
 
 
 @dataclass
@@ -49,16 +67,38 @@ class Emitted:
 _ident = ident
 
 
+# Names a generated module defines or imports at its top, and Python's builtins: no local,
+# dim or class of a generated file may take one of them.
+RESERVED = frozenset(dir(builtins)) | frozenset(keyword.kwlist) | frozenset(keyword.softkwlist) | {
+    "self", "torch", "F", "nn", "rt", "M", "math", "triton", "tl", "given_attention", "softmax_attention",
+    "linear_attention", "OuterGate", "toeplitz_mix", "ssm_init_factory", "rt_ssm_init"}
+
+
 def class_name(entry: str) -> str:
-    return "".join(part.capitalize() for part in _ident(entry).split("_")) or "Model"
+    name = "".join(part.capitalize() for part in _ident(entry).split("_")) or "Model"
+    return name + "Model" if name in RESERVED else name
 
 
 class _Sizes:
     """Sizes as Python source: numbers where known, else dims bound from the inputs."""
 
-    def __init__(self, values: dict[str, int], runtime_dims: set[str]):
+    def __init__(self, values: dict[str, int], runtime_dims: set[str], plan: SizePlan | None = None):
         self.values = values
         self.runtime = runtime_dims
+        self.plan = plan or SizePlan(values, sorted(runtime_dims))
+        # the Python name of each dim read at call time (a dim named like a builtin gets a suffix)
+        self.pyname = {d: d + "_" if d in RESERVED or not d.isidentifier() else d for d in runtime_dims}
+
+    def init_code(self, e) -> str:
+        """``e`` in ``__init__``, where a bounded dim (a position table's length) is its bound."""
+        e = sympy.sympify(e).xreplace({s: sympy.Integer(self.plan.bounds[s.name]) for s in
+                                       sympy.sympify(e).free_symbols if s.name in self.plan.bounds})
+        v = self.subs(e)
+        if not v.is_number:
+            late = ", ".join(sorted(s.name for s in v.free_symbols))
+            raise ValueError(f"a weight's shape depends on {late}, which the module reads from its inputs at "
+                             f"each call; give {late} a value (load(..., {late}=...)) or take it out of the shape")
+        return self.code(v)
 
     def subs(self, e) -> sympy.Expr:
         e = sympy.sympify(e)
@@ -75,8 +115,17 @@ class _Sizes:
         unknown = {s.name for s in v.free_symbols} - self.runtime
         if unknown:
             raise ValueError(f"size {e} depends on {', '.join(sorted(unknown))}, which has no value")
-        text = sympy.pycode(v)
-        return f"int({text})" if v.is_integer is not False else text
+        v = v.xreplace({s: sympy.Symbol(self.pyname[s.name], **s.assumptions0) for s in v.free_symbols})
+        text = sympy.pycode(v, fully_qualified_modules=True)
+        return f"int({text})" if v.is_integer and not v.is_Symbol else text
+
+    def scalar(self, e) -> str:
+        """A float argument (a scale, a cap, a rate): a literal, or the expression of the
+        dims read at call time."""
+        v = self.subs(e)
+        if v.is_number:
+            return literal(float(v))
+        return f"float({self.code(v)})"
 
     def number(self, e) -> float | int:
         v = self.subs(e)
@@ -98,17 +147,27 @@ class _Writer:
         self.init: list[str] = []
         self.body: list[str] = []
         self.var: dict[tuple[int, int], str] = {}
-        self.used: set[str] = set()
+        # Generated names never shadow Python's builtins, the file's imports, the dims bound
+        # at call time or each other: a local named like one of them gets a suffix.
+        self.used: set[str] = set(RESERVED) | set(sizes.runtime) | {cls}
         self.folds: dict[int, fuse.Fold] = {}     # MIX node id -> what its call absorbs
         self.dropped: set[int] = set()            # nodes a fold computes inside a mixer call
         self.early: set[int] = set()              # nodes already emitted ahead of a mixer call
+        self.own: set[int] | None = None          # the nodes of the scope being written (None: all)
+        self.scope: Scope | None = None           # the scope this writer writes (None: the flat graph)
+        self.registry: scoped.Registry | None = None
+        self.child_scopes: dict[int, dict] = {}
+        self._readers: dict | None = None
+        self.cls_base = cls
+        self.definitions: dict[str, str] = {}     # definition name -> mixer / block / model
 
     # ---- names
     def name_for(self, n: Node, index: int = 0) -> str:
         base = _ident(n.name.split(".")[-1] if n.kind != OpKind.INPUT else n.name)
         base = base if not base[0].isdigit() else "t_" + base
+        base = "v_" + base if base.startswith("mix_") else base     # the generated kernels' names
         name, k = base, 1
-        while name in self.used or name in ("self", "rt", "torch", "M", "F", "nn"):
+        while name in self.used:
             name, k = f"{base}_{k}", k + 1
         self.used.add(name)
         self.var[(n.id, index)] = name
@@ -119,16 +178,27 @@ class _Writer:
             return "None"
         return self.var[(port.node, port.index)]
 
+    def wref(self, path: str) -> str:
+        """Source that reads the weight at ``path`` of the module being written: attribute
+        access where every part is a plain name (``self.mixer.conv1d.weight``), else by path."""
+        parts = path.split(".")
+        if _MODULE_ATTRS and all(p.isidentifier() and p not in _MODULE_ATTRS and not keyword.iskeyword(p)
+                                 and not p.startswith("_") for p in parts):
+            return "self." + path
+        return f"self.w({literal(path)})"
+
     def inp(self, n: Node, role: str) -> str:
         return self.ref(n.input(role))
 
     def emit(self, n: Node, expr: str) -> None:
         out = self.name_for(n)
         shapes = ", ".join(str(t) for t in n.outs)
-        self.body.append(f"        {out} = {expr}  # {n.name}: {shapes}")
+        self.body.append(f"        {out} = {expr}  # {self.rel(n.name)}: {shapes}")
 
     # ---- the graph
     def run(self) -> None:
+        if self.scope is not None:
+            return scoped.run_scope(self)
         self.plan_folds()
         for n in self.g.nodes():
             if n.id in self.dropped or n.id in self.early:
@@ -138,10 +208,15 @@ class _Writer:
                 raise NotImplementedError(f"the torch backend has no lowering for {n.kind.value} ({n.name})")
             handler(n)
 
-    def plan_folds(self) -> None:
+    def mix_nodes(self) -> list[Node]:
+        """The MIX nodes this writer writes (those of its scope)."""
+        return [n for n in self.g.nodes(OpKind.MIX) if self.own is None or n.id in self.own]
+
+    def plan_folds(self, own: set[int] | None = None) -> None:
         """Rank-one log-gates of linear mixers go in factored (see codegen/fuse.py)."""
+        self.own = own
         uses = fuse.readers(self.g)
-        for n in self.g.nodes(OpKind.MIX):
+        for n in self.mix_nodes():
             decay = next((x for x in M.mask_leaves(n.spec.mask) if isinstance(x, M.Decay)), None)
             if n.spec.family in ("linear", "decayed_linear") and decay is not None and decay.log \
                     and isinstance(decay.rate, M.Ref):
@@ -156,13 +231,74 @@ class _Writer:
             self.early.add(nid)
 
     def add_fold(self, n: Node, fold) -> None:
+        if fold is not None and self.own is not None and \
+                not (fold.dropped | set(fold.hoist) | {fold.result} - {None}) <= self.own:
+            return          # a fold across a definition's boundary: the call stays plain
         if fold is not None:
             self.folds[n.id] = fold
             self.dropped |= fold.dropped
 
     def child(self, body: Graph, name: str) -> _Writer:
         """The writer of a block used as a function (an expert, a DEQ cell, a recurrent step)."""
-        return type(self)(body, self.sizes, name, self.machine.name, self.choices, self.classes, self.forced)
+        sub = type(self)(body, self.sizes, name, self.machine.name, self.choices, self.classes, self.forced)
+        sub.registry = self.registry
+        return sub
+
+    # ---- scopes: one class per definition (codegen/torch/scoped.py)
+    def scope_writer(self, scope: Scope, cls: str) -> _Writer:
+        sub = self.child(self.g, cls)
+        sub.scope, sub.cls_base = scope, (scoped.camel(scope.definition) if scope.definition else self.cls_base)
+        sub.definitions = self.definitions
+        return sub
+
+    def rel(self, name: str) -> str:
+        """A layer path as the module being written names it (relative to its scope)."""
+        return self.scope.rel(name) if self.scope is not None and self.scope.path else name
+
+    def arg_name(self, name: str) -> str:
+        return self.fresh(name)
+
+    def fresh(self, base: str) -> str:
+        """A new local name from ``base``, unique in the class being written."""
+        base = _ident(base)
+        base = "v_" + base if base.startswith("mix_") else base
+        name, k = base, 1
+        while name in self.used:
+            name, k = f"{base}_{k}", k + 1
+        self.used.add(name)
+        return name
+
+    def readers_of(self, p: Port) -> list[int]:
+        """Ids of the nodes that read ``p``."""
+        if self._readers is None:
+            self._readers = {}
+            for n in self.g.nodes():
+                for q in n.inputs:
+                    self._readers.setdefault((q.node, q.index), []).append(n.id)
+        return self._readers.get((p.node, p.index), [])
+
+    def definition_kind(self, name: str | None) -> str:
+        return self.definitions.get(name, "definition")
+
+    def scope_source(self, doc: str) -> str:
+        """The class of a scope that is not the entry: ``__init__(gen)``, and a forward whose
+        arguments are the values the scope reads from outside."""
+        args = [self.var[(p.node, p.index)] for _, p in self.scope.inputs]
+        outs = [self.ref(p) for _, p in self.scope.outputs]
+        body = _with_frees(self.body, keep=set(outs))
+        lines = ["class __CLASS__(rt.SeqModule):", f'    """{doc}"""', "",
+                 "    def __init__(self, gen: torch.Generator):", "        super().__init__()"]
+        lines += self.init or []
+        lines.append("")
+        lines.append(f"    def forward(self, {', '.join(args)}):")
+        lines += scoped.bind_lines(self, scoped.dims_needed(self, self.init + body))
+        lines += body
+        lines.append(f"        return {', '.join(outs)}")
+        return "\n".join(lines) + "\n"
+
+
+    def _size_checks(self, constraints) -> list[str]:
+        return _size_check_lines(self, constraints)
 
     def preamble(self) -> str:
         """Module-level source placed before the classes (the Triton writer's kernels)."""
@@ -172,16 +308,27 @@ class _Writer:
     def op_param(self, n: Node, trainable: bool = True) -> None:
         init = n.attr("init")
         kind, args = init.kind, init.args
-        shape = ", ".join(self.sizes.code(d) for d in n.out.shape)
+        shape = ", ".join(self.sizes.init_code(d) for d in n.out.shape)
         if kind.startswith("ssm_"):
             ssm_kind = _kernel_kind(self.g, n)
-            self.init.append(f"        self.add_weight({n.name!r}, rt_ssm_init({ssm_kind!r}, {kind[4:]!r}, "
+            self.init.append(f"        self.add_weight({self.rel(n.name)!r}, rt_ssm_init({ssm_kind!r}, {kind[4:]!r}, "
                              f"{n.name.rsplit('.', 1)[-1]!r}, ({shape},), gen), {trainable})")
         else:
             args_text = ", ".join(repr(float(self.sizes.number(a))) for a in args)
-            self.init.append(f"        self.add_weight({n.name!r}, rt.init_tensor({kind!r}, ({shape},), "
+            self.init.append(f"        self.add_weight({self.rel(n.name)!r}, rt.init_tensor({kind!r}, ({shape},), "
                              f"({args_text}{',' if len(args) == 1 else ''}), gen), {trainable})")
-        self.var[(n.id, 0)] = f"self.w({n.name!r})"   # read where it is used
+        self.var[(n.id, 0)] = self.wref(self.rel(n.name)) + self._bounded_slice(n)   # read where it is used
+
+    def _bounded_slice(self, n: Node) -> str:
+        """``[:N]`` on the axis of a position table whose length is bound at call time."""
+        parts = []
+        for d in n.out.shape:
+            d = sympy.sympify(d)
+            parts.append(d.name if d.is_Symbol and d.name in self.sizes.plan.bounds else None)
+        if not any(parts):
+            return ""
+        last = max(i for i, p in enumerate(parts) if p)
+        return "[" + ", ".join(f":{p}" if p else ":" for p in parts[:last + 1]) + "]"
 
     def op_buffer(self, n: Node) -> None:
         self.op_param(n, trainable=False)
@@ -204,10 +351,10 @@ class _Writer:
             return ""
         shape = self.g.type_of(n.input(role)).shape
         rows, cols = (self.sizes.number(d) for d in shape)
-        path = f"{n.name}.{buffer}"
+        path = f"{self.rel(n.name)}.{buffer}"
         self.init.append(f"        self.add_weight({path!r}, {self.mask_source(sparsity)}.dense({rows}, {cols})"
                          f".float(), trainable=False)")
-        return f", {arg}=self.w({path!r})"
+        return f", {arg}={self.wref(path)}"
 
     def op_seq_project(self, n: Node) -> None:
         self.emit(n, f"rt.seq_project({self.inp(n, 'x')}, {self.inp(n, 'weight')})")
@@ -284,14 +431,25 @@ class _Writer:
 
     def op_slice(self, n: Node) -> None:
         parts = []
+        shape = iter(self.g.type_of(n.input("x")).shape)
         for item in n.attr("index"):
             if item[0] == "new":
                 parts.append("None")
-            elif item[0] == "index":
+                continue
+            dim = sympy.sympify(next(shape))
+            if item[0] == "index":
                 parts.append(self.sizes.code(item[1]))
+            elif sympy.sympify(item[1]) == 0 and sympy.simplify(sympy.sympify(item[2]) - dim) == 0:
+                parts.append(":")                      # the whole axis
             else:
-                parts.append(f"{self.sizes.code(item[1])}:{self.sizes.code(item[2])}")
-        self.emit(n, f"{self.inp(n, 'x')}[{', '.join(parts)}]")
+                lo = "" if sympy.sympify(item[1]) == 0 else self.sizes.code(item[1])
+                parts.append(f"{lo}:{self.sizes.code(item[2])}")
+        while parts and parts[-1] == ":":
+            parts.pop()
+        if "None" not in parts and len(parts) > 1 and parts[0] == ":":
+            k = next(i for i, p in enumerate(parts) if p != ":")
+            parts = ["..."] + parts[k:] if len(parts) == len(self.g.type_of(n.input("x")).shape) else parts
+        self.emit(n, f"{self.inp(n, 'x')}[{', '.join(parts) or ':'}]")
 
     def op_concat(self, n: Node) -> None:
         items = ", ".join(self.ref(p) for p in n.inputs)
@@ -309,10 +467,10 @@ class _Writer:
     def op_hash(self, n: Node) -> None:
         d = self.sizes.number(self.g.type_of(n.input("x")).shape[-1])
         buckets = self.sizes.number(n.attr("buckets"))
-        path = f"{n.name}.rotation"
+        path = f"{self.rel(n.name)}.rotation"
         self.init.append(f"        self.add_weight({path!r}, torch.randn({d}, {max(1, buckets // 2)}, "
                          f"generator=torch.Generator().manual_seed({int(n.attr('seed'))})), trainable=False)")
-        self.emit(n, f"rt.lsh({self.inp(n, 'x')}, self.w({path!r}))")
+        self.emit(n, f"rt.lsh({self.inp(n, 'x')}, {self.wref(path)})")
 
     def op_sort_blocks(self, n: Node) -> None:
         self.emit(n, f"rt.sinkhorn_sort({self.inp(n, 'x')}, {self.inp(n, 'weight')}, "
@@ -321,34 +479,39 @@ class _Writer:
     # blocks used as functions
     def _body_class(self, n: Node, what: str) -> str:
         body: Graph = n.attr("body")
-        name = f"{self.cls}_{_ident(n.name)}_{what}"
-        sub = self.child(body, name)
+        if self.registry is None:
+            name = f"{self.cls}_{_ident(self.rel(n.name))}_{what}"
+            sub = self.child(body, name)
+            sub.run()
+            self.classes.append(sub.source(tuple(_ident(i.name) for i in body.inputs)))
+            return name
+        sub = self.child(body, "__CLASS__")
         sub.run()
-        self.classes.append(sub.source(tuple(_ident(i.name) for i in body.inputs)))
-        return name
+        return self.registry.add(scoped.camel(f"{_ident(self.rel(n.name).split('.')[-1])}_{what}"),
+                                 sub.source(tuple(_ident(i.name) for i in body.inputs)))
 
     def op_moe(self, n: Node) -> None:
         cls = self._body_class(n, "expert")
         count = self.sizes.number(n.attr("copies"))
-        path = f"{n.name}.experts"
+        path = f"{self.rel(n.name)}.experts"
         self.init.append(f"        self.add_module_at({path!r}, nn.ModuleList([{cls}() for _ in range({count})]))")
         self.emit(n, f"rt.moe({self.inp(n, 'x')}, {self.inp(n, 'router')}, self.module_at({path!r}), "
                      f"top_k={int(n.attr('top_k'))}, capacity={self.sizes.number(n.attr('capacity'))!r}, owner=self)")
 
     def op_fixed_point(self, n: Node) -> None:
         cls = self._body_class(n, "cell")
-        path = f"{n.name}.cell"
+        path = f"{self.rel(n.name)}.cell"
         self.init.append(f"        self.add_module_at({path!r}, {cls}())")
         self.emit(n, f"rt.fixed_point(self.module_at({path!r}), {self.inp(n, 'z')}, {self.inp(n, 'x')}, "
                      f"iters={int(n.attr('iters'))}, tol={self.sizes.number(n.attr('tol'))!r})")
 
     def op_recurrent(self, n: Node) -> None:
         cls = self._body_class(n, "step")
-        path = f"{n.name}.step"
+        path = f"{self.rel(n.name)}.step"
         self.init.append(f"        self.add_module_at({path!r}, {cls}())")
         out = self.name_for(n)
         self.body.append(f"        {out} = rt.recurrent(self.module_at({path!r}), {self.inp(n, 'x')}, "
-                         f"{self.inp(n, 'state')}, {self.sizes.code(n.attr('segment'))})  # {n.name}")
+                         f"{self.inp(n, 'state')}, {self.sizes.code(n.attr('segment'))})  # {self.rel(n.name)}")
         self.var[(n.id, 1)] = f"{out}[1]"
         self.var[(n.id, 0)] = f"{out}[0]"
 
@@ -359,42 +522,106 @@ class _Writer:
     def emit_torch_mix(self, n: Node, choice: Choice) -> None:
         from codegen.torch import mixers as lower_mix
 
-        expr = lower_mix.call(self, n, choice.algorithm)
+        expr = lower_mix.call(self, n, choice)
         others = ", ".join(f"{a} {t:.3g} s" for a, t in choice.estimates.items() if a != choice.algorithm)
         why = "forced by the file" if choice.forced else f"est. {choice.estimates[choice.algorithm]:.3g} s"
-        self.body.append(f"        # {n.spec.family} mixer: {choice.algorithm} ({why}" +
-                         (f"; {others}" if others else "") + f") on the '{self.machine.name}' model")
+        if choice.by_length is not None:
+            at = ", ".join(f"{d}={v}" for d, v in self.sizes.plan.defaults.items())
+            self.body.append(f"        # {n.spec.family} mixer: {choice.describe()} (cost model '{self.machine.name}'; "
+                             f"at {at}: {choice.algorithm}, {why}" + (f"; {others}" if others else "") + ")")
+        else:
+            self.body.append(f"        # {n.spec.family} mixer: {choice.algorithm} ({why}" +
+                             (f"; {others}" if others else "") + f") on the '{self.machine.name}' model")
         self.emit(n, expr)
         fold = self.folds.get(n.id)
         if fold is not None and fold.result != n.id:
             self.var[(fold.result, 0)] = self.var[(n.id, 0)]
 
     def choose(self, n: Node) -> Choice:
+        """The algorithm at the default sizes and, when a length of the mixer is read at call
+        time, the cost model's choice at each power of two of it (``Choice.by_length``)."""
+        forced = _forced(self.forced, n.name) or n.spec.hint("algorithm")
+        shapes = cost.shapes_of(self.g, n)
+        lengths = [d for d in self.sizes.plan.runtime
+                   if d in {s.name for s in sympy.sympify(shapes.nq).free_symbols | sympy.sympify(shapes.nk).free_symbols}]
+        defaults = {d: self.sizes.plan.defaults.get(d, 1) for d in self.sizes.runtime}
+        best, times = self._choose_at(n, defaults, forced)
+        c = Choice(n.name, n.spec.family, best, times, forced is not None)
+        if forced is None and lengths:
+            ladder = [(1 << k, self._choose_at(n, {**defaults, **{d: 1 << k for d in lengths}}, None)[0])
+                      for k in LADDER]
+            table: list[tuple[int | None, str]] = []
+            for (size, alg), nxt in zip(ladder, ladder[1:] + [(None, None)]):
+                if nxt[1] != alg:
+                    table.append((size if nxt[1] is not None else None, alg))
+            if len(table) > 1:
+                c.by_length = (lengths[0], tuple(table))
+        self.choices.append(c)
+        return c
+
+    def _choose_at(self, n: Node, runtime_values: dict[str, int], forced: str | None):
+        key = (self._structure_key(n), tuple(sorted({**self.sizes.values, **runtime_values}.items())), forced,
+               self.machine.name)
+        if key not in _CHOICES:
+            _CHOICES[key] = self._choose_uncached(n, runtime_values, forced)
+        return _CHOICES[key]
+
+    def _structure_key(self, n: Node) -> tuple:
+        """What the cost of a mixer depends on: its template, its inputs' types and producers."""
+        parts = [repr(n.spec)]
+        for p in n.inputs:
+            src = self.g.node(p.node)
+            attrs = tuple((k, v) for k, v in src.attrs if k != "body")
+            parts.append((p.role, str(self.g.type_of(p)), src.kind.value, repr(attrs)))
+        return tuple(parts)
+
+    def _choose_uncached(self, n: Node, runtime_values: dict[str, int], forced: str | None):
         subs = {}
-        for name, v in self.sizes.values.items():
+        for name, v in {**self.sizes.values, **runtime_values}.items():
             subs[sympy.Symbol(name, positive=True, integer=True)] = v
             subs[sympy.Symbol(name, real=True)] = v
-        for s in self.sizes.runtime:
-            subs[sympy.Symbol(s, positive=True, integer=True)] = 1
         for sym, value in cost.TILE_DEFAULTS.items():
             subs[sym] = value
         cands = cost.candidates(self.g, n, subs)
-        forced = _forced(self.forced, n.name) or n.spec.hint("algorithm")
+        if forced is not None and forced not in {c.algorithm for c in cands}:
+            raise ValueError(f"{n.name}: algorithm {forced!r} does not apply to this mixer "
+                             f"(it admits {', '.join(c.algorithm for c in cands)})")
         best, times = choose(cands, self.machine, subs, forced)
-        c = Choice(n.name, n.spec.family, best.algorithm, times, forced is not None)
-        self.choices.append(c)
-        return c
+        return best.algorithm, times
+
+    def algorithm_code(self, choice: Choice) -> str:
+        """The mixer call's ``algorithm=`` argument: a literal, or the choice by length."""
+        if choice.by_length is None:
+            return literal(choice.algorithm)
+        dim, table = choice.by_length
+        return f"rt.by_length({self.sizes.pyname[dim]}, {literal(table)})"
 
     def mask_source(self, mask, tensors: dict[str, str] | None = None) -> str:
         from codegen.torch import mixers as lower_mix
         return lower_mix.mask_source(self, mask, tensors or {})
 
     # ---- output
-    def source(self, arg_names: tuple[str, ...]) -> str:
+    def source(self, arg_names: tuple[str, ...], entry: str | None = None, constraints=()) -> str:
+        """The class. ``entry`` marks the module a user calls: its forward binds the sizes
+        read from the inputs and checks the others (``rt.bind_sizes``) and the file's
+        ``require``s at those sizes."""
         outs = ", ".join(self.ref(p) for p in self.g.outputs)
+        plan = self.sizes.plan
         lines = [f"class {self.cls}(rt.SeqModule):"]
-        lines.append(f"    INPUTS = {tuple((i.name, i.out.dtype, _shape_spec(i.out.shape, self.sizes)) for i in self.g.inputs)!r}")
-        lines.append(f"    SIZES = {self.sizes.values!r}")
+        inputs = tuple((i.name, i.out.dtype, _shape_spec(i.out.shape, self.sizes)) for i in self.g.inputs)
+        if entry is not None:
+            lines.append(f"    ENTRY = {literal(entry)}")
+        lines.append(f"    INPUTS = {literal(inputs)}   # an int or (dim, int): fixed; a name: read at each call")
+        lines.append(f"    SIZES = {literal(self.sizes.values)}")
+        if entry is not None:
+            lines.append(f"    RUNTIME = {literal(tuple(plan.runtime))}   # dims read from the inputs at each call")
+            if plan.bounds:
+                lines.append(f"    BOUNDS = {literal(plan.bounds)}   # largest size the position tables serve")
+            lines.append(f"    DEFAULTS = {literal(plan.defaults)}")
+            fixed = {d: why for d, why in plan.fixed_by.items() if any(
+                isinstance(a, tuple) and a[0] == d for _, _, shape in inputs for a in shape)}
+            if fixed:
+                lines.append(f"    FIXED_BY = {literal({d: comment(w) for d, w in fixed.items()})}")
         lines.append("")
         lines.append("    def __init__(self, seed: int = 0):")
         lines.append("        super().__init__()")
@@ -403,12 +630,70 @@ class _Writer:
         lines.append("")
         args = ", ".join(self.var[(i.id, 0)] for i in self.g.inputs)
         lines.append(f"    def forward(self, {args}):")
-        for dim, (inp, axis) in _runtime_dims(self.g, self.sizes).items():
-            lines.append(f"        {dim} = {self.var[(inp, 0)]}.shape[{axis}]")
+        if entry is not None:
+            names = [self.sizes.pyname[d] for d in plan.runtime]
+            if names:
+                lines.append(f"        {', '.join(names)}{',' if len(names) == 1 else ''} = rt.bind_sizes(self, {args})"
+                             f"  # read from the inputs; the other sizes are checked")
+            elif args:
+                lines.append(f"        rt.bind_sizes(self, {args})  # every size is fixed: checked")
+            lines += self._size_checks(constraints)
+        else:
+            for dim, (inp, axis) in _runtime_dims(self.g, self.sizes).items():
+                lines.append(f"        {self.sizes.pyname[dim]} = {self.var[(inp, 0)]}.shape[{axis}]")
         lines += _with_frees(self.body, keep={self.ref(p) for p in self.g.outputs})
         lines.append(f"        return {outs}")
         return "\n".join(lines) + "\n"
 
+
+def _size_check_lines(w: _Writer, constraints) -> list[str]:
+    """``rt.require`` lines for the input axes that are expressions of dims read at call
+    time, and for the file's requirements that depend on those dims."""
+    out, seen = [], set()
+    for i in w.g.inputs:
+        for axis, d in enumerate(i.out.shape):
+            d = sympy.sympify(d)
+            if not d.is_Symbol and {s.name for s in d.free_symbols} & w.sizes.runtime:
+                text = f"{w.var[(i.id, 0)]}.shape[{axis}] == {w.sizes.code(d)}"
+                msg = f"input {i.name} must have {show_dim(d)} entries on axis {axis}"
+                out.append(f"        rt.require({text}, {literal(msg)})")
+    for cond, message, pos in constraints:
+        cond = sympy.sympify(cond)
+        names = {s.name for s in cond.free_symbols}
+        if not names & w.sizes.runtime or names - w.sizes.runtime - set(w.sizes.values):
+            continue
+        value = w.sizes.subs(cond)
+        if value in (sympy.true, sympy.false):
+            continue
+        value = value.xreplace({s: sympy.Symbol(w.sizes.pyname[s.name], **s.assumptions0) for s in value.free_symbols})
+        code = sympy.pycode(value, fully_qualified_modules=True)
+        line = f"        rt.require({code}, {literal(comment(message, 500))}, {literal(comment(pos.file, 500))}, " \
+               f"{int(pos.line)}, {int(pos.col)})"
+        if line not in seen:
+            seen.add(line)
+            out.append(line)
+    return out
+
+
+# (mixer structure, sizes, forced, machine) -> (algorithm, estimates): the cost model is
+# symbolic and slow to evaluate; a model has many mixers of one structure.
+_CHOICES: dict[tuple, tuple[str, dict]] = {}
+
+# Names an nn.Module (or SeqModule) already has: a weight path through one of them is read by path.
+def _nn_module_names() -> frozenset:
+    try:
+        from torch import nn
+    except ImportError:       # generating without torch: every weight is read by path
+        return frozenset()
+    return frozenset(dir(nn.Module))
+
+
+_MODULE_ATTRS = _nn_module_names() | {"w", "add_weight", "add_module_at", "module_at", "example_inputs",
+                                             "INPUTS", "SIZES", "RUNTIME", "BOUNDS", "DEFAULTS", "FIXED_BY",
+                                             "ENTRY", "choices", "source", "training"}
+
+# The cost model is sampled at these powers of two of a length read at call time.
+LADDER = range(4, 23)
 
 _IDENT = re.compile(r"(?<![\w.'\"])[A-Za-z_]\w*")
 
@@ -461,10 +746,18 @@ def _all_mixers(g: Graph) -> list[Node]:
 
 
 def _shape_spec(shape, sizes: _Sizes) -> tuple:
+    """Per axis: a number (fixed), ``(dim, number)`` (fixed, named), a dim name (read at
+    each call) or ``(expression, None)`` (checked after the binding, by a generated line)."""
     out = []
     for d in shape:
+        d = sympy.sympify(d)
         v = sizes.subs(d)
-        out.append(int(v) if v.is_Integer else str(d))
+        if v.is_Integer:
+            out.append((show_dim(d), int(v)) if d.free_symbols else int(v))
+        elif d.is_Symbol:
+            out.append(d.name)
+        else:
+            out.append((show_dim(d), None))
     return tuple(out)
 
 
@@ -477,6 +770,18 @@ def _runtime_dims(g: Graph, sizes: _Sizes) -> dict[str, tuple[int, int]]:
             if d.is_Symbol and d.name in sizes.runtime and d.name not in found:
                 found[d.name] = (i.id, axis)
     return found
+
+
+def _value(name: str, v) -> int | float:
+    v = sympy.sympify(v)
+    if v.is_Integer:
+        return int(v)
+    if not (v.is_number and v.is_real):
+        raise ValueError(f"{name} = {v} is not a real number")
+    value = float(v)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} = {v} is not a finite number")
+    return value
 
 
 def _kernel_kind(g: Graph, param: Node) -> str:
@@ -492,9 +797,12 @@ def _kernel_kind(g: Graph, param: Node) -> str:
 HEADER = '''"""{title}
 
 Generated by seqdsl {version} from {source} (entry: {entry}).
-Sizes: {sizes}
+Sizes fixed: {sizes}
+Read from the inputs at each call: {runtime}
 Regenerate with `seqdsl compile`; `seqdsl.load` runs exactly this text.
 """
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -516,18 +824,19 @@ FAMILY_IMPORTS = {
 
 def emit_module(graph: Graph, entry: str, sizes: dict, source_name: str, machine: str = "cpu", *,
                 writer: type[_Writer] | None = None, algorithms: dict[str, str] | None = None,
-                backend: str = "torch") -> Emitted:
+                backend: str = "torch", explicit: set[str] | None = None, concretized: set[str] | None = None,
+                constraints=(), structured: bool = True) -> Emitted:
     """The Python source of an ``nn.Module`` computing ``graph``. ``algorithms`` forces the
     algorithm of mixers by layer path; ``writer`` is the lowering (the Triton backend's
-    writer lowers mixers to generated kernels)."""
+    writer lowers mixers to generated kernels). ``explicit`` names the sizes the user gave:
+    those, and the sizes weights or structure fix, are written in; the other dims the inputs
+    carry are read at each call (codegen/torch/sizes.py); ``explicit=None`` fixes every size
+    that has a value. ``constraints`` (the file's ``require``s) are checked at each call."""
     from seqdsl import __version__
 
-    values = {k: (int(v) if sympy.sympify(v).is_Integer else float(v)) for k, v in sizes.items()}
-    runtime = set()
-    for i in graph.inputs:
-        for d in i.out.shape:
-            runtime |= {s.name for s in sympy.sympify(d).free_symbols if s.name not in values}
-    sz = _Sizes(values, runtime)
+    values = {k: _value(k, v) for k, v in sizes.items()}
+    plan = plan_sizes(graph, values, explicit, concretized)
+    sz = _Sizes(plan.values, set(plan.runtime), plan)
     cls = class_name(entry)
     choices: list[Choice] = []
     classes: list[str] = []
@@ -538,12 +847,29 @@ def emit_module(graph: Graph, entry: str, sizes: dict, source_name: str, machine
         raise ValueError(f"no mixer matches {', '.join(unknown)} (mixers: {listed or 'none'}; "
                          f"'*' matches any part of a path)")
     w = (writer or _Writer)(graph, sz, cls, machine, choices, classes, algorithms)
-    w.run()
-    main = w.source(())
+    flat_reason = None
+    if structured:
+        try:
+            w.scope, w.registry = build(graph), scoped.Registry(set(RESERVED) | {cls})
+            w.definitions = {name: kind for _, kind, name in graph.layers}
+            w.run()
+            main = w.source((), entry=entry, constraints=constraints)
+            classes = w.registry.sources
+        except scoped.Unstructured as why:      # written flat instead, and said so in the header
+            flat_reason = str(why)
+            choices.clear()
+            w = (writer or _Writer)(graph, sz, cls, machine, choices, classes, algorithms)
+    if not structured or flat_reason is not None:
+        w.run()
+        main = w.source((), entry=entry, constraints=constraints)
     title = "the PyTorch module" if backend == "torch" else "the module with generated Triton kernels"
+    fixed = ", ".join(f"{k}={v}" for k, v in plan.values.items()) or "none"
+    read = ", ".join(plan.runtime) or "none"
+    if flat_reason is not None:
+        read += f" (written as one flat class: {flat_reason})"
     head = HEADER.format(title=comment(f"{cls}: {title} of {entry}"), version=comment(__version__),
-                         source=comment(source_name), entry=comment(entry),
-                         sizes=comment(", ".join(f"{k}={v}" for k, v in values.items()) or "none", 1000))
+                         source=comment(source_name), entry=comment(entry), sizes=comment(fixed, 1000),
+                         runtime=comment(read, 1000))
     body = "\n\n".join(classes + [main])
     needed = []
     families = {c.family for c in choices}

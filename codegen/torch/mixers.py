@@ -22,8 +22,9 @@ def _tensor(w, n: Node, ref: M.Ref | None) -> str:
 
 
 def mask_source(w, mask, tensors: dict[str, str]) -> str:
-    """Constructor calls of codegen.masks for a mask of the IR."""
-    num = w.sizes.number
+    """Constructor calls of codegen.masks for a mask of the IR (sizes bound at call time
+    enter as expressions of the dims read from the inputs)."""
+    num = w.sizes.code
     match mask:
         case M.Full():
             return "M.Full()"
@@ -54,15 +55,29 @@ def mask_source(w, mask, tensors: dict[str, str]) -> str:
     raise ValueError(f"{mask} is not a boolean mask")
 
 
-def call(w, n: Node, algorithm: str) -> str:
+def call(w, n: Node, choice) -> str:
+    """The call of the family runtime; ``choice`` is the emitter's Choice (one algorithm, or
+    a choice by a length read at call time)."""
     spec = n.spec
     roles = {p.role: w.ref(p) for p in n.inputs if p.node not in w.dropped}
     fam = spec.family
+    algorithm = Algorithm(w.algorithm_code(choice),
+                          {a for _, a in choice.by_length[1]} if choice.by_length else {choice.algorithm})
     if fam in ("softmax", "content_sparse", "synthetic"):
         return _softmax(w, n, spec, roles, algorithm)
     if fam in ("linear", "decayed_linear"):
         return _linear(w, n, spec, roles, algorithm)
     return _toeplitz(w, n, spec, roles, algorithm)
+
+
+class Algorithm:
+    """The ``algorithm=`` argument's source and the algorithms it may name at run time."""
+
+    def __init__(self, code: str, possible: set[str]):
+        self.code, self.possible = code, possible
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.possible
 
 
 def _structural(mask) -> M.Mask:
@@ -75,14 +90,14 @@ def _softmax(w, n, spec: M.MixSpec, roles, algorithm) -> str:
     if isinstance(spec.score, M.Given):
         return f"given_attention({roles[spec.score.scores.role]}, {roles['v']}, {mask})"
     score = spec.score
-    args = [roles["q"], roles["k"], roles["v"], mask, f"scale={float(w.sizes.number(score.scale))!r}"]
+    args = [roles["q"], roles["k"], roles["v"], mask, f"scale={w.sizes.scalar(score.scale)}"]
     if score.bias is not None:
         table = "None" if score.bias.table is None else roles[score.bias.table.role]
         args.append(f"bias=({score.bias.kind!r}, {table})")
     if score.cap is not None:
-        args.append(f"cap={float(w.sizes.number(score.cap))!r}")
-    args.append(f"algorithm={algorithm!r}")
-    if algorithm == "tiled":
+        args.append(f"cap={w.sizes.scalar(score.cap)}")
+    args.append(f"algorithm={algorithm.code}")
+    if "tiled" in algorithm:
         args.append(f"block={int(w.sizes.number(spec.hint('block') or 64))}")
     return f"softmax_attention({', '.join(args)})"
 
@@ -103,13 +118,13 @@ def _linear(w, n, spec: M.MixSpec, roles, algorithm) -> str:
         args.append(f"decay=OuterGate({rate}[..., 0], {channel}[..., 0, :])")
         args.append("log_decay=True")
     elif decay is not None:
-        rate = roles[decay.rate.role] if isinstance(decay.rate, M.Ref) else repr(float(w.sizes.number(decay.rate)))
+        rate = roles[decay.rate.role] if isinstance(decay.rate, M.Ref) else w.sizes.scalar(decay.rate)
         args.append(f"decay={rate}")
         args.append(f"log_decay={decay.log}")
     scale = spec.score.scale if isinstance(spec.score, M.Dot) else 1
-    args.append(f"scale={float(w.sizes.number(scale))!r}")
-    args.append(f"algorithm={algorithm!r}")
-    if algorithm == "chunked":
+    args.append(f"scale={w.sizes.scalar(scale)}")
+    args.append(f"algorithm={algorithm.code}")
+    if "chunked" in algorithm:
         args.append(f"chunk={int(w.sizes.number(spec.hint('chunk') or 64))}")
     return f"linear_attention({', '.join(args)})"
 
@@ -132,8 +147,8 @@ def _toeplitz(w, n, spec: M.MixSpec, roles, algorithm) -> str:
         if k.disc == "dss":    # DSS normalises its kernel over the declared length, also when streaming
             args.append(f"kernel_length={w.sizes.code(w.g.type_of(n.input('v')).shape[-2])}")
     args.append(f"causal={t.causal}")
-    args.append(f"algorithm={algorithm!r}")
-    if algorithm == "chunked_fft":
+    args.append(f"algorithm={algorithm.code}")
+    if "chunked_fft" in algorithm:
         args.append(f"chunk={int(w.sizes.number(spec.hint('chunk') or 4096))}")
     return f"toeplitz_mix({', '.join(args)})"
 

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seqdsl.errors import Pos, SeqError
+
 # ---- the module base class ------------------------------------------------------------
 
 
@@ -59,12 +61,13 @@ class SeqModule(nn.Module):
 
     def example_inputs(self, **sizes) -> tuple:
         """Random tensors that fit the declared inputs (ints for token ids); ``sizes`` gives
-        the dims without a value (B = 2 by default)."""
-        known = {**self.SIZES, **sizes}
+        the dims read from the inputs (default: the file's defaults, B = 2)."""
+        known = {**self.SIZES, **getattr(self, "DEFAULTS", {}), **sizes}
         out = []
         gen = torch.Generator().manual_seed(0)
         for _name, dtype, shape in self.INPUTS:
-            dims = tuple(int(known.get(d, 2)) if isinstance(d, str) else int(d) for d in shape)
+            dims = tuple(int(known.get(d, 2)) if isinstance(d, str) else int(d[1]) if isinstance(d, tuple)
+                         and d[1] is not None else int(d) if not isinstance(d, tuple) else 2 for d in shape)
             if dtype == "int":
                 high = int(known.get("V", known.get("vocab", 16)))
                 out.append(torch.randint(0, max(2, high), dims, generator=gen))
@@ -73,6 +76,68 @@ class SeqModule(nn.Module):
             else:
                 out.append(torch.randn(dims, generator=gen))
         return tuple(out)
+
+
+# ---- sizes bound at call time (see codegen/torch/sizes.py) -----------------------------------
+
+def bind_sizes(module: nn.Module, *inputs: torch.Tensor) -> tuple[int, ...]:
+    """The values of ``module.RUNTIME`` read from ``inputs``, after checking every axis
+    against ``module.INPUTS``: an int (or a ``(name, int)``) is a size the weights or the
+    structure fixed; a name is a dim read from the first input that has it, which every
+    later input must match; ``module.BOUNDS`` caps some (position tables)."""
+    entry = module.ENTRY
+    found: dict[str, tuple[int, str]] = {}
+    for (name, _dtype, shape), x in zip(module.INPUTS, inputs):
+        if not isinstance(x, torch.Tensor):
+            raise SeqError(f"{entry}: input {name} must be a tensor, got {type(x).__name__}")
+        if x.dim() != len(shape):
+            raise SeqError(f"{entry}: input {name} must have {len(shape)} axes "
+                           f"({_shape_text(shape)}), got shape {list(x.shape)}")
+        for axis, want in enumerate(shape):
+            got = int(x.shape[axis])
+            if isinstance(want, str):
+                first = found.setdefault(want, (got, name))
+                if first[0] != got:
+                    raise SeqError(f"{entry}: input {name} has {want} = {got} (axis {axis}), but input "
+                                   f"{first[1]} has {want} = {first[0]}")
+                continue
+            label, value = want if isinstance(want, tuple) else (None, want)
+            if value is not None and got != value:
+                what = f"{label} = {got}" if label else f"size {got} on axis {axis}"
+                expected = f"{label} = {value}" if label else str(value)
+                raise SeqError(f"{entry}: input {name} has {what}, the module was built for {expected}"
+                               + _why(module, label))
+    for dim, limit in getattr(module, "BOUNDS", {}).items():
+        if dim in found and found[dim][0] > limit:
+            raise SeqError(f"{entry}: input {found[dim][1]} has {dim} = {found[dim][0]}, but the position "
+                           f"table was built for at most {dim} = {limit} (load the model with {dim}={found[dim][0]})")
+    return tuple(found[d][0] for d in module.RUNTIME)
+
+
+def _why(module: nn.Module, label: str | None) -> str:
+    reason = getattr(module, "FIXED_BY", {}).get(label)
+    return f" ({reason})" if reason else ""
+
+
+def _shape_text(shape) -> str:
+    return "[" + ", ".join(d if isinstance(d, str) else str(d[0] if isinstance(d, tuple) else d)
+                           for d in shape) + "]"
+
+
+def by_length(n: int, table: tuple) -> str:
+    """The algorithm for a length ``n`` from ``((largest n, algorithm), ..., (None, algorithm))``
+    (the cost model's choices at powers of two, written into the module)."""
+    for limit, algorithm in table:
+        if limit is None or n <= limit:
+            return algorithm
+    return table[-1][1]
+
+
+def require(ok: bool, message: str, file: str = "<unknown>", line: int = 0, col: int = 0) -> None:
+    """A ``require`` of the file (or a slice bound) at the sizes of this call; the error
+    points at the requirement in the ``.seq`` file."""
+    if not ok:
+        raise SeqError(message, Pos(file, line, col))
 
 
 # ---- initialisation ----------------------------------------------------------------------

@@ -27,7 +27,7 @@ from codegen import fuse
 from codegen import masks as runtime_masks
 from codegen.torch import emit as torch_emit
 from seqdsl.ir import mix as M
-from seqdsl.ir.graph import Graph, Node, OpKind
+from seqdsl.ir.graph import Graph, Node
 
 HEADER = """
 # ---- Triton kernels, one section per token-mixer structure -------------------------------
@@ -86,9 +86,10 @@ class TritonWriter(torch_emit._Writer):
         return sub
 
     # ---- folds: gates around Toeplitz mixes go into the kernel
-    def plan_folds(self) -> None:
+    def plan_folds(self, own: set[int] | None = None) -> None:
+        self.own = own
         uses = fuse.readers(self.g)
-        for n in self.g.nodes(OpKind.MIX):
+        for n in self.mix_nodes():
             if n.spec.family == "toeplitz" and self._plan(n, probe=True)[1] is None:
                 taken = frozenset(self.dropped | {f.result for f in self.folds.values()})
                 self.add_fold(n, fuse.toeplitz_gates(self.g, n, uses, taken))
@@ -250,7 +251,7 @@ def _banner(n: Node, plan: Plan) -> str:
 
 
 def emit_triton_module(graph: Graph, entry: str, sizes: dict, source_name: str, machine: str = "h100",
-                       algorithms: dict[str, str] | None = None) -> torch_emit.Emitted:
+                       algorithms: dict[str, str] | None = None, **binding) -> torch_emit.Emitted:
     """The source of a module computing ``graph`` with generated Triton kernels for its mixers."""
     shared = Shared()
 
@@ -260,5 +261,5 @@ def emit_triton_module(graph: Graph, entry: str, sizes: dict, source_name: str, 
             self.shared = shared
 
     return torch_emit.emit_module(graph, entry, sizes, source_name, machine, writer=Writer, algorithms=algorithms,
-                                  backend="triton")
+                                  backend="triton", **binding)
 

@@ -443,7 +443,9 @@ def index(el, frame, base, e: A.Index):
             lo = _bound(el, frame, s.lo, dim, sympy.Integer(0))
             hi = _bound(el, frame, s.hi, dim, dim)
             for bound, written in ((lo, s.lo), (hi, s.hi)):
-                if written is not None and not _within(el, bound, dim, inclusive=True):
+                if written is not None and not _within(
+                        el, bound, dim, True, f"slice bound {printer.expr(written)} is out of range for "
+                        f"an axis of size {show_dim(dim)}", written.pos):
                     raise SeqError(f"slice bound {printer.expr(written)} is out of range for "
                                    f"{_axis_text(el, dim)}", written.pos)
             length = simplified(hi - lo)
@@ -457,20 +459,28 @@ def index(el, frame, base, e: A.Index):
             if not isinstance(i, Scalar):
                 raise ctx.error(f"an index must be a number or a slice, got {describe(i)}")
             k = i.expr + dim if i.expr.is_negative else i.expr
-            if not _within(el, k, dim, inclusive=False):
+            if not _within(el, k, dim, False, f"index {printer.expr(s)} is out of range for an axis of "
+                           f"size {show_dim(dim)}", s.pos):
                 raise SeqError(f"index {printer.expr(s)} is out of range for {_axis_text(el, dim)}", s.pos)
             spec.append(("index", k))
         axis += 1
     return ctx.node(OpKind.SLICE, [("x", base)], TensorType(tuple(shape), base.type.dtype), {"index": tuple(spec)})
 
 
-def _within(el, k, dim, inclusive: bool) -> bool:
+def _within(el, k, dim, inclusive: bool, what: str = "", pos=None) -> bool:
     """False only when the sizes are known and k (an index, or with ``inclusive`` a slice
-    bound) lies outside 0..dim."""
-    k_v, dim_v = sympy.sympify(k).subs(el.subs), sympy.sympify(dim).subs(el.subs)
+    bound) lies outside 0..dim. A bound that depends on sizes is also kept as a constraint,
+    so that a module called at other sizes checks it again (PyTorch would clamp silently)."""
+    k, dim = sympy.sympify(k), sympy.sympify(dim)
+    k_v, dim_v = k.subs(el.subs), dim.subs(el.subs)
     if not (k_v.is_number and dim_v.is_number):
         return True
-    return bool(0 <= k_v <= dim_v) if inclusive else bool(0 <= k_v < dim_v)
+    inside = bool(0 <= k_v <= dim_v) if inclusive else bool(0 <= k_v < dim_v)
+    if inside and what and (k.free_symbols or dim.free_symbols):
+        rel = sympy.And(sympy.Le(0, k), sympy.Le(k, dim) if inclusive else sympy.Lt(k, dim))
+        if rel not in (sympy.true, sympy.false):
+            el.constraints.append((rel, what, pos))
+    return inside
 
 
 def _axis_text(el, dim) -> str:

@@ -49,6 +49,7 @@ class Elaborated:
     sizes: dict[str, sympy.Basic]
     subs: dict[sympy.Symbol, sympy.Basic]
     constraints: list[tuple[sympy.Basic, str, Pos]] = field(default_factory=list)
+    concretized: set[str] = field(default_factory=set)
 
     def param_count(self) -> sympy.Expr:
         return param_count(self.graph)
@@ -71,11 +72,16 @@ class Elaborator:
         self.constraints: list[tuple[sympy.Basic, str, Pos]] = []
         self.shared_depth = 0
         self.statements = 0     # checked so far, repeats unrolled and calls inlined (MAX_STATEMENTS)
+        # Dims whose value the graph's structure depends on (a repeat count, an `if`, an
+        # integer option): a module built from this graph is valid only at these values.
+        self.concretized: set[str] = set()
 
     # ---- helpers used by builtins ------------------------------------------------
     def concrete(self, expr: sympy.Basic, pos: Pos, what: str) -> sympy.Basic:
         """The value of ``expr`` at the known sizes; an error if it stays symbolic."""
-        value = sympy.sympify(expr).subs(self.subs) if self.subs else sympy.sympify(expr)
+        expr = sympy.sympify(expr)
+        self.concretized |= {s.name for s in expr.free_symbols}
+        value = expr.subs(self.subs) if self.subs else expr
         if value.free_symbols:
             missing = ", ".join(sorted(str(s) for s in value.free_symbols))
             raise SeqError(f"{what} must be known at compile time, but depends on {missing}", pos,
@@ -98,11 +104,12 @@ class Elaborator:
         raise SeqError(f"{what} must be a boolean or a number, got {describe(v)}", pos)
 
     def require(self, cond: sympy.Basic, message: str, pos: Pos) -> None:
-        """A constraint on sizes: checked now if the sizes are known, kept for later otherwise."""
+        """A constraint on sizes: checked now if the sizes are known; kept whenever it depends
+        on a size, so that a module checks it again at the sizes of each call."""
         value = sympy.sympify(cond).subs(self.subs)
         if value == sympy.false:
             raise SeqError(message, pos)
-        if value != sympy.true:
+        if sympy.sympify(cond).free_symbols:
             self.constraints.append((cond, message, pos))
 
     def divide(self, a: sympy.Expr, b: sympy.Expr, pos: Pos, what: str) -> sympy.Expr:
@@ -175,7 +182,10 @@ class Elaborator:
         if a_num != b_num:
             expr = b if a_num else a
             value = sympy.sympify(expr).subs(self.subs)
-            return value.is_number and value == (a if a_num else b)
+            equal = bool(value.is_number and value == (a if a_num else b))
+            if equal:     # the shapes agree only at these sizes
+                self.concretized |= {s.name for s in sympy.sympify(expr).free_symbols}
+            return equal
         return False
 
     def check_dim(self, d: sympy.Basic, pos: Pos, what: str) -> None:
@@ -366,6 +376,9 @@ class Elaborator:
         for p in d.params:
             if isinstance(p, A.ConfigParam) and p.name not in frame.locals:
                 frame.locals[p.name] = self.value(frame, self.evaluate(frame, p.default))
+        # the instance's arguments, for code that mirrors the file (recorded with its results below)
+        args = [(p.name, frame.locals[p.name].port) for p in d.params
+                if isinstance(p, A.TensorParam) and isinstance(frame.locals.get(p.name), Tensor)]
         self.stack.append(d.name)
         try:
             self.run(frame, d.body)
@@ -376,6 +389,9 @@ class Elaborator:
                            hint="end the body with 'return ...'")
         if d.returns is not None:
             self.check_returns(frame, d, frame.result)
+        if frame.prefix:
+            results = frame.result.items if isinstance(frame.result, TupleV) else (frame.result,)
+            self.graph.instances[frame.prefix] = (args, [r.port for r in results if isinstance(r, Tensor)])
         return frame.result
 
     def check_arg(self, frame: Frame, d: A.Definition, p: A.TensorParam, v: Any, pos: Pos,
@@ -499,13 +515,19 @@ class Elaborator:
         frame.loop_outer = set(frame.locals)
         if s.shared:
             self.shared_depth += 1
+        iterations = []
         try:
             for i in range(count):
                 frame.prefix = _join(saved[0], scope, str(i))
                 frame.param_prefix = _join(saved[1], scope) if s.shared else _join(saved[1], scope, str(i))
                 if s.var:
                     frame.locals[s.var] = Scalar(sympy.Integer(i))
+                before = {k: v.port for k, v in frame.locals.items() if isinstance(v, Tensor)}
                 self.run(frame, s.body)
+                after = {k: v.port for k, v in frame.locals.items() if isinstance(v, Tensor)}
+                # the tensors the iteration rebinds: (name, value before, value after)
+                iterations.append([(k, before.get(k), port) for k, port in after.items() if before.get(k) != port])
+            self.graph.repeats.append((_join(saved[0], scope), count, bool(s.shared), iterations))
         finally:
             frame.prefix, frame.param_prefix = saved
             frame.loop_outer = saved_outer
@@ -602,4 +624,4 @@ def elaborate(prog: Program, entry: str | None = None, sizes: dict | None = None
             raise SeqError(f"{d.name} must return tensors, returns {describe(o)}", d.pos)
     el.graph.name = name
     el.graph.outputs = [o.port for o in outs]
-    return Elaborated(d, el.graph, values, el.subs, el.constraints)
+    return Elaborated(d, el.graph, values, el.subs, el.constraints, el.concretized)

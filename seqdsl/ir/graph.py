@@ -100,6 +100,11 @@ class Graph:
         self.outputs: list[Port] = []
         # Instances of user definitions, in call order: (layer path, kind, definition name).
         self.layers: list[tuple[str, str, str]] = []
+        # Per instance path: its declared tensor arguments [(name, port)] and its results [port].
+        self.instances: dict[str, tuple[list[tuple[str, Port]], list[Port]]] = {}
+        # Per `repeat`: (path of its layers, count, shared, per iteration the tensors it rebinds
+        # as (local name, port before or None, port after)).
+        self.repeats: list[tuple[str, int, bool, list[list[tuple[str, Port | None, Port]]]]] = []
         self.names: set[str] = set()
         self._next = 0
 

@@ -1,0 +1,220 @@
+"""Generated source that mirrors the ``.seq`` file: one class per definition, loops for repeats.
+
+The writer of :mod:`codegen.torch.emit` lowers nodes one line each. Here it is run once per
+:class:`~codegen.torch.structure.Scope`: a scope's own nodes become lines of its class's
+``forward``, its weights lines of its ``__init__``, and each child scope one line of each —
+``self.h3 = H3(gen)`` and ``y = self.h3(x)``. A repeat becomes an ``nn.ModuleList`` and,
+when its iterations chain (each reads what the previous one rebinds), a Python loop.
+
+Classes of instances that generate the same text are one class (the 24 blocks of Mamba are
+``MambaBlock``); weights are created in the order of the flat graph, so a seed gives the
+same weights as the flat module did. Anything this cannot express raises
+:class:`Unstructured`, and the emitter falls back to the flat module (and says so).
+"""
+
+from __future__ import annotations
+
+import re
+
+import sympy
+
+from codegen.source import comment, ident
+from codegen.torch.structure import Scope
+from seqdsl.ir.graph import OpKind, Port
+
+
+class Unstructured(Exception):
+    """The graph has a shape the structured writer does not handle (it says which)."""
+
+
+class Registry:
+    """Class texts of a module: identical texts share one class name."""
+
+    def __init__(self, taken: set[str]):
+        self.by_text: dict[str, str] = {}
+        self.names: set[str] = set(taken)
+        self.sources: list[str] = []
+
+    def add(self, base: str, text: str) -> str:
+        """The name of the class whose text is ``text`` (with ``__CLASS__`` for its name)."""
+        name = self.by_text.get(text)
+        if name is None:
+            name, k = base, 2
+            while name in self.names:
+                name, k = f"{base}{k}", k + 1
+            self.names.add(name)
+            self.by_text[text] = name
+            self.sources.append(text.replace("__CLASS__", name))
+        return name
+
+
+def camel(text: str) -> str:
+    return "".join(p[:1].upper() + p[1:] for p in ident(text).split("_") if p) or "Layer"
+
+
+_NAME = re.compile(r"(?<![\w.'\"])[A-Za-z_]\w*")
+
+
+def _key(p: Port) -> tuple[int, int]:
+    return (p.node, p.index)
+
+
+def run_scope(w) -> None:
+    """Write the scope ``w.scope``: its weights and children into ``w.init``, its nodes and
+    child calls into ``w.body``."""
+    s: Scope = w.scope
+    g = w.g
+    own = set(s.nodes)
+    for name, p in s.inputs:          # values the scope reads from outside: its arguments
+        w.var[_key(p)] = w.arg_name(name or g.node(p.node).name.split(".")[-1])
+    w.plan_folds(own)
+    params = [nid for nid in s.nodes if g.node(nid).kind in (OpKind.PARAM, OpKind.BUFFER)]
+    init_items = [(nid, "node", nid) for nid in params] + \
+        [(c.first(g, params=True), "child", c) for c in s.children]
+    calls = [(c.first(g), "child", c) for c in s.children]
+    for _, what, item in sorted(init_items, key=lambda t: (t[0], t[1])):
+        if what == "node":
+            w.op_param(g.node(item), trainable=g.node(item).kind == OpKind.PARAM)
+        else:
+            w.child_scopes[id(item)] = _make_child(w, item)
+    forward = [(nid, "node", nid) for nid in s.nodes if nid not in params] + calls
+    for _, what, item in sorted(forward, key=lambda t: (t[0], t[1])):
+        if what == "node":
+            n = g.node(item)
+            if n.id in w.dropped or n.id in w.early:
+                continue
+            handler = getattr(w, f"op_{n.kind.value}", None)
+            if handler is None:
+                raise NotImplementedError(f"the torch backend has no lowering for {n.kind.value} ({n.name})")
+            handler(n)
+        else:
+            _call_child(w, item)
+
+
+def _attr(parent: Scope, child: Scope) -> str:
+    return parent.rel(child.path)
+
+
+def _make_child(w, c: Scope) -> dict:
+    """Generate the class(es) of child ``c``; add its construction to ``w.init``."""
+    attr = _attr(w.scope, c)
+    if c.kind == "loop":
+        if c.shared:
+            raise Unstructured(f"{c.path}: a shared repeat")
+        names = [_class_of(w, it, f"{w.cls_base}Layer") for it in c.children]
+        w.init.append(f"        {_module_target(w, attr)} = nn.ModuleList({_list_of(names)})")
+        return {"attr": attr, "classes": names}
+    base = camel(c.definition or c.path.split(".")[-1])
+    name = _class_of(w, c, base)
+    w.init.append(f"        {_module_target(w, attr)} = {name}(gen)")
+    return {"attr": attr, "classes": [name]}
+
+
+def _module_target(w, attr: str) -> str:
+    ref = w.wref(attr)
+    if ref.startswith("self.w("):
+        raise Unstructured(f"{attr}: not a plain module name")
+    return ref
+
+
+def _list_of(names: list[str]) -> str:
+    """``[A(gen) for _ in range(24)]``, or ``[(B if i in (2, 6) else A)(gen) for i in range(12)]``."""
+    count = len(names)
+    kinds = sorted(set(names), key=names.count, reverse=True)
+    if len(kinds) == 1:
+        return f"[{kinds[0]}(gen) for _ in range({count})]"
+    if len(kinds) == 2:
+        other = tuple(i for i, n in enumerate(names) if n == kinds[1])
+        return f"[({kinds[1]} if i in {other!r} else {kinds[0]})(gen) for i in range({count})]"
+    return f"[cls(gen) for cls in ({', '.join(names)},)]"
+
+
+def _class_of(w, c: Scope, base: str) -> str:
+    sub = w.scope_writer(c, "__CLASS__")
+    sub.run()
+    if c.kind == "instance":
+        doc = f"{w.definition_kind(c.definition).capitalize()} {c.definition} of the .seq file."
+    else:
+        doc = f"One step of the `repeat` at {c.path.rsplit('.', 1)[0]}.<i>."
+    return w.registry.add(base, sub.scope_source(comment(doc)))
+
+
+def _call_child(w, c: Scope) -> None:
+    info = w.child_scopes[id(c)]
+    attr = info["attr"]
+    target = w.wref(attr)
+    if c.kind == "loop":
+        return _call_loop(w, c, target, info)
+    args = ", ".join(w.ref(p) for _, p in c.inputs)
+    outs = [w.fresh(attr.split(".")[-1] if len(c.outputs) == 1 else f"{attr.split('.')[-1]}_{i}")
+            for i, _ in enumerate(c.outputs)]
+    lhs = ", ".join(outs) if outs else "_"
+    shapes = ", ".join(str(w.g.type_of(p)) for _, p in c.outputs)
+    w.body.append(f"        {lhs} = {target}({args})  # {comment(w.definition_kind(c.definition))} "
+                  f"{comment(c.definition or attr)}: {shapes}")
+    for out, (_, p) in zip(outs, c.outputs):
+        w.var[_key(p)] = out
+
+
+def _call_loop(w, c: Scope, target: str, info: dict) -> None:
+    its = c.children
+    if not c.loopable:
+        for i, it in enumerate(its):
+            args = ", ".join(w.ref(p) for _, p in it.inputs)
+            outs = [w.fresh(name or "h") for name, _ in it.outputs]
+            w.body.append(f"        {', '.join(outs) or '_'} = {target}[{i}]({args})")
+            for out, (_, p) in zip(outs, it.outputs):
+                w.var[_key(p)] = out
+        return
+    first, last = its[0], its[-1]
+    loop_vars: dict[str, str] = {}
+    inside = c.subtree()
+    for name, p in first.inputs:
+        if name is not None:
+            current = w.ref(p)
+            read_elsewhere = any(r not in inside for r in w.readers_of(p))
+            if current.isidentifier() and not current.startswith("self") and not read_elsewhere:
+                loop_vars[name] = current          # the loop carries it on under its own name
+                continue
+            var = w.fresh(name)
+            w.body.append(f"        {var} = {current}")
+            loop_vars[name] = var
+    for name, _ in first.outputs:
+        loop_vars.setdefault(name, w.fresh(name))
+    args = ", ".join(loop_vars[name] if name is not None else w.ref(p) for name, p in first.inputs)
+    outs = ", ".join(loop_vars[name] for name, _ in first.outputs)
+    layer = w.fresh("layer")
+    w.body.append(f"        for {layer} in {target}:")
+    w.body.append(f"            {outs} = {layer}({args})")
+    for name, p in last.outputs:
+        w.var[_key(p)] = loop_vars[name]
+
+
+def dims_needed(w, lines: list[str]) -> list[str]:
+    """The dims read at call time that ``lines`` use (as names in their code part)."""
+    pynames = {v: k for k, v in w.sizes.pyname.items()}
+    used = []
+    for line in lines:
+        code = line.split("  # ", 1)[0]
+        code = re.sub(r"'[^']*'|\"[^\"]*\"", "''", code)
+        for name in _NAME.findall(code):
+            if name in pynames and pynames[name] not in used:
+                used.append(pynames[name])
+    return used
+
+
+def bind_lines(w, dims: list[str]) -> list[str]:
+    """``N = x.shape[1]`` for each dim a class uses, from the first argument that has it."""
+    out = []
+    for dim in dims:
+        for _, p in w.scope.inputs:
+            shape = w.g.type_of(p).shape
+            axis = next((i for i, d in enumerate(shape) if sympy.sympify(d) == sympy.Symbol(dim, positive=True,
+                                                                                             integer=True)
+                         or (sympy.sympify(d).is_Symbol and sympy.sympify(d).name == dim)), None)
+            if axis is not None:
+                out.append(f"        {w.sizes.pyname[dim]} = {w.var[_key(p)]}.shape[{axis}]")
+                break
+        else:
+            raise Unstructured(f"{w.scope.path}: uses {dim}, which none of its inputs carries")
+    return out
