@@ -14,10 +14,21 @@ def number(node: A.Number) -> sympy.Basic:
     return literal(node.text, node.pos)
 
 
+def as_number(e: sympy.Basic) -> sympy.Basic:
+    """A boolean as the number it stands for (true is 1, false is 0), as in option
+    declarations; anything else as it is."""
+    if e is sympy.true:
+        return sympy.Integer(1)
+    if e is sympy.false:
+        return sympy.Integer(0)
+    return e
+
+
 def arith(op: str, a: sympy.Basic, b: sympy.Basic, pos) -> sympy.Basic:
     """Scalar ``a op b``; exact, symbolic where the operands are. A result that is not a
     real number, too large a number or too large an expression is an error here, where the
     program wrote it (frontend/limits.py)."""
+    a, b = as_number(a), as_number(b)
     if op == "**":
         check_power(a, b, pos)
     return check_size(in_range(_arith(op, a, b, pos), pos), pos)

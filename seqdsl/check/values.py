@@ -28,6 +28,12 @@ class Scalar:
 
     kind_name = "a number"
 
+    def __post_init__(self) -> None:
+        # A boolean is the number it stands for (true is 1), as in option declarations:
+        # `x[: true]`, `k = 1 // (not 0)` or `-false` then compute instead of failing in sympy.
+        if self.expr is sympy.true or self.expr is sympy.false:
+            object.__setattr__(self, "expr", sympy.Integer(int(self.expr is sympy.true)))
+
 
 @dataclass(frozen=True)
 class Str:
