@@ -163,11 +163,19 @@ class TritonWriter(torch_emit._Writer):
         if reason:
             return None, reason
         block = int(self.sizes.number(spec.hint("block") or 64))
-        kwargs = dict(mask=mask, scale=float(self.sizes.number(score.scale)), bias_kind=bias_kind, cap=cap,
-                      block_m=block, block_n=block)
+        scale, q = self._runtime_scale(score.scale), self._arg(n, "q")
+        if scale is not None:     # a scale of sizes read at call time (Dh ** -0.5): q is scaled first
+            q = f"{q} * {scale}"
+        kwargs = dict(mask=mask, scale=1.0 if scale is not None else float(self.sizes.number(score.scale)),
+                      bias_kind=bias_kind, cap=cap, block_m=block, block_n=block)
         table = "None" if score.bias is None or score.bias.table is None else self._arg(n, score.bias.table.role)
-        call = f"{{name}}({self._arg(n, 'q')}, {self._arg(n, 'k')}, {self._arg(n, 'v')}, {table})"
+        call = f"{{name}}({q}, {self._arg(n, 'k')}, {self._arg(n, 'v')}, {table})"
         return Plan("softmax", kwargs, call, f"mask {spec.mask}"), None
+
+    def _runtime_scale(self, scale) -> str | None:
+        """The source of a scale that depends on sizes read at call time (None: a number the
+        kernel can hold as a constant)."""
+        return None if self.sizes.subs(scale).is_number else self.sizes.scalar(scale)
 
     def _decay(self, n: Node) -> tuple[str | None, str | None, bool]:
         """(granularity for the generator, the call's decay argument, log?)."""
@@ -196,18 +204,20 @@ class TritonWriter(torch_emit._Writer):
         if reason:
             return None, reason
         scale = spec.score.scale if isinstance(spec.score, M.Dot) else 1
+        late = self._runtime_scale(scale) if spec.norm != "sum" else None   # the normaliser cancels it
         forced = spec.hint("algorithm")
         algorithm = "recurrent" if forced == "recurrent" else "chunked"
         kwargs = dict(feature=feature, norm=spec.norm, causal=causal, decay_kind=kind, log_decay=log,
-                      scale=float(self.sizes.number(scale)), chunk=int(self.sizes.number(spec.hint("chunk") or 64)),
-                      algorithm=algorithm)
+                      scale=1.0 if late is not None or spec.norm == "sum" else float(self.sizes.number(scale)),
+                      chunk=int(self.sizes.number(spec.hint("chunk") or 64)), algorithm=algorithm)
         args = [self._arg(n, "q"), self._arg(n, "k"), self._arg(n, "v")]
         if decay is not None:
             args.append(f"decay={decay}")
         if spec.feature is not None and spec.feature.projection is not None:
             args.append(f"projection={self._arg(n, spec.feature.projection.role)}")
         note = f"{algorithm}, feature {feature}, norm {spec.norm}" + (f", {kind} decay" if kind else "")
-        return Plan("linear", kwargs, f"{{name}}({', '.join(args)})", note), None
+        call = f"{{name}}({', '.join(args)})" + (f" * {late}" if late is not None else "")   # o = scale · φ(q) S
+        return Plan("linear", kwargs, call, note), None
 
     def _plan_toeplitz(self, n: Node, gen, probe: bool) -> tuple[Plan | None, str | None]:
         t = next(x for x in M.mask_leaves(n.spec.mask) if isinstance(x, M.Toeplitz))
