@@ -30,6 +30,7 @@ from seqdsl.analysis import mixers as cost
 from seqdsl.analysis.select import MACHINES, choose
 from seqdsl.ir import mix as M
 from seqdsl.ir.graph import Graph, Node, OpKind, Port
+from seqdsl.errors import SeqError
 from seqdsl.ir.types import show_dim
 
 
@@ -308,7 +309,10 @@ class _Writer:
     def op_param(self, n: Node, trainable: bool = True) -> None:
         init = n.attr("init")
         kind, args = init.kind, init.args
-        shape = ", ".join(self.sizes.init_code(d) for d in n.out.shape)
+        try:
+            shape = ", ".join(self.sizes.init_code(d) for d in n.out.shape)
+        except ValueError as err:      # a weight shaped by a size read at call time
+            raise SeqError(f"parameter {n.name}: {err}", n.pos) from None
         if kind.startswith("ssm_"):
             ssm_kind = _kernel_kind(self.g, n)
             self.init.append(f"        self.add_weight({self.rel(n.name)!r}, rt_ssm_init({ssm_kind!r}, {kind[4:]!r}, "
