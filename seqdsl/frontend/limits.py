@@ -14,7 +14,7 @@ import sympy
 
 from seqdsl.errors import Pos, SeqError
 
-MAX_FILE_BYTES = 1 << 20          # a .seq file (main or imported)
+MAX_FILE_BYTES = 256 << 10        # a .seq file (main or imported): the parser reads ~100 KB/s
 MAX_NESTING = 100                 # depth of the syntax tree: nested expressions and blocks
 MAX_IMPORT_DEPTH = 64             # a imports b imports c ...
 MAX_CALL_DEPTH = 64               # a definition calling a definition calling ...

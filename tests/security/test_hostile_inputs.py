@@ -68,6 +68,8 @@ FILES = {
     "import_absolute": 'import "{work}/../outside.seq"\n' + mixer("  return x"),
     "import_link": 'import "link.seq"\n' + mixer("  return x"),
     "import_chain": 'import "chain/c0.seq"\n' + mixer("  return x"),
+    "over_the_size_limit": "# " + "x" * (300 << 10) + "\n" + mixer("  return x"),
+    "near_the_size_limit": mixer("  y = x\n" * 20_000 + "  return x"),   # 160 KB: parsed, then too many statements
 }
 
 
@@ -82,6 +84,7 @@ CASES.update({
     "set_huge_size": check("bom", N=10 ** 30),
     "set_garbage": check("bom", N="__import__('os')"),
     "dev_zero": "seqdsl.check(Path('/dev/zero'))",
+    "text_over_the_size_limit": "seqdsl.check(Path('over_the_size_limit.seq').read_text())",
     "fifo": "seqdsl.check(Path('fifo.seq'))",
     "sparse_2gb": "seqdsl.check(Path('big.seq'))",
     "folder": "seqdsl.check(Path('folder.seq'))",
@@ -204,6 +207,9 @@ EXPECT = {
     "import_absolute": lambda o: error(o, 1, 1, "no such file"),
     "import_link": lambda o: error(o, 1, 1, "a link to a file that is not .seq"),
     "import_chain": lambda o: error(o, 1, 1, "nested too deeply"),
+    "over_the_size_limit": lambda o: file_error(o, "file too large"),
+    "near_the_size_limit": lambda o: error(o, 20_003, 3, "unrolls to more than 20000 statements"),
+    "text_over_the_size_limit": lambda o: file_error(o, "file too large"),
     "set_huge_exponent": lambda o: error(o, 1, 12, "exponent out of range"),
     "set_huge_size": lambda o: error(o, 1, 12, "too large"),
     "set_garbage": lambda o: error(o, 1, 12, "must be a number"),
