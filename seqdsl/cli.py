@@ -34,6 +34,9 @@ EntryOpt = Annotated[
     Optional[str], typer.Option("--entry", "-e", help="The mixer, block or model to use (default: the model).")
 ]
 FileArg = Annotated[Path, typer.Argument(help="A .seq file.", show_default=False)]
+ExpandOpt = Annotated[
+    bool, typer.Option("--expand", help="List every repeat iteration (default: identical ones are folded).")
+]
 
 
 def parse_sets(items: list[str] | None) -> dict[str, str]:
@@ -136,13 +139,13 @@ def main(
 
 @app.command()
 @guarded
-def check(file: FileArg, entry: EntryOpt = None, set_: SetOpt = None) -> None:
+def check(file: FileArg, entry: EntryOpt = None, set_: SetOpt = None, expand: ExpandOpt = False) -> None:
     """Parse and type/shape-check FILE; print its inputs, outputs, parameters and layers."""
     from seqdsl.api import check_all
     from seqdsl.report import check_report
 
     checked = check_all(file, entry, **parse_sets(set_))
-    typer.echo(check_report(checked))
+    typer.echo(check_report(checked, expand=expand))
 
 
 @app.command()
@@ -153,6 +156,7 @@ def graph(
     entry: EntryOpt = None,
     set_: SetOpt = None,
     params: Annotated[bool, typer.Option("--params", help="Draw weight nodes too.")] = False,
+    expand: ExpandOpt = False,
 ) -> None:
     """Draw the layer graph of FILE (DOT text on stdout without -o)."""
     from seqdsl.api import check as check_api
@@ -162,9 +166,10 @@ def graph(
         output_path(output, "graph -o")
     checked = check_api(file, entry, **parse_sets(set_))
     if output is None:
-        typer.echo(to_dot(checked.graph, with_params=params), nl=False)
+        typer.echo(to_dot(checked.graph, with_params=params, expand=expand), nl=False)
         return
-    typer.echo(f"wrote {output} ({len(checked.graph)} nodes), {write_graph(checked.graph, output, with_params=params)}")
+    note = write_graph(checked.graph, output, with_params=params, expand=expand)
+    typer.echo(f"wrote {output} ({len(checked.graph)} nodes), {note}")
 
 
 @app.command()
@@ -302,6 +307,7 @@ def analyze_complexity(
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Draw cost against N to this PNG/SVG.")] = None,
     formulas: Annotated[bool, typer.Option("--formulas/--no-formulas", help="Show formulas in the table.")] = True,
     mixers_only: Annotated[bool, typer.Option("--mixers-only", help="List only the mixers (total of all).")] = False,
+    expand: ExpandOpt = False,
 ) -> None:
     """FLOPs, matrix FLOPs, parameters, activation memory and memory traffic of every layer
     of FILE, as formulas and numbers, with the algorithm chosen for each mixer and why."""
@@ -320,7 +326,7 @@ def analyze_complexity(
     if json_out:
         typer.echo(json.dumps(_json_safe(report.to_dict()), indent=2, allow_nan=False))
     else:
-        typer.echo(render(report, formulas=formulas, mixers_only=mixers_only))
+        typer.echo(render(report, formulas=formulas, mixers_only=mixers_only, expand=expand))
     if plot is not None:
         from seqdsl.analysis.plot import plot_costs
 

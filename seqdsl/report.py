@@ -5,6 +5,7 @@ from __future__ import annotations
 import sympy
 
 from seqdsl.api import Checked
+from seqdsl.fold import Folding, fold_graph, merge_lines, relative, unit_of
 from seqdsl.ir.graph import Graph, OpKind
 from seqdsl.ir.types import show_dim
 
@@ -26,7 +27,10 @@ def _params_under(g: Graph, prefix: str) -> sympy.Expr:
     return sympy.expand(total)
 
 
-def check_report(c: Checked) -> str:
+def check_report(c: Checked, expand: bool = False) -> str:
+    """What ``seqdsl check`` prints. Identical repeat iterations are folded into one line
+    per layer (``layers.{0,1,3..11}.h3_block ×10``, parameters per instance and in all)
+    unless ``expand``; see :mod:`seqdsl.fold`."""
     lines = [f"ok: {c.program.file}", f"entry: {c.kind} {c.entry}"]
     known = {k: v for k, v in c.sizes.items()}
     lines.append("sizes: " + (", ".join(f"{k}={v}" for k, v in known.items()) or "none"))
@@ -38,6 +42,11 @@ def check_report(c: Checked) -> str:
         lines.append(f"  {t}")
     subs = {sympy.Symbol(k, positive=True, integer=True): v for k, v in c.sizes.items()}
     subs.update({sympy.Symbol(k, real=True): v for k, v in c.sizes.items()})
+
+    def at_sizes(e: sympy.Expr) -> str:
+        value = sympy.sympify(e).subs(subs)
+        return f" = {int(value):,}" if value.is_Integer and str(value) != _expr(e) else ""
+
     value = c.param_count.subs(subs)
     count = _expr(c.param_count)
     lines.append(f"parameters: {count}" + (f" = {value}" if value.is_number and str(value) != count else ""))
@@ -45,18 +54,57 @@ def check_report(c: Checked) -> str:
         lines.append("constraints (checked when sizes are set):")
         for cond, msg, _pos in c.constraints:
             lines.append(f"  {cond}  ({msg})")
-    lines.append("layers:")
+    folding = Folding() if expand else fold_graph(c.graph)[0]
+    folded = [g for g in folding.groups if g.count > 1
+              and any(folding.group_of(p) is not None and folding.group_of(p)[1] is g for p, _, _ in c.graph.layers)]
+    lines.append("layers:" + (f" (identical repeat iterations folded: {sum(g.count - 1 for g in folded)} not "
+                              "listed, --expand lists all)" if folded else ""))
     if not c.graph.layers:
         lines.append("  (none: the entry uses primitives only)")
     paths = [p for p, _, _ in c.graph.layers]
     for path, kind, name in c.graph.layers:
         depth = sum(1 for other in paths if path.startswith(other + "."))
-        lines.append(f"  {'  ' * min(depth, 6)}{path}: {kind} {name}  [params {_expr(_params_under(c.graph, path))}]")
+        indent = "  " + "  " * min(depth, 6)
+        params = _params_under(c.graph, path)
+        found = folding.group_of(path)
+        if found is None or found[1].count == 1:
+            lines.append(f"{indent}{path}: {kind} {name}  [params {_expr(params)}]")
+            continue
+        unit, group = found
+        if unit != group.first:
+            continue
+        shown = group.show(path)
+        if any(path.startswith(o + ".") and unit_of(o) == unit for o in paths):
+            # inside a folded layer: the count is the enclosing line's
+            lines.append(f"{indent}{shown}: {kind} {name}  [params {_expr(params)} each]")
+            continue
+        total = sympy.expand(group.count * params)
+        in_all = at_sizes(total)[3:] or _expr(total)
+        note = f"; {group.note}" if group.note else ""
+        lines.append(f"{indent}{shown} ×{group.count}: {kind} {name}  [params {_expr(params)}{at_sizes(params)} each, "
+                     f"{in_all} in all{note}]")
     mixers = _mixers(c.graph, "")
     lines.append(f"mixers: {len(mixers)}")
+    rows: list[tuple[str, list[str]]] = []        # (key, the lines of every instance)
+    where: dict[str, int] = {}
     for path, g, n in mixers:
         shapes = ", ".join(f"{p.role}={g.type_of(p)}" for p in n.inputs if p.role in ("q", "k", "v"))
-        lines.append(f"  {path}: {n.spec}  ({shapes} -> {n.out})")
+        text = f"{n.spec}  ({shapes} -> {n.out})"
+        found = folding.group_of(path)
+        if found is None or found[1].count == 1:
+            rows.append((path, [f"{path}: {text}"]))
+            continue
+        unit, group = found
+        key = group.label + "\0" + relative(path, unit)
+        if key not in where:
+            where[key] = len(rows)
+            rows.append((key, []))
+        rows[where[key]][1].append(f"{group.show(path.replace(unit.path, group.first.path, 1))} "
+                                   f"×{group.count}: {text}")
+    for _key, texts in rows:
+        merged = merge_lines(texts) if len(texts) > 1 else texts[0]
+        for line in [merged] if merged is not None else texts:
+            lines.append(f"  {line}")
     return "\n".join(lines)
 
 

@@ -42,15 +42,32 @@ def run_model(source, entry, sizes: dict, device: str = "cpu", backward: bool = 
         raise SeqError("--device cuda: no CUDA device is available here")
     if device not in ("cpu", "cuda"):
         raise SeqError(f"--device must be cpu or cuda, got {device!r}")
+    if repeat < 1:
+        raise SeqError(f"--repeat must be at least 1, got {repeat}")
     with Progress(transient=True, disable=not os.isatty(2)) as progress:
         task = progress.add_task("compiling", total=repeat + 2)
         model = load(source, entry, backend=backend, **sizes).to(device)
-        inputs = tuple(t.to(device) for t in model.example_inputs())
+        inputs = tuple(t.to(device) for t in model.example_inputs(**_numbers(sizes)))
         progress.advance(task)
         for c in model.choices:
             echo(f"  {c.path}: {c.family} -> {c.algorithm}")
+        if backward and not any(p.requires_grad for p in model.parameters()):
+            # A parameter-free mixer (softmax attention, a functional scan): the backward
+            # pass is the gradient of the inputs, as when the mixer sits inside a model.
+            floats = [t for t in inputs if t.is_floating_point()]
+            if floats:
+                inputs = tuple(t.detach().requires_grad_(True) if t.is_floating_point() else t for t in inputs)
+                echo(f"  no parameters: the backward pass computes the gradients of the {len(floats)} float "
+                     f"input(s)")
+            else:
+                backward = False
+                echo("  no parameters and no float inputs: nothing to differentiate, forward only")
         progress.update(task, description="warm-up")
-        _step(model, inputs, backward)
+        outs = _step(model, inputs, backward)
+        bad = [i for i, o in enumerate(outs) if o.is_floating_point() and not bool(o.isfinite().all())]
+        if bad:
+            echo(f"  warning: output {', '.join(map(str, bad))} has non-finite values on random normal inputs "
+                 "(an input may have a domain, e.g. a negative state matrix or a log-probability gate)")
         progress.advance(task)
         best, peak = float("inf"), None
         for i in range(repeat):
@@ -83,15 +100,33 @@ def run_model(source, entry, sizes: dict, device: str = "cpu", backward: bool = 
     return {"seconds": best, "peak_bytes": peak, "params": params}
 
 
-def _step(model, inputs, backward: bool) -> None:
+def _numbers(sizes: dict) -> dict[str, int]:
+    """The sizes given as whole numbers (``--set N=64``), for the random inputs."""
+    out = {}
+    for k, v in sizes.items():
+        try:
+            out[k] = int(str(v))
+        except ValueError:
+            continue
+    return out
+
+
+def _step(model, inputs, backward: bool) -> tuple:
+    """One forward (and backward) pass; returns the outputs, detached."""
     import torch
 
     if backward:
         model.zero_grad(set_to_none=True)
+        for t in inputs:
+            t.grad = None
         out = model(*inputs)
         outs = out if isinstance(out, tuple) else (out,)
         loss = sum(o.float().square().mean() for o in outs if o.is_floating_point())
+        if not isinstance(loss, torch.Tensor) or not loss.requires_grad:
+            raise SeqError("the outputs do not depend on anything differentiable: run with --no-backward")
         loss.backward()
     else:
         with torch.no_grad():
-            model(*inputs)
+            out = model(*inputs)
+        outs = out if isinstance(out, tuple) else (out,)
+    return tuple(o.detach() for o in outs)

@@ -16,13 +16,14 @@ import re
 import shutil
 import subprocess
 import textwrap
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
 
 import networkx as nx
 
 from seqdsl.errors import SeqError
+from seqdsl.fold import Folding, fold_graph, relative, unit_of
 from seqdsl.ir.graph import Graph, Node, OpKind
 
 FORMATS = (".dot", ".gv", ".svg", ".png")
@@ -46,6 +47,7 @@ COLOURS: dict[str, str] = {k: colour for kinds, colour in _GROUPS.values() for k
 MIX_BORDER = "#e65100"
 OUTPUT_COLOUR = COLOURS["output"]
 CLUSTER_FILL = "#f3f6fb"
+COLLAPSED_COLOUR = "#ffe0b2"     # a layer instance drawn as one box
 _HIDDEN = (OpKind.PARAM, OpKind.BUFFER)
 
 
@@ -64,18 +66,26 @@ class Box:
 
 @dataclass(frozen=True)
 class Drawing:
-    """What both renderers draw: boxes in topological order, edges, clusters."""
+    """What both renderers draw: boxes in topological order, edges, clusters.
+
+    ``loops`` are the edges that go back up a folded drawing (the last node of a folded
+    layer feeding the first nodes of the next iteration): dashed, and left out of the
+    layout so that it stays top to bottom."""
 
     name: str
     boxes: dict[str, Box]
     edges: list[tuple[str, str, str]]        # (from key, to key, role)
     clusters: dict[str, tuple[str, list[str]]]  # layer path -> (title, box keys)
+    loops: list[tuple[str, str, str]] = field(default_factory=list)
+    # Not drawn: what follows the last iteration of a folded layer stays below its cluster.
+    after: list[tuple[str, str]] = field(default_factory=list)
 
 
-def _lines(n: Node) -> tuple[str, ...]:
+def _lines(n: Node, name: str | None = None) -> tuple[str, ...]:
     shapes = ", ".join(str(t) for t in n.outs)
+    name = n.name if name is None else name
     if n.kind == OpKind.MIX and n.spec is not None:
-        return (n.name, f"mix: {n.spec.family}", f"mask: {n.spec.mask}", shapes)
+        return (name, f"mix: {n.spec.family}", f"mask: {n.spec.mask}", shapes)
     kind = n.kind.value
     detail = n.attr("fn") or n.attr("op")
     if detail is not None and n.kind in (OpKind.NORM, OpKind.UNARY, OpKind.BINARY, OpKind.REDUCE):
@@ -83,7 +93,7 @@ def _lines(n: Node) -> tuple[str, ...]:
     pattern = n.attr("pattern")
     if isinstance(pattern, str):        # rearrange: the user's string, escaped on output
         kind = f"{kind} {pattern}"
-    lines = [n.name, kind, shapes]
+    lines = [name, kind, shapes]
     body = n.attr("body")
     if isinstance(body, Graph):
         lines.append(f"body: {body.name} ({len(body)} nodes)")
@@ -108,32 +118,147 @@ def _cluster_of(name: str, tops: dict[str, str]) -> str | None:
     return m.group(1) if m else None
 
 
-def drawing(g: Graph, with_params: bool = False) -> Drawing:
-    """The boxes, edges and clusters to draw for ``g``."""
+# A drawing is kept within a page at the default settings: ~26 inches a side (2,900 px
+# at the 110 dpi of a PNG). Folding repetition is enough for most models; past the page,
+# the largest nested layer instances (mixers inside blocks first) are drawn as one box.
+PAGE_INCHES = 26.0
+
+
+def drawing(g: Graph, with_params: bool = False, expand: bool = False) -> Drawing:
+    """The boxes, edges and clusters to draw for ``g``.
+
+    Unless ``expand``, identical iterations of a repeat (:mod:`seqdsl.fold`) are drawn once,
+    as one cluster titled with their index set and count (``layers.{0,1,3..11}.h3_block
+    ×10``), the edges of the other iterations drawn between the boxes that stand for them
+    (those going back up as ``loops``); then, while the drawing is larger than a page,
+    layer instances are collapsed into one box each, the deepest and largest first."""
+    if expand:
+        return _build(g, with_params, Folding(), {}, set())
+    folding, units = fold_graph(g)
+    d = _build(g, with_params, folding, units, set())
+    hidden_units = {u.path for grp in folding.groups if grp.count > 1 for u in grp.units[1:]}
+    paths = [p for p, _, _ in g.layers if unit_of(p) is None or unit_of(p).path not in hidden_units]
+    inside = {p: [n for n in g.nodes() if n.name.startswith(p + ".") and n.kind not in _HIDDEN] for p in paths}
+    # helpers before mixers (the mix nodes are what a reader looks for), nested before
+    # top-level, large before small
+    candidates = sorted((p for p in paths if len(inside[p]) > 1),
+                        key=lambda p: (any(n.kind == OpKind.MIX for n in inside[p]),
+                                       -sum(1 for q in paths if p.startswith(q + ".")), -len(inside[p]), p))
+    definition = {p: (kind, name) for p, kind, name in g.layers}
+    collapsed: set[str] = set()
+    for path in candidates:
+        if max(_extent(d)) <= PAGE_INCHES:
+            break
+        if path in collapsed or any(path.startswith(c + ".") for c in collapsed):
+            continue
+        # with its twins (the same definition called beside it), so that they look alike
+        parent = path.rsplit(".", 1)[0] if "." in path else ""
+        collapsed |= {p for p in candidates if definition[p] == definition[path]
+                      and (p.rsplit(".", 1)[0] if "." in p else "") == parent}
+        d = _build(g, with_params, folding, units, collapsed)
+    return d
+
+
+def _build(g: Graph, with_params: bool, folding: Folding, units: dict, collapsed: set[str]) -> Drawing:
     tops = _top_layers(g)
+    titles = {path: f"{kind} {definition}" for path, kind, definition in g.layers}
+    stands_for: dict[int, int] = {}          # node id -> the id of the box that shows it
+    group_titles: dict[str, str] = {}       # the first iteration of a folded group -> its title
+    solo_instance: dict[str, str] = {}      # the same -> its one layer instance (h3_block), if one
+    for group in folding.groups:
+        if group.count == 1:
+            continue
+        first = units[group.first]
+        for unit in group.units[1:]:
+            stands_for.update((a.id, b.id) for a, b in zip(units[unit], first, strict=True))
+        inside = [(p, t) for p, t in tops.items() if p.startswith(group.first.path + ".")]
+        if len(inside) == 1:
+            solo_instance[group.first.path] = relative(inside[0][0], group.first)
+            title = f"{group.show(inside[0][0])} ×{group.count}: {inside[0][1]}"
+        else:
+            what = ", ".join(f"{relative(p, group.first)} ({t})" for p, t in inside)
+            title = f"{group.label} ×{group.count}" + (f": {what}" if what else "")
+        group_titles[group.first.path] = title + (f" ({group.note})" if group.note else "")
+    # A collapsed instance is one box, keyed by its last node (whatever reads it comes later).
+    collapsed = {p for p in collapsed if not any(p.startswith(q + ".") for q in collapsed)}
+    members: dict[str, list[Node]] = {p: [] for p in collapsed}
+    for n in g.nodes():
+        if n.id not in stands_for:
+            for p in collapsed:
+                if n.name.startswith(p + "."):
+                    members[p].append(n)
+    box_of: dict[int, str] = {}
+    into: dict[int, int] = {}               # a node of a collapsed instance -> its box
+    for p, nodes in members.items():
+        if nodes:
+            box_of[nodes[-1].id] = p
+            into.update((n.id, nodes[-1].id) for n in nodes)
+    fold_map = dict(stands_for)
+    stands_for = {nid: into.get(fold_map.get(nid, nid), fold_map.get(nid, nid))
+                  for nid in {*fold_map, *into} if into.get(fold_map.get(nid, nid), fold_map.get(nid, nid)) != nid}
+
+    def internal(a: Node, b: Node) -> bool:
+        """An edge between two nodes of one collapsed instance, in one iteration."""
+        a_id, b_id = fold_map.get(a.id, a.id), fold_map.get(b.id, b.id)
+        return a_id in into and into[a_id] == into.get(b_id) and unit_of(a.name) == unit_of(b.name)
+
+    def hidden(nid: int) -> bool:
+        return g.node(nid).kind in _HIDDEN and not with_params and nid not in box_of
+
     boxes: dict[str, Box] = {}
     clusters: dict[str, tuple[str, list[str]]] = {}
-    edges: list[tuple[str, str, str]] = []
+    edges: dict[tuple[str, str, str], None] = {}
+    loops: dict[tuple[str, str, str], None] = {}
     for n in g.nodes():
-        if n.kind in _HIDDEN and not with_params:
+        if hidden(n.id):
             continue
-        key = f"n{n.id}"
-        boxes[key] = Box(key, _lines(n), COLOURS.get(n.kind.value, "#ffffff"), n.kind == OpKind.MIX)
+        dst = stands_for.get(n.id, n.id)
+        key = f"n{dst}"
+        for p in n.inputs:
+            if hidden(p.node):
+                continue
+            src = stands_for.get(p.node, p.node)
+            if internal(g.node(p.node), n):
+                continue
+            role = p.role if not p.index else f"{p.role} [{p.index}]"
+            (edges if src < dst else loops)[(f"n{src}", key, role)] = None
+        if n.id in stands_for:
+            continue
+        found = folding.group_of(n.name)
+        folded = found is not None and found[1].count > 1
+        name = box_of.get(n.id, n.name)
+        if folded:                           # the cluster's title says where: the rest of the path
+            name = relative(name, found[0]) or name
+            solo = solo_instance.get(found[0].path)
+            if solo is not None and name.startswith(solo + "."):
+                name = name[len(solo) + 1:]
+        if n.id in box_of:
+            inside = [m for m in members[box_of[n.id]] if m.kind not in _HIDDEN or with_params]
+            lines = (name, titles[box_of[n.id]], f"{len(inside)} nodes drawn as one", ", ".join(str(t) for t in n.outs))
+            boxes[key] = Box(key, lines, COLLAPSED_COLOUR, any(m.kind == OpKind.MIX for m in inside))
+        else:
+            boxes[key] = Box(key, _lines(n, name), COLOURS.get(n.kind.value, "#ffffff"), n.kind == OpKind.MIX)
+        if folded:
+            unit = found[0]
+            clusters.setdefault(unit.path, (group_titles[unit.path], []))[1].append(key)
+            continue
         path = _cluster_of(n.name, tops)
         if path is not None:
             title = f"{path}: {tops[path]}" if path in tops else path
             clusters.setdefault(path, (title, []))[1].append(key)
-        for p in n.inputs:
-            src = f"n{p.node}"
-            if g.node(p.node).kind in _HIDDEN and not with_params:
-                continue
-            edges.append((src, key, p.role if not p.index else f"{p.role} [{p.index}]"))
     for i, p in enumerate(g.outputs):
         key = f"out{i}"
         label = "output" if len(g.outputs) == 1 else f"output {i}"
         boxes[key] = Box(key, (label, str(g.type_of(p))), OUTPUT_COLOUR)
-        edges.append((f"n{p.node}", key, "" if not p.index else f"[{p.index}]"))
-    return Drawing(g.name, boxes, edges, clusters)
+        edges[(f"n{stands_for.get(p.node, p.node)}", key, "" if not p.index else f"[{p.index}]")] = None
+    after: list[tuple[str, str]] = []
+    for group in folding.groups:
+        if group.count > 1:
+            end = max(n.id for u in group.units for n in units[u])
+            last = f"n{stands_for.get(units[group.first][-1].id, units[group.first][-1].id)}"
+            after += [(last, key) for key in boxes if key.startswith("n") and int(key[1:]) > end and last in boxes
+                      and (last, key) not in {(a, b) for a, b, _ in edges}]
+    return Drawing(g.name, boxes, list(edges), clusters, list(loops), after)
 
 
 # ---- DOT ------------------------------------------------------------------------------
@@ -168,9 +293,10 @@ def _label(lines: tuple[str, ...]) -> str:
     return '"' + "\\n".join(dot_quote(line)[1:-1] for line in lines) + '"'
 
 
-def to_dot(graph: Graph, with_params: bool = False) -> str:
-    """The layer graph as Graphviz DOT text (top to bottom, one cluster per top-level layer)."""
-    d = drawing(graph, with_params)
+def to_dot(graph: Graph, with_params: bool = False, expand: bool = False) -> str:
+    """The layer graph as Graphviz DOT text (top to bottom, one cluster per top-level layer;
+    identical repeat iterations folded unless ``expand``)."""
+    d = drawing(graph, with_params, expand)
     out = [
         f"digraph {dot_quote(d.name)} {{",
         '  graph [rankdir=TB, fontname="Helvetica", fontsize=11, nodesep=0.25, ranksep=0.35];',
@@ -192,6 +318,10 @@ def to_dot(graph: Graph, with_params: bool = False) -> str:
     for src, dst, role in d.edges:
         attrs = f" [label={dot_quote(role)}]" if role else ""
         out.append(f"  {src} -> {dst}{attrs};")
+    for src, dst in d.after:
+        out.append(f"  {src} -> {dst} [style=invis];")
+    for src, dst, role in d.loops:      # into the next iteration: no say in the ranking
+        out.append(f"  {src} -> {dst} [label={dot_quote(f'{role} (next layer)')}, style=dashed, constraint=false];")
     out.append("}")
     return "\n".join(out) + "\n"
 
@@ -208,7 +338,8 @@ def _dot_node(box: Box) -> str:
 # ---- files ----------------------------------------------------------------------------
 
 
-def write_graph(graph: Graph, path: str | Path, with_params: bool = False, renderer: str = "auto") -> str:
+def write_graph(graph: Graph, path: str | Path, with_params: bool = False, renderer: str = "auto",
+                expand: bool = False) -> str:
     """Write the graph to ``path`` (.dot/.gv text, or a .svg/.png picture).
 
     Pictures use Graphviz's ``dot`` when it is on PATH (``renderer="auto"``), matplotlib
@@ -221,7 +352,7 @@ def write_graph(graph: Graph, path: str | Path, with_params: bool = False, rende
         raise SeqError(f"graph: cannot write {path.name!r}: the output must end in " + ", ".join(FORMATS))
     if renderer not in ("auto", "dot", "matplotlib"):
         raise ValueError(f"unknown renderer {renderer!r}")
-    text = to_dot(graph, with_params)
+    text = to_dot(graph, with_params, expand)
     if suffix in (".dot", ".gv"):
         path.write_text(text)
         return "DOT text"
@@ -240,7 +371,7 @@ def write_graph(graph: Graph, path: str | Path, with_params: bool = False, rende
             why = "Graphviz dot took more than 10 minutes"
         if renderer == "dot":
             raise SeqError(f"graph: {why}")
-    d = drawing(graph, with_params)
+    d = drawing(graph, with_params, expand)
     notes = ([] if renderer == "matplotlib" else [why]) + _draw_matplotlib(d, path)
     if len(d.boxes) > 300:
         notes.append(f"{len(d.boxes)} boxes: --entry draws one block alone")
@@ -260,6 +391,21 @@ _LANE = 0.3         # inches taken by a long edge passing through a row
 _ROW_H = 1.05       # inches between rows
 _MAX_SIDE = 32000   # pixels: Agg draws at most 2^16 a side, and viewers choke well before
 _MAX_PIXELS = 120_000_000
+_LOOP = 0.2         # inches between the lanes of the edges into the next iteration
+
+
+def _extent(d: Drawing) -> tuple[float, float]:
+    """About the width and height in inches of the drawing (a lower bound of the width:
+    the widest row, boxes and passing edges side by side). Graphviz's is close."""
+    row = _rows(d)
+    across: dict[int, float] = {}
+    for r in row.values():
+        across[r] = across.get(r, 0.0) + _BOX_W + _GAP
+    for src, dst, _ in d.edges:
+        for r in range(row[src] + 1, row[dst]):
+            across[r] = across.get(r, 0.0) + _LANE
+    height = max(row.values(), default=0) * _ROW_H + 2 * _ROW_H + 0.5
+    return max(across.values(), default=0.0) + 1.2 + _LOOP * len(d.loops), height
 
 
 def _rows(d: Drawing) -> dict[str, int]:
@@ -267,6 +413,7 @@ def _rows(d: Drawing) -> dict[str, int]:
     g = nx.DiGraph()
     g.add_nodes_from(d.boxes)
     g.add_edges_from((s, t) for s, t, _ in d.edges)
+    g.add_edges_from(d.after)
     row: dict[str, int] = {}
     for k in nx.topological_sort(g):
         preds = list(g.predecessors(k))
@@ -381,7 +528,8 @@ def _draw_matplotlib(d: Drawing, path: Path) -> list[str]:
     pos = {k: (x[k], -row[k] * _ROW_H) for k in x}
     xs = [p[0] for p in pos.values()] or [0.0]
     ys = [p[1] for p in pos.values()] or [0.0]
-    width = max(xs) - min(xs) + _BOX_W + 1.2
+    loops = list(dict.fromkeys((src, dst) for src, dst, _ in d.loops))
+    width = max(xs) - min(xs) + _BOX_W + 1.2 + _LOOP * len(loops)
     height = max(ys) - min(ys) + 2 * _ROW_H + 0.5
     fig = plt.figure(figsize=(max(width, 7.0), max(height, 3.0)))
     ax = fig.add_axes((0, 0, 1, 1))
@@ -397,7 +545,8 @@ def _draw_matplotlib(d: Drawing, path: Path) -> list[str]:
         ax.add_patch(FancyBboxPatch((x0, y0), x1 - x0, y1 - y0, boxstyle="round,pad=0,rounding_size=0.12",
                                     fc=CLUSTER_FILL, ec="#9aa8bd", lw=1.0, zorder=0))
         ax.text(x0 + 0.1, y1 - 0.04, title, ha="left", va="top", fontsize=8, color="#34435a",
-                fontweight="bold", parse_math=False, zorder=1)
+                fontweight="bold", parse_math=False, zorder=5,
+                bbox={"boxstyle": "round,pad=0.1", "fc": CLUSTER_FILL, "ec": "none", "alpha": 0.9})
 
     # Edges enter the top of their reader at ports spread in the order they arrive from,
     # so that they do not cross there and their role labels stay apart.
@@ -432,6 +581,23 @@ def _draw_matplotlib(d: Drawing, path: Path) -> list[str]:
         if role:
             ax.text(*_on_curve(*verts[-4:], above=0.13), role, fontsize=6.5, color="#2d3a4a",
                     ha="center", va="center", parse_math=False, zorder=5,
+                    bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.85})
+
+    # Edges into the next iteration of a folded layer go back up: out of the right side of
+    # their source, up a lane right of everything, into the right side of their reader.
+    lane0 = max(xs) + half_w + 0.3
+    labelled: set[str] = set()
+    for i, (src, dst) in enumerate(loops):
+        lane = lane0 + _LOOP * i
+        (sx, sy), (tx, ty) = pos[src], pos[dst]
+        verts = [(sx + half_w, sy), (lane, sy), (lane, ty), (tx + half_w, ty)]
+        ax.add_patch(FancyArrowPatch(path=MPath(verts, [MPath.MOVETO] + [MPath.LINETO] * 3), arrowstyle="-|>",
+                                     mutation_scale=9, color="#8a6d3b", lw=0.8, linestyle=(0, (4, 3)),
+                                     shrinkA=0, shrinkB=1, zorder=1.5))
+        if src not in labelled:
+            labelled.add(src)
+            ax.text(lane, (sy + ty) / 2, "next layer", rotation=90, fontsize=6.5, color="#8a6d3b", ha="center",
+                    va="center", parse_math=False, zorder=5,
                     bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.85})
 
     for key, box in d.boxes.items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -222,11 +223,19 @@ def test_graph_unknown_format_is_a_user_error(tmp_path):
 def test_graph_clusters_and_params(tmp_path):
     src = tmp_path / "odd.seq"
     src.write_text(ODD_PATTERN)
-    result, out, _ = invoke("graph", src)
+    result, out, _ = invoke("graph", src, "--expand")
     assert result.exit_code == 0, out
     assert_valid_dot(out)
     assert out.count('subgraph "cluster_') == 2
     assert 'label="layers.0.odd: block odd"' in out
+    # folded (the default): the two identical layers are one cluster, and the second
+    # layer's input is a dashed edge back into the first
+    result, folded, _ = invoke("graph", src)
+    assert result.exit_code == 0, folded
+    assert_valid_dot(folded)
+    assert folded.count('subgraph "cluster_') == 1
+    assert 'label="layers.{0,1}.odd ×2: block odd"' in folded
+    assert re.search(r'n(\d+) -> n\1 \[label="x \(next layer\)", style=dashed, constraint=false\];', folded), folded
     # the pattern's line break is DOT's \n, its tab a space: never a raw control character
     assert "->\\n b n d" in out
     assert "\t" not in out
@@ -289,3 +298,41 @@ def test_dot_quote():
 def test_missing_argument_is_usage_error(args):
     result, _, _ = invoke(*args)
     assert result.exit_code == 2
+
+
+# ---- run ----------------------------------------------------------------------------
+
+# The small sizes at which every example runs (shared with tests/codegen/test_examples_run.py).
+SMALL = json.loads((ROOT / "tests" / "codegen" / "small_sizes.json").read_text())
+
+
+def test_run_covers_every_example():
+    assert sorted(SMALL) == sorted(p.relative_to(ROOT / "examples").as_posix()
+                                   for p in (ROOT / "examples").glob("*/*.seq"))
+
+
+@pytest.mark.parametrize("name", sorted(SMALL), ids=[n.replace("/", "-").removesuffix(".seq") for n in sorted(SMALL)])
+def test_run_every_example(name):
+    """`seqdsl run` times forward and backward on every example at small sizes; a module
+    without parameters (softmax attention, a functional scan) differentiates its inputs."""
+    sets = [a for k, v in SMALL[name].items() for a in ("--set", f"{k}={v}")]
+    result, out, text = invoke("run", ROOT / "examples" / name, *sets, "--repeat", "1")
+    assert result.exit_code == 0, text
+    summary = out.splitlines()[-1]
+    assert summary.startswith("forward+backward of ") and "best of 1" in summary, out
+    shapes = re.search(r"inputs (.*); ([\d,]+) parameters$", summary)
+    assert shapes, summary
+    assert "64" in shapes[1]                        # N = 64 reached the random inputs
+    no_params = shapes[2] == "0"
+    assert ("no parameters: the backward pass computes the gradients of the" in out) == no_params, out
+    if name == "mixers/softmax_attention.seq":
+        assert no_params and "gradients of the 3 float input(s)" in out
+
+
+def test_run_without_backward_and_bad_repeat():
+    result, out, text = invoke("run", SOFTMAX, "--set", "N=32", "--no-backward", "--repeat", "1")
+    assert result.exit_code == 0, text
+    assert out.splitlines()[-1].startswith("forward of SoftmaxAttention")
+    assert "no parameters" not in out
+    result, _, text = invoke("run", SOFTMAX, "--repeat", "0")
+    assert result.exit_code == 1 and "--repeat must be at least 1" in text

@@ -1,0 +1,207 @@
+"""Views that fold repetition (seqdsl/fold.py): the text of ``seqdsl check``, the
+``analyze complexity`` table and ``seqdsl graph`` show identical repeat iterations once,
+``layers.{0,1,3..11}.h3_block ×10``; ``--expand`` lists every one; the JSON keeps every layer;
+the drawing of every example fits a page."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import struct
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import seqdsl
+from seqdsl.analysis.table import _fmt, render
+from seqdsl.cli import app
+from seqdsl.fold import index_set, merge_lines, unit_of
+from seqdsl.report import check_report
+from seqdsl.viz import drawing, to_dot, write_graph
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ROOT / "examples" / "models"
+HYBRID = MODELS / "h3_hybrid.seq"
+H3_SET = "{0,1,3..5,7..11}"          # h3_hybrid: attention at 2 and L // 2 = 6
+PAGE_PX = 3000                       # a side of a drawing at the default settings
+
+runner = CliRunner()
+
+
+def invoke(*args) -> str:
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def _number(text: str) -> int:
+    return int(text.replace(",", ""))
+
+
+# ---- folding itself -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("indices, text", [
+    ([0, 1, 3, 4, 5, 6, 7, 8, 9, 10, 11], "{0,1,3..11}"),
+    ([2, 6], "{2,6}"),
+    ([0, 1, 2], "{0..2}"),                 # three consecutive: a range
+    ([0, 1], "{0,1}"),
+    ([7], "{7}"),
+    (list(range(0, 128, 2)), "{0,2..126}"),  # every other layer
+    ([0, 2, 4], "{0,2,4}"),                # a short stride stays a list
+    ([9, 3, 5, 4, 3], "{3..5,9}"),         # unsorted, repeated
+])
+def test_index_set(indices, text):
+    assert index_set(indices) == text
+
+
+def test_unit_of():
+    u = unit_of("layers.3.h3_block.h3.y")
+    assert (u.path, u.template, u.index) == ("layers.3", "layers.{}", 3)
+    u = unit_of("enc.layers_1.12.blk.q")               # a second repeat, inside a layer
+    assert (u.path, u.template, u.index) == ("enc.layers_1.12", "enc.layers_1.{}", 12)
+    assert unit_of("layers.4.recurrent/step/xl.y").path == "layers.4"   # a path through a body
+    assert unit_of("latents.y") is None and unit_of("rotary_1") is None
+
+
+def test_merge_lines():
+    lines = [f"a.y: random_blocks(R, seed={i}) [B, N]" for i in range(12)]
+    assert merge_lines(lines) == "a.y: random_blocks(R, seed={0..11}) [B, N]"
+    assert merge_lines(["x: causal()", "x: full()"]) is None
+
+
+# ---- check -----------------------------------------------------------------------------
+
+
+def test_check_folds_the_hybrid():
+    out = invoke("check", HYBRID)
+    lines = out.splitlines()
+    h3 = [line for line in lines if line.startswith(f"  layers.{H3_SET}.h3_block ×10: block h3_block")]
+    attn = [line for line in lines if line.startswith("  layers.{2,6}.attention_block ×2: block attention_block")]
+    assert len(h3) == 1 and len(attn) == 1, out
+    # parameters per instance and in all, and the second is ten times the first
+    m = re.search(r"= ([\d,]+) each, ([\d,]+) in all", h3[0])
+    assert m and _number(m[2]) == 10 * _number(m[1]), h3[0]
+    m = re.search(r"= ([\d,]+) each, ([\d,]+) in all", attn[0])
+    assert m and _number(m[2]) == 2 * _number(m[1]), attn[0]
+    assert "(identical repeat iterations folded: 10 not listed, --expand lists all)" in out
+    assert f"  layers.{H3_SET}.h3_block.h3.y ×10: toeplitz:" in out
+    assert "  layers.{2,6}.attention_block.attention.y ×2: softmax:" in out
+    assert not re.search(r"layers\.\d+\.", out), "a single layer is listed although all are folded"
+    assert "mixers: 22" in out                     # the count is of every mixer
+
+
+def test_check_expand_lists_every_layer():
+    out = invoke("check", HYBRID, "--expand")
+    tops = re.findall(r"^  (layers\.\d+\.\w+): ", out, flags=re.M)
+    assert tops == [f"layers.{i}.{'attention_block' if i in (2, 6) else 'h3_block'}" for i in range(12)]
+    assert "×" not in out
+    assert len(re.findall(r"^  layers\.\d+\.\w+\.h3\.y: toeplitz", out, flags=re.M)) == 10
+
+
+def test_check_folds_seeds_and_strides(checked_example):
+    out = check_report(checked_example(MODELS / "bigbird.seq"))
+    assert "layers.{0..11}.bigbird_layer ×12: block bigbird_layer" in out
+    assert "random seeds differ" in out                          # seed = i: one group, said so
+    assert re.search(r"bigbird_attention\.y ×12: .*random_blocks\(R, block=Bk, seed=\{0\.\.11\}", out), out
+    out = check_report(checked_example(MODELS / "sparse_transformer.seq"))
+    assert "  layers.{0,2..126}.sparse_layer ×64: block sparse_layer" in out
+    assert "  layers.{1,3..127}.sparse_layer ×64: block sparse_layer" in out
+    assert re.search(r"layers\.\{0,2\.\.126\}\.sparse_layer\.sparse_attention\.y ×64: .*window\(S \+ 1\)", out)
+    assert re.search(r"layers\.\{1,3\.\.127\}\.sparse_layer\.sparse_attention\.y ×64: .*strided\(S\)", out)
+
+
+def test_check_without_repetition_is_unchanged(checked_example):
+    checked = checked_example(ROOT / "examples" / "mixers" / "softmax_attention.seq")
+    assert check_report(checked) == check_report(checked, expand=True)
+
+
+# ---- the analysis table ----------------------------------------------------------------
+
+
+def _columns(line: str) -> list[str]:
+    """FLOPs, matmul, params, act. B, HBM B of a table line (the fixed-width columns)."""
+    return line[78:122].split()
+
+
+def test_table_folds_and_sums():
+    report = seqdsl.analyze(HYBRID)
+    d = report.to_dict()
+    text = render(report, formulas=False)
+    lines = text.splitlines()
+    start = lines.index(f"layers.{H3_SET}.h3_block ×10  (costs of one instance, then the sums for one and "
+                        "for all 10)")
+    assert "layers.{2,6}.attention_block ×2  (costs of one instance, then the sums for one and for all 2)" in lines
+    one = next(line for line in lines[start:] if line.startswith("  = one instance"))
+    every = next(line for line in lines[start:] if line.startswith("  = all 10"))
+    # the sums against the JSON, which keeps every layer
+    h3_units = [i for i in range(12) if i not in (2, 6)]
+    assert {r["name"] for r in d["layers"] if r["name"].endswith(".h3.y")} == \
+        {f"layers.{i}.h3_block.h3.y" for i in h3_units}
+    keys = ("flops", "matmul_flops", "param_count", "activation_bytes", "hbm_bytes")
+    first = [r for r in d["layers"] if r["name"].startswith("layers.0.")]
+    every_row = [r for r in d["layers"] if unit_of(r["name"]) and unit_of(r["name"]).index in h3_units]
+    assert _columns(one) == [_fmt(sum(r["values"][k] for r in first)) for k in keys]
+    assert _columns(every) == [_fmt(sum(r["values"][k] for r in every_row)) for k in keys]
+    assert not re.search(r"^layers\.\d+\.", text, flags=re.M)
+    # expanded: every row as before, and the same total
+    expanded = render(report, formulas=False, expand=True).splitlines()
+    assert sum(1 for line in expanded if re.match(r"layers\.\d+\.h3_block\.h3\.y ", line)) == 10
+    assert expanded[-1] == lines[-1] and lines[-1].startswith("total")
+
+
+def test_table_of_longformer_is_short():
+    out = invoke("analyze", "complexity", MODELS / "longformer.seq", "--no-formulas")
+    full = invoke("analyze", "complexity", MODELS / "longformer.seq", "--no-formulas", "--expand")
+    assert len(full.splitlines()) > 300 and len(out.splitlines()) < 80, (len(full.splitlines()), len(out.splitlines()))
+    assert "layers.{0..11}.longformer_layer ×12" in out
+    assert "…" not in out                        # no layer name cut off at the front
+
+
+def test_json_keeps_every_layer():
+    folded = json.loads(invoke("analyze", "complexity", HYBRID, "--json"))
+    expanded = json.loads(invoke("analyze", "complexity", HYBRID, "--json", "--expand"))
+    assert folded == expanded
+    assert {r["name"].split(".")[1] for r in folded["layers"] if r["name"].startswith("layers.")} == \
+        {str(i) for i in range(12)}
+
+
+# ---- graph -----------------------------------------------------------------------------
+
+
+def test_graph_folds_the_hybrid(checked_example):
+    g = checked_example(HYBRID).graph
+    dot = to_dot(g)
+    titles = re.findall(r'subgraph "cluster_\d+" \{\n    graph \[label="([^"]*)"', dot)
+    assert titles == [f"layers.{H3_SET}.h3_block ×10: block h3_block",
+                      "layers.{2,6}.attention_block ×2: block attention_block"], titles
+    assert "style=dashed, constraint=false" in dot         # into the next iteration
+    assert not re.search(r'label="layers\.\d+\.', dot)
+    folded, full = drawing(g), drawing(g, expand=True)
+    assert len(full.clusters) == 12 and not full.loops
+    assert len(folded.boxes) < len(full.boxes) / 5
+    # every edge of the graph is drawn: between boxes, or back into the next iteration
+    assert {k for e in folded.edges + folded.loops for k in e[:2]} <= set(folded.boxes)
+    expanded = to_dot(g, expand=True)
+    assert expanded.count('subgraph "cluster_') == 12 and "layers.11.h3_block" in expanded
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", head[16:24])
+
+
+def test_graph_fits_a_page(example, checked_example, tmp_path):
+    """At the default settings every example's picture is at most ~3000 px a side, drawn by
+    matplotlib and, where it is installed, by Graphviz."""
+    graph = checked_example(example).graph
+    renderers = ["matplotlib"] + (["dot"] if shutil.which("dot") else [])
+    for renderer in renderers:
+        out = tmp_path / f"{renderer}.png"
+        note = write_graph(graph, out, renderer=renderer)
+        width, height = _png_size(out)
+        print(f"{example.stem} ({renderer}): {width}x{height} px; {note}")
+        assert height <= PAGE_PX and width <= PAGE_PX, f"{renderer}: {width}x{height} px"
