@@ -106,6 +106,16 @@ def _coerce_size(raw: object, info: DimInfo) -> sympy.Basic:
     return value
 
 
+_CLI_IMPORTS: tuple[tuple[Path, ...], bool] = ((), False)
+
+
+def set_import_defaults(import_path, allow_any_import: bool) -> None:
+    """What the command line's ``--import-path`` and ``--allow-any-import`` add to every
+    parse of the command (each command sets them again)."""
+    global _CLI_IMPORTS
+    _CLI_IMPORTS = (tuple(Path(p) for p in import_path), bool(allow_any_import))
+
+
 @dataclass(frozen=True)
 class ImportRules:
     """Where ``import "x.seq"`` may look: the importing file's folder, then ``path`` (the
@@ -117,10 +127,10 @@ class ImportRules:
 
     @staticmethod
     def make(import_path: Iterable[str | Path] | None, allow_any_import: bool | None) -> ImportRules:
-        dirs = [Path(p) for p in (import_path or ())]
+        dirs = [Path(p) for p in (import_path or ())] + list(_CLI_IMPORTS[0])
         dirs += [Path(p) for p in os.environ.get("SEQDSL_PATH", "").split(os.pathsep) if p]
         if allow_any_import is None:
-            allow_any_import = os.environ.get("SEQDSL_ALLOW_ANY_IMPORT", "") not in ("", "0")
+            allow_any_import = _CLI_IMPORTS[1] or os.environ.get("SEQDSL_ALLOW_ANY_IMPORT", "") not in ("", "0")
         return ImportRules(tuple(dirs), bool(allow_any_import))
 
 

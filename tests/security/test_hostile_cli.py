@@ -80,6 +80,10 @@ CASES.update({
     "json_non_finite": "import json\nfrom seqdsl.cli import _json_safe\n"
                        "json.dumps(_json_safe({'a': float('inf'), 'b': [float('nan'), 1.5]}), allow_nan=False)",
     "import_passwd_cli": "cli('check', 'imports_passwd.seq')",
+    "import_path_flag": "cli('-I', 'lib', 'check', 'uses_lib.seq')",
+    "import_path_reset": "cli('check', 'uses_lib.seq')",          # the flag of the last command is gone
+    "import_outside_refused": "cli('check', 'sub/uses_parent.seq')",
+    "import_outside_allowed": "cli('--allow-any-import', 'check', 'sub/uses_parent.seq')",
 })
 
 
@@ -94,6 +98,11 @@ def work(tmp_path_factory) -> Path:
     (work / "wide.seq").write_text(MODEL.replace("D = 8", "D = 4096"))
     (work / "attention.seq").write_text(ATTENTION)
     (work / "imports_passwd.seq").write_text('import "/etc/passwd"\n' + MODEL)
+    (work / "lib").mkdir()
+    (work / "lib" / "shared.seq").write_text("dim E = 4\n")
+    (work / "uses_lib.seq").write_text('import "shared.seq"\n' + MODEL.replace("D = 8", "D = E"))
+    (work / "sub").mkdir()
+    (work / "sub" / "uses_parent.seq").write_text('import "../lib/shared.seq"\n' + MODEL.replace("D = 8", "D = E"))
     (work / "a_folder").mkdir()
     (work / "read_only").mkdir(mode=0o500)
     return work
@@ -151,6 +160,10 @@ EXPECT.update({
     "json_huge_sizes": _strict_json,
     "json_non_finite": lambda o: o["kind"] == "ok" and json.loads(o["value"]) == {"a": "inf", "b": ["nan", 1.5]}
     or pytest.fail(str(o)),
+    "import_path_flag": lambda o: _cli(o, 0, r"sizes: E=4"),
+    "import_path_reset": lambda o: _cli(o, 1, r"uses_lib.seq:1:1: error: cannot import 'shared.seq': no such file"),
+    "import_outside_refused": lambda o: _cli(o, 1, r"no such file in .*\n.*\n.*\n.*hint: .*--allow-any-import"),
+    "import_outside_allowed": lambda o: _cli(o, 0, r"sizes: E=4"),
     "import_passwd_cli": lambda o: "root:" not in _cli(o, 1, r"only .seq files")["stderr"] or pytest.fail(str(o)),
 })
 
