@@ -129,12 +129,9 @@ def main(
     ] = False,
 ) -> None:
     """seqdsl: check, analyse and compile long-sequence architectures."""
-    # The front end reads these (seqdsl/check/program.py, ImportRules), as for a variable set by the user.
-    if import_path:
-        dirs = [str(p) for p in import_path] + [p for p in os.environ.get("SEQDSL_PATH", "").split(os.pathsep) if p]
-        os.environ["SEQDSL_PATH"] = os.pathsep.join(dirs)
-    if allow_any_import:
-        os.environ["SEQDSL_ALLOW_ANY_IMPORT"] = "1"
+    from seqdsl.check.program import set_import_defaults
+
+    set_import_defaults(import_path or (), allow_any_import)   # for this command (each one resets them)
 
 
 @app.command()
