@@ -28,9 +28,9 @@ from codegen.torch.sizes import SizePlan, plan_sizes
 from codegen.torch.structure import Scope, build
 from seqdsl.analysis import mixers as cost
 from seqdsl.analysis.select import MACHINES, choose
+from seqdsl.errors import SeqError
 from seqdsl.ir import mix as M
 from seqdsl.ir.graph import Graph, Node, OpKind, Port
-from seqdsl.errors import SeqError
 from seqdsl.ir.types import show_dim
 
 
@@ -159,6 +159,7 @@ class _Writer:
         self.registry: scoped.Registry | None = None
         self.child_scopes: dict[int, dict] = {}
         self._readers: dict | None = None
+        self.extra_dims: list[str] = []
         self.cls_base = cls
         self.definitions: dict[str, str] = {}     # definition name -> mixer / block / model
 
@@ -291,8 +292,11 @@ class _Writer:
                  "    def __init__(self, gen: torch.Generator):", "        super().__init__()"]
         lines += self.init or []
         lines.append("")
+        binds, self.extra_dims = scoped.bind_lines(self, scoped.dims_needed(self, self.init + body))
+        if self.extra_dims:      # sizes read at call time that no argument carries: given by the caller
+            args += ["*"] + [self.sizes.pyname[d] for d in self.extra_dims]
         lines.append(f"    def forward(self, {', '.join(args)}):")
-        lines += scoped.bind_lines(self, scoped.dims_needed(self, self.init + body))
+        lines += binds
         lines += body
         lines.append(f"        return {', '.join(outs)}")
         return "\n".join(lines) + "\n"

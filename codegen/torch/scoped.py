@@ -34,9 +34,11 @@ class Registry:
         self.by_text: dict[str, str] = {}
         self.names: set[str] = set(taken)
         self.sources: list[str] = []
+        self.extra: dict[str, list[str]] = {}    # class -> dims it takes as keyword arguments
 
-    def add(self, base: str, text: str) -> str:
-        """The name of the class whose text is ``text`` (with ``__CLASS__`` for its name)."""
+    def add(self, base: str, text: str, extra: list[str] | None = None) -> str:
+        """The name of the class whose text is ``text`` (with ``__CLASS__`` for its name);
+        ``extra``: the dims its forward takes as keyword arguments."""
         name = self.by_text.get(text)
         if name is None:
             name, k = base, 2
@@ -44,6 +46,7 @@ class Registry:
                 name, k = f"{base}{k}", k + 1
             self.names.add(name)
             self.by_text[text] = name
+            self.extra[name] = list(extra or ())
             self.sources.append(text.replace("__CLASS__", name))
         return name
 
@@ -110,6 +113,11 @@ def _make_child(w, c: Scope) -> dict:
     return {"attr": attr, "classes": [name]}
 
 
+def _dims_kw(w, name: str) -> str:
+    """``, N=N`` for the dims class ``name`` takes as keyword arguments."""
+    return "".join(f", {w.sizes.pyname[d]}={w.sizes.pyname[d]}" for d in w.registry.extra.get(name, ()))
+
+
 def _module_target(w, attr: str) -> str:
     ref = w.wref(attr)
     if ref.startswith("self.w("):
@@ -135,8 +143,9 @@ def _class_of(w, c: Scope, base: str) -> str:
     if c.kind == "instance":
         doc = f"{w.definition_kind(c.definition).capitalize()} {c.definition} of the .seq file."
     else:
-        doc = f"One step of the `repeat` at {c.path.rsplit('.', 1)[0]}.<i>."
-    return w.registry.add(base, sub.scope_source(comment(doc)))
+        doc = f"One step of a `repeat` (the module at {c.path.rsplit('.', 2)[-2]}.<i>)."
+    text = sub.scope_source(comment(doc))
+    return w.registry.add(base, text, sub.extra_dims)
 
 
 def _call_child(w, c: Scope) -> None:
@@ -145,7 +154,8 @@ def _call_child(w, c: Scope) -> None:
     target = w.wref(attr)
     if c.kind == "loop":
         return _call_loop(w, c, target, info)
-    args = ", ".join(w.ref(p) for _, p in c.inputs)
+    args = ", ".join(w.ref(p) for _, p in c.inputs) + _dims_kw(w, info["classes"][0])
+    args = args.removeprefix(", ")
     outs = [w.fresh(attr.split(".")[-1] if len(c.outputs) == 1 else f"{attr.split('.')[-1]}_{i}")
             for i, _ in enumerate(c.outputs)]
     lhs = ", ".join(outs) if outs else "_"
@@ -158,9 +168,10 @@ def _call_child(w, c: Scope) -> None:
 
 def _call_loop(w, c: Scope, target: str, info: dict) -> None:
     its = c.children
-    if not c.loopable:
+    kws = {_dims_kw(w, name) for name in info["classes"]}
+    if not c.loopable or len(kws) > 1:
         for i, it in enumerate(its):
-            args = ", ".join(w.ref(p) for _, p in it.inputs)
+            args = (", ".join(w.ref(p) for _, p in it.inputs) + _dims_kw(w, info["classes"][i])).removeprefix(", ")
             outs = [w.fresh(name or "h") for name, _ in it.outputs]
             w.body.append(f"        {', '.join(outs) or '_'} = {target}[{i}]({args})")
             for out, (_, p) in zip(outs, it.outputs):
@@ -181,7 +192,8 @@ def _call_loop(w, c: Scope, target: str, info: dict) -> None:
             loop_vars[name] = var
     for name, _ in first.outputs:
         loop_vars.setdefault(name, w.fresh(name))
-    args = ", ".join(loop_vars[name] if name is not None else w.ref(p) for name, p in first.inputs)
+    args = (", ".join(loop_vars[name] if name is not None else w.ref(p) for name, p in first.inputs)
+            + kws.pop()).removeprefix(", ")
     outs = ", ".join(loop_vars[name] for name, _ in first.outputs)
     layer = w.fresh("layer")
     w.body.append(f"        for {layer} in {target}:")
@@ -203,9 +215,10 @@ def dims_needed(w, lines: list[str]) -> list[str]:
     return used
 
 
-def bind_lines(w, dims: list[str]) -> list[str]:
-    """``N = x.shape[1]`` for each dim a class uses, from the first argument that has it."""
-    out = []
+def bind_lines(w, dims: list[str]) -> tuple[list[str], list[str]]:
+    """``N = x.shape[1]`` for each dim a class uses, from the first argument that has it; and
+    the dims no argument carries (the class takes them as keyword arguments)."""
+    out, extra = [], []
     for dim in dims:
         for _, p in w.scope.inputs:
             shape = w.g.type_of(p).shape
@@ -216,5 +229,5 @@ def bind_lines(w, dims: list[str]) -> list[str]:
                 out.append(f"        {w.sizes.pyname[dim]} = {w.var[_key(p)]}.shape[{axis}]")
                 break
         else:
-            raise Unstructured(f"{w.scope.path}: uses {dim}, which none of its inputs carries")
-    return out
+            extra.append(dim)
+    return out, extra
