@@ -79,6 +79,7 @@ class Drawing:
     loops: list[tuple[str, str, str]] = field(default_factory=list)
     # Not drawn: what follows the last iteration of a folded layer stays below its cluster.
     after: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)      # what was folded or collapsed, for the user
 
 
 def _lines(n: Node, name: str | None = None) -> tuple[str, ...]:
@@ -156,6 +157,12 @@ def drawing(g: Graph, with_params: bool = False, expand: bool = False) -> Drawin
         collapsed |= {p for p in candidates if definition[p] == definition[path]
                       and (p.rsplit(".", 1)[0] if "." in p else "") == parent}
         d = _build(g, with_params, folding, units, collapsed)
+    if folding.folds:
+        folded = [grp for grp in folding.groups if grp.count > 1]
+        d.notes.append(f"{sum(grp.count for grp in folded)} repeat iterations drawn as {len(folded)} (identical ones "
+                       "once; --expand draws every one)")
+    if collapsed:
+        d.notes.append(f"{len(collapsed)} layer instance(s) drawn as one box each to fit a page")
     return d
 
 
@@ -296,7 +303,10 @@ def _label(lines: tuple[str, ...]) -> str:
 def to_dot(graph: Graph, with_params: bool = False, expand: bool = False) -> str:
     """The layer graph as Graphviz DOT text (top to bottom, one cluster per top-level layer;
     identical repeat iterations folded unless ``expand``)."""
-    d = drawing(graph, with_params, expand)
+    return _dot(drawing(graph, with_params, expand))
+
+
+def _dot(d: Drawing) -> str:
     out = [
         f"digraph {dot_quote(d.name)} {{",
         '  graph [rankdir=TB, fontname="Helvetica", fontsize=11, nodesep=0.25, ranksep=0.35];',
@@ -352,10 +362,12 @@ def write_graph(graph: Graph, path: str | Path, with_params: bool = False, rende
         raise SeqError(f"graph: cannot write {path.name!r}: the output must end in " + ", ".join(FORMATS))
     if renderer not in ("auto", "dot", "matplotlib"):
         raise ValueError(f"unknown renderer {renderer!r}")
-    text = to_dot(graph, with_params, expand)
+    d = drawing(graph, with_params, expand)
+    text = _dot(d)
+    done = "".join(f"; {note}" for note in d.notes)
     if suffix in (".dot", ".gv"):
         path.write_text(text)
-        return "DOT text"
+        return "DOT text" + done
     dot = shutil.which("dot")
     if renderer == "dot" and dot is None:
         raise SeqError("graph: Graphviz 'dot' is not on PATH")
@@ -365,17 +377,16 @@ def write_graph(graph: Graph, path: str | Path, with_params: bool = False, rende
             proc = subprocess.run([dot, f"-T{suffix[1:]}", "-o", str(path)], input=text, capture_output=True,
                                   text=True, timeout=600, check=False)
             if proc.returncode == 0:
-                return f"drawn with Graphviz ({dot})"
+                return f"drawn with Graphviz ({dot})" + done
             why = "Graphviz dot failed: " + (proc.stderr.strip().splitlines() or ["no message"])[-1]
         except subprocess.TimeoutExpired:
             why = "Graphviz dot took more than 10 minutes"
         if renderer == "dot":
             raise SeqError(f"graph: {why}")
-    d = drawing(graph, with_params, expand)
     notes = ([] if renderer == "matplotlib" else [why]) + _draw_matplotlib(d, path)
     if len(d.boxes) > 300:
         notes.append(f"{len(d.boxes)} boxes: --entry draws one block alone")
-    return "drawn with matplotlib" + (": " + "; ".join(notes) if notes else "")
+    return "drawn with matplotlib" + (": " + "; ".join(notes) if notes else "") + done
 
 
 # ---- matplotlib -----------------------------------------------------------------------

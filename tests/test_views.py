@@ -188,6 +188,14 @@ def test_graph_folds_the_hybrid(checked_example):
     assert expanded.count('subgraph "cluster_') == 12 and "layers.11.h3_block" in expanded
 
 
+def test_graph_says_what_it_folded(tmp_path):
+    out = invoke("graph", HYBRID, "-o", tmp_path / "g.dot")
+    assert "12 repeat iterations drawn as 2 (identical ones once; --expand draws every one)" in out, out
+    out = invoke("graph", HYBRID, "-o", tmp_path / "g.dot", "--expand")
+    assert "repeat iterations" not in out and "drawn as one box" not in out, out
+    assert (tmp_path / "g.dot").read_text().count('subgraph "cluster_') == 12
+
+
 def _png_size(path: Path) -> tuple[int, int]:
     head = path.read_bytes()[:24]
     assert head[:8] == b"\x89PNG\r\n\x1a\n"
