@@ -295,7 +295,7 @@ class Elaborator:
             result = {"==": x == y, "!=": x != y, "<": x < y, "<=": x <= y, ">": x > y, ">=": x >= y}[op]
             return Scalar(sympy.true if bool(result) else sympy.false)
         if isinstance(a, Scalar) and isinstance(b, Scalar):
-            return Scalar(arith(op, a.expr, b.expr, pos))
+            return Scalar(arith(op, a.expr, b.expr, pos, self.subs))
         if op == "@":
             return B.matmul(self, frame, a, b, pos)
         if isinstance(a, (Tensor, Scalar)) and isinstance(b, (Tensor, Scalar)):

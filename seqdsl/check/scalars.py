@@ -24,14 +24,14 @@ def as_number(e: sympy.Basic) -> sympy.Basic:
     return e
 
 
-def arith(op: str, a: sympy.Basic, b: sympy.Basic, pos) -> sympy.Basic:
+def arith(op: str, a: sympy.Basic, b: sympy.Basic, pos, subs: dict | None = None) -> sympy.Basic:
     """Scalar ``a op b``; exact, symbolic where the operands are. A result that is not a
-    real number, too large a number or too large an expression is an error here, where the
-    program wrote it (frontend/limits.py)."""
+    real number, too large a number or too large an expression (also at the sizes ``subs``,
+    where they are known) is an error here, where the program wrote it (frontend/limits.py)."""
     a, b = as_number(a), as_number(b)
     if op == "**":
         check_power(a, b, pos)
-    return check_size(in_range(_arith(op, a, b, pos), pos), pos)
+    return check_size(in_range(_arith(op, a, b, pos), pos), pos, subs=subs)
 
 
 def _arith(op: str, a: sympy.Basic, b: sympy.Basic, pos) -> sympy.Basic:

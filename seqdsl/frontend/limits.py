@@ -78,15 +78,34 @@ def check_power(a: sympy.Basic, b: sympy.Basic, pos: Pos) -> None:
         return
     if a.is_Rational and a not in (0, 1, -1):
         bits = max(abs(a.p).bit_length(), abs(a.q).bit_length()) * abs(b)
-        if bits > MAX_BITS + 64:
-            raise SeqError(f"number out of range: {_short(a)} ** {_short(b)} has more than {MAX_BITS} bits", pos)
+    elif a.is_number and not a.is_Rational:     # sqrt(2) ** 1e300 is 2 ** 5e299 to sympy
+        size = abs(float(a.evalf(15)))
+        bits = abs(b) * abs(math.log2(size)) if size > 0 else 0
+        if abs(b) > MAX_POWER and size not in (0.0, 1.0):
+            bits = max(bits, MAX_BITS + 65)
+    else:
+        return
+    if bits > MAX_BITS + 64:
+        raise SeqError(f"number out of range: {_short(a)} ** {_short(b)} has more than {MAX_BITS} bits", pos)
 
 
-def check_size(expr: sympy.Basic, pos: Pos, what: str = "size expression") -> sympy.Basic:
-    """``expr`` if its tree is small enough to compute with (sympy's work grows with it)."""
-    if isinstance(expr, sympy.Basic) and expr.free_symbols and _ops(expr) > MAX_EXPR_OPS:
+def check_size(expr: sympy.Basic, pos: Pos, what: str = "size expression",
+               subs: dict | None = None) -> sympy.Basic:
+    """``expr`` if its tree is small enough to compute with (sympy's work grows with it), its
+    powers of sizes are at most MAX_POWER (``(N ** 1000) ** 1000`` is N ** 1000000 to sympy)
+    and, at the sizes in ``subs``, its value is in range (``N ** 1000 * M ** 1000``)."""
+    if not isinstance(expr, sympy.Basic) or not expr.free_symbols:
+        return expr
+    if _ops(expr) > MAX_EXPR_OPS:
         raise SeqError(f"{what} too large (more than {MAX_EXPR_OPS} nodes)", pos,
                        hint="a shape that grows with every repetition; give the sizes values (--set)")
+    for p in expr.atoms(sympy.Pow):
+        if p.exp.is_number and abs(p.exp) > MAX_POWER:
+            raise SeqError(f"exponent {_short(p.exp)} is too large (at most {MAX_POWER} on a size)", pos)
+    if subs:
+        value = expr.xreplace(subs)
+        if value.is_number:
+            in_range(value, pos)
     return expr
 
 
