@@ -2,11 +2,23 @@
 
 Per (batch, head): queries in blocks of ``bq``, keys in tiles of ``bk``; the steps of a
 :class:`~codegen.softmax.plan.Plan` each compute, for many query blocks at once, a partial
-output and its log-sum-exp over some of their tiles. Partial results merge by their
-log-sum-exp (online softmax), so the forward keeps O(N · chunk · bk) memory beyond the
-output and one log-sum-exp per row, which is all the backward keeps. The backward replays
-the steps: with the *final* output and log-sum-exp, every step's contribution to dq, dk,
-dv (and to the bias table) is independent, as in FlashAttention-2.
+output and its row statistics over some of their tiles. Partial results merge by their
+statistics (online softmax), so the forward keeps O(N · chunk · bk) memory beyond the
+output and two statistics per row, which is all the backward keeps. The backward replays
+the steps: with the *final* output and row statistics, every step's contribution to dq,
+dk, dv (and to the bias table) is independent, as in FlashAttention-2.
+
+Row statistics: the row maximum m of the scores and lz = log Σ exp(s − m) ∈ [0, log N],
+kept apart (their sum is the log-sum-exp) in float32 (float64 for float64 inputs); the
+backward recomputes P = exp((S − m) − lz) in that precision. With one float32 log-sum-exp
+the rounding of m + lz (up to |m| · 2⁻²⁴) would scale every P of the row: a relative
+error of ~5e-4 at |score| ≈ 1e4, of order one above 2²⁴ ≈ 1.7e7. S − m is exact near the
+maximum when the backward recomputes S with the same kernel as the forward, so the plain
+kernel runs both ways. PyTorch's fused kernel recomputes S with other rounding than its
+forward and takes one float32 log-sum-exp (its P overflowed: NaN gradients at |score| ≈
+5.5e10); when a row maximum exceeds ``FLASH_SCORE_LIMIT`` (for float32, scaled by the precision)
+and a gradient will be taken, the forward is redone with the plain kernel, and the
+backward uses it too (logged once).
 
 Chunk kernels: PyTorch's fused CPU flash-attention op (``_scaled_dot_product_flash_
 attention_for_cpu``, which returns the log-sum-exp) when it applies — CPU, no soft cap, no
@@ -16,6 +28,7 @@ Query rows with no kept key return 0.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -28,6 +41,9 @@ from codegen.softmax.scores import positional_bias
 _FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 _FLASH_BWD = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
 _FLASH_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+FLASH_SCORE_LIMIT = 1024.0        # |row max| above which the fused kernel's gradients lose 1e-4 (float32)
+log = logging.getLogger("seqdsl.codegen.softmax")
+_said: set[str] = set()
 
 
 def flash_available(device: torch.device, dtype: torch.dtype) -> bool:
@@ -82,7 +98,7 @@ def flash_backward(do, q, k, v, o, lse, additive, scale, causal=False):
 
 
 def _scores(q, k, scale, bias, cap):
-    s = torch.matmul(q, k.transpose(-1, -2)) * scale
+    s = torch.matmul(q, k.transpose(-1, -2)).mul_(scale)
     if bias is not None:
         s = s + bias
     t = None
@@ -92,26 +108,41 @@ def _scores(q, k, scale, bias, cap):
     return s, t
 
 
+def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The precision of the row statistics and of P: float32, float64 for float64 inputs."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def plain_forward(q, k, v, keep, bias, scale, cap):
-    s, _ = _scores(q, k, scale, bias, cap)
+    """Output of a chunk and its row statistics: the maximum m (−inf on rows with no kept
+    key) and lz = log Σ exp(s − m) (0 there). The score tensor is updated in place."""
+    s, _ = _scores(q, k, scale, bias, cap)                 # a fresh tensor: write G·L·S
+    s = s.to(_stat_dtype(s.dtype))                         # a no-op for float32 and float64
     if keep is not None:
-        s = s.masked_fill(~keep, float("-inf"))
-    lse = torch.logsumexp(s, -1)
-    p = torch.exp(s - torch.where(torch.isinf(lse), 0, lse)[..., None])
-    return torch.matmul(p, v), lse
+        s.masked_fill_(~keep, float("-inf"))
+    m = s.amax(-1)
+    e = s.sub_(torch.where(torch.isinf(m), 0, m)[..., None]).exp_()     # in [0, 1], 1 at the maximum
+    z = e.sum(-1)
+    dead = z == 0
+    o = torch.matmul(e.to(v.dtype), v).div_(torch.where(dead, 1, z)[..., None].to(v.dtype))
+    return o, m, torch.where(dead, 0, torch.log(z))
 
 
-def plain_backward(do, q, k, v, o, lse, keep, bias, scale, cap):
+def plain_backward(do, q, k, v, o, m, lz, keep, bias, scale, cap):
+    """dq, dk, dv and d scores of a chunk; m = +inf on rows with no kept key (P = 0)."""
     s, t = _scores(q, k, scale, bias, cap)
+    s = s.to(m.dtype)
     if keep is not None:
-        s = s.masked_fill(~keep, float("-inf"))
-    p = torch.exp(s - lse[..., None])                      # lse = +inf on dead rows: p = 0
-    dv = torch.matmul(p.transpose(-1, -2), do)
-    ds = p * (torch.matmul(do, v.transpose(-1, -2)) - (do * o).sum(-1, keepdim=True))
+        s.masked_fill_(~keep, float("-inf"))
+    p = s.sub_(m[..., None]).sub_(lz[..., None]).exp_()     # S − m exact near the maximum, then the sum
+    dv = torch.matmul(p.to(do.dtype).transpose(-1, -2), do)
+    dp = torch.matmul(do, v.transpose(-1, -2)).to(p.dtype)
+    ds = dp.sub_((do * o).sum(-1, keepdim=True).to(p.dtype)).mul_(p)
     if cap is not None:
-        ds = ds * (1 - t * t)
-    dq = torch.matmul(ds, k) * scale
-    dk = torch.matmul(ds.transpose(-1, -2), q) * scale
+        ds.mul_((1 - t * t).to(ds.dtype))
+    ds = ds.to(q.dtype)
+    dq = torch.matmul(ds, k).mul_(scale)
+    dk = torch.matmul(ds.transpose(-1, -2), q).mul_(scale)
     return dq, dk, dv, ds
 
 
@@ -191,80 +222,116 @@ def _masks(cfg: Config, s: Step, bias: Tensor | None, flash: bool, dtype):
     return keep, dead, _additive(keep, bias, dtype)
 
 
-def tiled_forward(cfg: Config, q: Tensor, k: Tensor, v: Tensor, table: Tensor | None) -> tuple[Tensor, Tensor]:
-    """The output tiles [B, H, nqb, bq, Dv] (padded rows included) and their log-sum-exp
-    [B, H, nqb, bq] (−inf on rows with no kept key)."""
+def tiled_forward(cfg: Config, q: Tensor, k: Tensor, v: Tensor, table: Tensor | None,
+                  for_backward: bool = False, table_grad: bool = False) -> tuple[Tensor, Tensor, Tensor, bool]:
+    """The output tiles [B, H, nqb, bq, Dv] (padded rows included), their row statistics m
+    (−inf on rows with no kept key) and lz [B, H, nqb, bq], and whether the fused kernel
+    computed them (the backward runs the same kernel as the forward). ``for_backward``: a
+    gradient will be taken (rows whose maximum is too large for the fused kernel's backward
+    then rerun plainly); ``table_grad``: the bias table's (only the plain kernel gives it)."""
+    flash = _use_flash(cfg, table_grad)
+    out, m, lz = _forward(cfg, q, k, v, table, flash)
+    if flash and for_backward and m.numel():
+        top = float(torch.where(torch.isinf(m), 0, m).abs().max())
+        limit = FLASH_SCORE_LIMIT * torch.finfo(torch.float32).eps / torch.finfo(m.dtype).eps
+        if top > limit:
+            if "large" not in _said:
+                _said.add("large")
+                log.info(f"tiled softmax: a row maximum of the scores reaches {top:.3g} > {limit:.3g}; the plain "
+                         "chunk kernel reruns the forward and runs the backward (the fused kernel's backward "
+                         "loses precision there)")
+            flash = False
+            out, m, lz = _forward(cfg, q, k, v, table, flash)
+    return out, m, lz, flash
+
+
+def _forward(cfg: Config, q: Tensor, k: Tensor, v: Tensor, table: Tensor | None, flash: bool):
     p = cfg.plan
     q_t = _tiles(q, p.nq, p.bq)
     k_t, v_t = _tiles(k, p.nk, p.bk, p.front, p.back), _tiles(v, p.nk, p.bk, p.front, p.back)
     out = torch.zeros(*q_t.shape[:-1], v.shape[-1], dtype=q.dtype, device=q.device)
-    lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
-    lse = torch.full(q_t.shape[:-1], float("-inf"), dtype=lse_dtype, device=q.device)
-    flash = _use_flash(cfg, False)
+    stat = _stat_dtype(q.dtype)
+    m = torch.full(q_t.shape[:-1], float("-inf"), dtype=stat, device=q.device)
+    lz = torch.zeros(q_t.shape[:-1], dtype=stat, device=q.device)
     for s in p.steps:
         qs, ks, vs = _rows(s, q_t), _keys(s, k_t), _keys(s, v_t)   # read G·L·D + 2·G·S·D
         bias = _bias(cfg, s, table, q.dtype)
         keep, dead, additive = _masks(cfg, s, bias, flash, q.dtype)
-        if flash:
-            o, l_s = flash_forward(qs, ks, vs, additive, cfg.scale, _causal(s, bias, flash))
+        if flash:                       # the fused kernel gives the log-sum-exp: m = lse, lz = 0
+            o, m_s = flash_forward(qs, ks, vs, additive, cfg.scale, _causal(s, bias, flash))
+            m_s, l_s = m_s.to(stat), torch.zeros((), dtype=stat, device=q.device).expand(m_s.shape)
+            if dead is not None:                                  # the fused kernel says 0 there
+                m_s = m_s.masked_fill(dead, float("-inf"))
         else:
-            o, l_s = plain_forward(qs, ks, vs, keep, bias, cfg.scale, cfg.cap)
-        l_s = l_s.to(lse_dtype)
-        if dead is not None:                                      # the fused kernel says 0 there
-            l_s = l_s.masked_fill(dead, float("-inf"))
-        _merge(out, lse, s, o, l_s)                               # read/write G·L·Dv
-    return out, lse
+            o, m_s, l_s = plain_forward(qs, ks, vs, keep, bias, cfg.scale, cfg.cap)
+        _merge(out, m, lz, s, o, m_s, l_s)                         # read/write G·L·Dv
+    return out, m, lz
 
 
-def _merge(out: Tensor, lse: Tensor, s: Step, o: Tensor, l_s: Tensor) -> None:
-    """Online softmax: fold a partial result (o, l_s) into the running (out, lse) of its rows."""
+def _merge(out: Tensor, m: Tensor, lz: Tensor, s: Step, o: Tensor, m_s: Tensor, l_s: Tensor) -> None:
+    """Online softmax: fold a partial result (o, m_s, l_s) into the running (out, m, lz) of
+    its rows. Weights exp((m_x − m_new) + (l_x − l_new)): differences of nearby numbers
+    first, so that large scores lose nothing."""
     view = s.q_view is not None
     if s.first and view:
         _rows(s, out).copy_(o)
-        _rows(s, lse).copy_(l_s)
+        _rows(s, m).copy_(m_s)
+        _rows(s, lz).copy_(l_s)
         return
     flat = s.rows.reshape(-1)
+
+    def put(dst: Tensor, x: Tensor) -> None:
+        dst.index_copy_(2, flat, x.reshape(*dst.shape[:2], -1, *dst.shape[3:]).to(dst.dtype))
+
     if s.first:
-        out.index_copy_(2, flat, o.reshape(*out.shape[:2], -1, *out.shape[3:]).to(out.dtype))
-        lse.index_copy_(2, flat, l_s.reshape(*lse.shape[:2], -1, lse.shape[3]))
+        put(out, o)
+        put(m, m_s)
+        put(lz, l_s)
         return
-    o_old, l_old = _rows(s, out), _rows(s, lse)          # views, or copies when gathered
-    l_new = torch.logaddexp(l_old, l_s)
-    live = l_new > float("-inf")
-    a = torch.where(live, torch.exp(l_old - l_new), 0).to(out.dtype)[..., None]
-    b = torch.where(live, torch.exp(l_s - l_new), 0).to(out.dtype)[..., None]
-    o_old.mul_(a).addcmul_(o, b)
+    o_old, m_old, l_old = _rows(s, out), _rows(s, m), _rows(s, lz)      # views, or copies when gathered
+    m_new = torch.maximum(m_old, m_s)
+    live = m_new > float("-inf")
+    mu = torch.where(live, m_new, 0)
+    a = torch.exp((m_old - mu) + l_old)                  # Σ exp(s − m_new) over each part: 0 on a dead part
+    b = torch.exp((m_s - mu) + l_s)
+    z = a + b
+    zs = torch.where(live, z, 1)
+    o_old.mul_((a / zs).to(out.dtype)[..., None]).addcmul_(o, (b / zs).to(out.dtype)[..., None])
+    l_new = torch.where(live, torch.log(zs), 0)
     if view:
+        m_old.copy_(m_new)
         l_old.copy_(l_new)
     else:
-        out.index_copy_(2, flat, o_old.reshape(*out.shape[:2], -1, *out.shape[3:]))
-        lse.index_copy_(2, flat, l_new.reshape(*lse.shape[:2], -1, lse.shape[3]))
+        put(out, o_old)
+        put(m, m_new)
+        put(lz, l_new)
 
 
 def tiled_backward(cfg: Config, d_out: Tensor, q: Tensor, k: Tensor, v: Tensor, table: Tensor | None,
-                   out: Tensor, lse: Tensor, need_table: bool):
+                   out: Tensor, m: Tensor, lz: Tensor, need_table: bool, flash: bool):
     """Gradients of q, k, v (unpadded) and of the bias table, replaying the plan's steps
-    with the final output and log-sum-exp."""
+    with the final output and row statistics (``flash``: the fused kernel made them)."""
     p = cfg.plan
     q_t = _tiles(q, p.nq, p.bq)
     k_t, v_t = _tiles(k, p.nk, p.bk, p.front, p.back), _tiles(v, p.nk, p.bk, p.front, p.back)
     do_t = _tiles(d_out, p.nq, p.bq)
-    lse = torch.where(torch.isinf(lse), float("inf"), lse)        # rows with no key: p = exp(−inf) = 0
+    m = torch.where(torch.isinf(m), float("inf"), m)              # rows with no key: p = exp(−inf) = 0
     dq_t, dk_t, dv_t = torch.zeros_like(q_t), torch.zeros_like(k_t), torch.zeros_like(v_t)
     B, H, nkb = k_t.shape[:3]
     dtable = torch.zeros_like(table) if need_table else None
-    flash = _use_flash(cfg, need_table)
+    flash = flash and not need_table
+    lse = m + lz if flash else None                                # the fused kernel's one statistic
     bh = torch.arange(B * H, device=q.device)[:, None] * nkb
     for s in p.steps:
         qs, ks, vs, dos, os_ = _rows(s, q_t), _keys(s, k_t), _keys(s, v_t), _rows(s, do_t), _rows(s, out)
-        ls = _rows(s, lse)
         bias = _bias(cfg, s, table, q.dtype)
         keep, _, additive = _masks(cfg, s, bias, flash, q.dtype)
         if flash:
-            dq, dk, dv = flash_backward(dos, qs, ks, vs, os_, ls.to(qs.dtype) if qs.dtype == torch.float64 else ls,
-                                        additive, cfg.scale, _causal(s, bias, flash))
+            dq, dk, dv = flash_backward(dos, qs, ks, vs, os_, _rows(s, lse), additive, cfg.scale,
+                                        _causal(s, bias, flash))
         else:
-            dq, dk, dv, ds = plain_backward(dos, qs, ks, vs, os_, ls.to(qs.dtype), keep, bias, cfg.scale, cfg.cap)
+            dq, dk, dv, ds = plain_backward(dos, qs, ks, vs, os_, _rows(s, m), _rows(s, lz), keep, bias, cfg.scale,
+                                            cfg.cap)
             if need_table:                      # d bias = d scores: through the bias's own formula
                 with torch.enable_grad():
                     t = table.detach().requires_grad_()
@@ -292,19 +359,27 @@ def tiled_backward(cfg: Config, d_out: Tensor, q: Tensor, k: Tensor, v: Tensor, 
 
 class TiledAttention(torch.autograd.Function):
     """q, k, v canonical [B, H, N, D] (equal D when the fused kernel may run); the bias
-    table is an input so that its gradient flows. Saves q, k, v, the output and one
-    log-sum-exp per row: O(N) beyond the inputs."""
+    table is an input so that its gradient flows. Saves q, k, v, the output and two
+    statistics per row: O(N) beyond the inputs."""
+
+    @classmethod
+    def apply(cls, q, k, v, table, cfg: Config):
+        # whether a gradient will be taken is known here, not in forward (it runs without grad mode)
+        grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (q, k, v, table))
+        return super().apply(q, k, v, table, cfg, grad)
 
     @staticmethod
-    def forward(ctx, q, k, v, table, cfg: Config):
-        out, lse = tiled_forward(cfg, q, k, v, table)
-        ctx.cfg = cfg
-        ctx.save_for_backward(q, k, v, table, out, lse)
+    def forward(ctx, q, k, v, table, cfg: Config, grad: bool):
+        out, m, lz, flash = tiled_forward(cfg, q, k, v, table, for_backward=grad,
+                                          table_grad=grad and table is not None and ctx.needs_input_grad[3])
+        ctx.cfg, ctx.flash = cfg, flash
+        ctx.save_for_backward(q, k, v, table, out, m, lz)
         return out.reshape(*out.shape[:2], -1, out.shape[-1])[:, :, :cfg.plan.nq]
 
     @staticmethod
     def backward(ctx, d_out):
-        q, k, v, table, out, lse = ctx.saved_tensors
+        q, k, v, table, out, m, lz = ctx.saved_tensors
         need_table = table is not None and ctx.needs_input_grad[3]
-        dq, dk, dv, dt = tiled_backward(ctx.cfg, d_out.contiguous(), q, k, v, table, out, lse, need_table)
-        return dq, dk, dv, dt, None
+        dq, dk, dv, dt = tiled_backward(ctx.cfg, d_out.contiguous(), q, k, v, table, out, m, lz, need_table,
+                                        ctx.flash)
+        return dq, dk, dv, dt, None, None

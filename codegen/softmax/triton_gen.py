@@ -1,6 +1,10 @@
 """Triton generator of the softmax family: block-sparse online-softmax attention
-(FlashAttention-2: forward with the logsumexp saved, backward recomputing the scores),
-specialised to one mixer's mask, positional bias and soft cap.
+(FlashAttention-2: forward with the row statistics saved, backward recomputing the
+scores), specialised to one mixer's mask, positional bias and soft cap.
+
+Row statistics: the row maximum m and log Σ exp(s − m), saved apart (float32) and used
+apart in the backward, P = exp((S − m) − log Σ): their float32 sum, the log-sum-exp,
+rounds by |m| · 2⁻²⁴, which scales all of P (1e-3 at |score| ≈ 1e4, see tiled.py).
 
 ``generate(name, mask, scale=…, bias_kind=…, cap=…)`` returns the text of one section of a
 generated model file (the emitter writes the header: math, torch, triton, tl, ``M``):
@@ -198,7 +202,7 @@ _SEQ = '''    if IS_VARLEN:   # one packed sequence of cu_seqlens: positions cou
         seqlen_q = seqlen_q_all
         seqlen_k = seqlen_k_all
     i_hk = i_h // GROUP   # the k/v head of this query head (grouped-query attention)
-    q_row0 = (i_b * H + i_h).to(tl.int64) * seqlen_q_all + bos      # first row of this sequence in q, o, lse
+    q_row0 = (i_b * H + i_h).to(tl.int64) * seqlen_q_all + bos      # first row of this sequence in q, o and the row statistics
     k_row0 = (i_b * (H // GROUP) + i_hk).to(tl.int64) * seqlen_k_all + bos
 '''
 
@@ -253,11 +257,12 @@ def {name}_fwd_tile(acc, m_i, l_i, b_q, qi, K, V, i_n, seqlen_q, seqlen_k, i_h, 
 
 @tt.autotune(key=["seqlen_q_all", "seqlen_k_all", "D_K", "D_V"])   # warps × stages timed once per size on a GPU
 @triton.jit
-def {name}_fwd(Q, K, V, O, LSE, BIAS, CU{map_params}{rnd_params}, stride_bias_h, n_buckets, seqlen_q_all, seqlen_k_all,
+def {name}_fwd(Q, K, V, O, ROWMAX, ROWLOG, BIAS, CU{map_params}{rnd_params}, stride_bias_h, n_buckets, seqlen_q_all, seqlen_k_all,
                H, GROUP, IS_VARLEN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, D_K: tl.constexpr, D_V: tl.constexpr,
                DOT_PREC: tl.constexpr):
-    """O = softmax(mask ∘ scores) V for one query block of one (batch, head); LSE = log Σ exp."""
+    """O = softmax(mask ∘ scores) V for one query block of one (batch, head); the row
+    statistics ROWMAX = max scores, ROWLOG = log Σ exp(scores − ROWMAX)."""
     i_m, i_h, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
 {seq}    if i_m * BLOCK_M >= seqlen_q:
         return
@@ -272,20 +277,20 @@ def {name}_fwd(Q, K, V, O, LSE, BIAS, CU{map_params}{rnd_params}, stride_bias_h,
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-{fwd_loops}    # normalise; a row that keeps no key gives 0, and lse = +inf makes its P = 0 in the backward
+{fwd_loops}    # normalise; a row that keeps no key gives 0, and its maximum +inf makes its P = 0 in the backward
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     acc = acc / l_safe[:, None]
-    lse = tl.where(l_i == 0.0, float("inf"), m_i + tl.log(l_safe))
     tl.store(O + (q_row0 + qi) * D_V + o_dv[None, :], acc.to(O.dtype.element_ty), mask=m_m[:, None] & (o_dv[None, :] < D_V))
-    tl.store(LSE + q_row0 + o_m, lse, mask=m_m)
+    tl.store(ROWMAX + q_row0 + o_m, tl.where(l_i == 0.0, float("inf"), m_i), mask=m_m)
+    tl.store(ROWLOG + q_row0 + o_m, tl.log(l_safe), mask=m_m)
 
 
 @triton.jit
-def {name}_dkdv_tile(b_dk, b_dv, b_k, b_v, kj, Q, DO, LSE, DELTA, i_m, seqlen_q, seqlen_k, i_h, i_seq, BIAS,
+def {name}_dkdv_tile(b_dk, b_dv, b_k, b_v, kj, Q, DO, ROWMAX, ROWLOG, DELTA, i_m, seqlen_q, seqlen_k, i_h, i_seq, BIAS,
                      stride_bias_h, n_buckets{rnd_params}, BLOCK_M: tl.constexpr, BLOCK_DK: tl.constexpr,
                      BLOCK_DV: tl.constexpr, D_K: tl.constexpr, D_V: tl.constexpr, APPLY_MASK: tl.constexpr,
                      DOT_PREC: tl.constexpr):
-    """Add query block i_m's share to dK, dV of this key block (P recomputed from LSE)."""
+    """Add query block i_m's share to dK, dV of this key block (P recomputed from the row statistics)."""
     o_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
     o_dk = tl.arange(0, BLOCK_DK)
     o_dv = tl.arange(0, BLOCK_DV)
@@ -293,14 +298,15 @@ def {name}_dkdv_tile(b_dk, b_dv, b_k, b_v, kj, Q, DO, LSE, DELTA, i_m, seqlen_q,
     qi = o_m[:, None]
     b_q = tl.load(Q + qi * D_K + o_dk[None, :], mask=m_m[:, None] & (o_dk[None, :] < D_K), other=0.0)
     b_do = tl.load(DO + qi * D_V + o_dv[None, :], mask=m_m[:, None] & (o_dv[None, :] < D_V), other=0.0)
-    b_lse = tl.load(LSE + o_m, mask=m_m, other=float("inf"))
+    b_rmax = tl.load(ROWMAX + o_m, mask=m_m, other=float("inf"))
+    b_rlog = tl.load(ROWLOG + o_m, mask=m_m, other=0.0)
     b_delta = tl.load(DELTA + o_m, mask=m_m, other=0.0)
     b_s = {name}_scores(b_q, b_k, qi, kj, i_h, BIAS, stride_bias_h, n_buckets, DOT_PREC)
     b_sm = b_s
     if APPLY_MASK:   # a partial tile: the predicate, and the padding
         m_keep = {name}_keep(qi, kj, seqlen_q, seqlen_k, i_h, i_seq{rnd_args}) & (qi < seqlen_q) & (kj < seqlen_k)
         b_sm = tl.where(m_keep, b_s, float("-inf"))
-    b_p = tl.exp(b_sm - b_lse[:, None])
+    b_p = tl.exp((b_sm - b_rmax[:, None]) - b_rlog[:, None])   # S − max first: exact near the maximum
     b_dv += tl.dot(tl.trans(b_p).to(b_do.dtype), b_do, input_precision=DOT_PREC)
     b_dp = tl.dot(b_do, tl.trans(b_v), input_precision=DOT_PREC)
     b_ds = b_p * (b_dp - b_delta[:, None])
@@ -309,7 +315,7 @@ def {name}_dkdv_tile(b_dk, b_dv, b_k, b_v, kj, Q, DO, LSE, DELTA, i_m, seqlen_q,
 
 
 @triton.jit
-def {name}_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, BIAS, CU{map_params}{rnd_params}, stride_bias_h, n_buckets,
+def {name}_bwd_dkdv(Q, K, V, DO, ROWMAX, ROWLOG, DELTA, DK, DV, BIAS, CU{map_params}{rnd_params}, stride_bias_h, n_buckets,
                     seqlen_q_all, seqlen_k_all, H, GROUP, IS_VARLEN: tl.constexpr, BLOCK_M: tl.constexpr,
                     BLOCK_N: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, D_K: tl.constexpr,
                     D_V: tl.constexpr, DOT_PREC: tl.constexpr):
@@ -326,7 +332,8 @@ def {name}_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, BIAS, CU{map_params}{rnd_pa
     b_v = tl.load(V + (k_row0 + o_n[:, None]) * D_V + o_dv[None, :], mask=m_n[:, None] & (o_dv[None, :] < D_V), other=0.0)
     Q += q_row0 * D_K
     DO += q_row0 * D_V
-    LSE += q_row0
+    ROWMAX += q_row0
+    ROWLOG += q_row0
     DELTA += q_row0
     b_dk = tl.zeros([BLOCK_N, BLOCK_DK], dtype=tl.float32)
     b_dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
@@ -336,7 +343,7 @@ def {name}_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, BIAS, CU{map_params}{rnd_pa
 
 
 @triton.jit
-def {name}_dq_tile(b_dq, b_q, b_do, b_lse, b_delta, qi, K, V, i_n, seqlen_q, seqlen_k, i_h, i_seq, BIAS, DBIAS,
+def {name}_dq_tile(b_dq, b_q, b_do, b_rmax, b_rlog, b_delta, qi, K, V, i_n, seqlen_q, seqlen_k, i_h, i_seq, BIAS, DBIAS,
                    stride_bias_h, n_buckets{rnd_params}, BLOCK_N: tl.constexpr, BLOCK_DK: tl.constexpr,
                    BLOCK_DV: tl.constexpr, D_K: tl.constexpr, D_V: tl.constexpr, APPLY_MASK: tl.constexpr,
                    USE_DBIAS: tl.constexpr, DOT_PREC: tl.constexpr):
@@ -353,7 +360,7 @@ def {name}_dq_tile(b_dq, b_q, b_do, b_lse, b_delta, qi, K, V, i_n, seqlen_q, seq
     if APPLY_MASK:   # a partial tile: the predicate, and the padding
         m_keep = {name}_keep(qi, kj, seqlen_q, seqlen_k, i_h, i_seq{rnd_args}) & (qi < seqlen_q) & (kj < seqlen_k)
         b_sm = tl.where(m_keep, b_s, float("-inf"))
-    b_p = tl.exp(b_sm - b_lse[:, None])
+    b_p = tl.exp((b_sm - b_rmax[:, None]) - b_rlog[:, None])   # S − max first: exact near the maximum
     b_dp = tl.dot(b_do, tl.trans(b_v), input_precision=DOT_PREC)
     b_ds = b_p * (b_dp - b_delta[:, None])
 {cap_grad}{dbias_lines}    b_dq += tl.dot(b_ds.to(b_k.dtype), b_k, input_precision=DOT_PREC)
@@ -361,7 +368,7 @@ def {name}_dq_tile(b_dq, b_q, b_do, b_lse, b_delta, qi, K, V, i_n, seqlen_q, seq
 
 
 @triton.jit
-def {name}_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, BIAS, DBIAS, CU{map_params}{rnd_params}, stride_bias_h, n_buckets,
+def {name}_bwd_dq(Q, K, V, DO, ROWMAX, ROWLOG, DELTA, DQ, BIAS, DBIAS, CU{map_params}{rnd_params}, stride_bias_h, n_buckets,
                   seqlen_q_all, seqlen_k_all, H, GROUP, IS_VARLEN: tl.constexpr, USE_DBIAS: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
                   D_K: tl.constexpr, D_V: tl.constexpr, DOT_PREC: tl.constexpr):
@@ -378,7 +385,8 @@ def {name}_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, BIAS, DBIAS, CU{map_params}{rnd_p
     V += k_row0 * D_V
     b_q = tl.load(Q + (q_row0 + qi) * D_K + o_dk[None, :], mask=m_m[:, None] & (o_dk[None, :] < D_K), other=0.0)
     b_do = tl.load(DO + (q_row0 + qi) * D_V + o_dv[None, :], mask=m_m[:, None] & (o_dv[None, :] < D_V), other=0.0)
-    b_lse = tl.load(LSE + q_row0 + o_m, mask=m_m, other=float("inf"))
+    b_rmax = tl.load(ROWMAX + q_row0 + o_m, mask=m_m, other=float("inf"))
+    b_rlog = tl.load(ROWLOG + q_row0 + o_m, mask=m_m, other=0.0)
     b_delta = tl.load(DELTA + q_row0 + o_m, mask=m_m, other=0.0)
     b_dq = tl.zeros([BLOCK_M, BLOCK_DK], dtype=tl.float32)
 {dq_loops}    tl.store(DQ + (q_row0 + qi) * D_K + o_dk[None, :], b_dq * {scale}, mask=m_m[:, None] & (o_dk[None, :] < D_K))
@@ -422,9 +430,9 @@ def generate(name: str, mask, *, scale: float, bias_kind: str | None = None, cap
     common = f"seqlen_q, seqlen_k, i_h, i_seq, BIAS, stride_bias_h, n_buckets{rnd_params}"
     fwd_call = (f"acc, m_i, l_i = {name}_fwd_tile(acc, m_i, l_i, b_q, qi, K, V, i_n, {common}, BLOCK_N, BLOCK_DK,"
                 " BLOCK_DV, D_K, D_V, {MASKED}, DOT_PREC)")
-    dkdv_call = (f"b_dk, b_dv = {name}_dkdv_tile(b_dk, b_dv, b_k, b_v, kj, Q, DO, LSE, DELTA, i_m, {common}, BLOCK_M,"
+    dkdv_call = (f"b_dk, b_dv = {name}_dkdv_tile(b_dk, b_dv, b_k, b_v, kj, Q, DO, ROWMAX, ROWLOG, DELTA, i_m, {common}, BLOCK_M,"
                  " BLOCK_DK, BLOCK_DV, D_K, D_V, {MASKED}, DOT_PREC)")
-    dq_call = (f"b_dq = {name}_dq_tile(b_dq, b_q, b_do, b_lse, b_delta, qi, K, V, i_n, seqlen_q, seqlen_k, i_h, i_seq,"
+    dq_call = (f"b_dq = {name}_dq_tile(b_dq, b_q, b_do, b_rmax, b_rlog, b_delta, qi, K, V, i_n, seqlen_q, seqlen_k, i_h, i_seq,"
                f" BIAS, DBIAS, stride_bias_h, n_buckets{rnd_params}, BLOCK_N, BLOCK_DK, BLOCK_DV, D_K, D_V,"
                " {MASKED}, USE_DBIAS, DOT_PREC)")
     ph = sx.per_head(mask)

@@ -12,7 +12,7 @@ Nothing here is generated; the generated sections import it as ``sx``:
   key tiles (and the transposed lists for the dK/dV kernel), cached per sizes;
 - ``attention``: canonicalises shapes (broadcast, grouped-query heads, packed varlen) and
   runs the generated kernels through a ``torch.autograd.Function``
-  (FlashAttention-2: logsumexp saved, scores recomputed in the backward).
+  (FlashAttention-2: row statistics saved, scores recomputed in the backward).
 
 Conventions: i a query position, j a key position, both from 0 inside their sequence.
 """
@@ -469,26 +469,29 @@ def _run(spec, q, k, v, table, cu, lengths):
 class _Attention(torch.autograd.Function):
     """FlashAttention-2 on the generated kernels. Every tensor the kernels touch is
     contiguous: q, dq [B, H, Nq, Dk]; o, do [B, H, Nq, Dv]; k [B, Hkv, Nk, Dk]; v [B, Hkv,
-    Nk, Dv]; lse, delta [B, H, Nq] (float32); with varlen B = 1 and N the packed length."""
+    Nk, Dv]; rowmax, rowlog, delta [B, H, Nq] (float32); with varlen B = 1 and N the packed
+    length. The row statistics stay apart (rowmax = max scores, rowlog = log Σ exp(scores −
+    rowmax)): their float32 sum would scale all of P by its rounding when scores are large."""
 
     @staticmethod
     def forward(ctx, q, k, v, table, spec: Kernels, cu, lengths):
         B, H, nq, _ = q.shape
         hkv, dv = k.shape[1], v.shape[3]
         o = scratch((B, H, nq, dv), q.dtype, q.device)
-        lse = scratch((B, H, nq), torch.float32, q.device)          # log Σ exp(scores) per row; +inf: no kept key
+        rowmax = scratch((B, H, nq), torch.float32, q.device)       # max scores per row; +inf: no kept key
+        rowlog = scratch((B, H, nq), torch.float32, q.device)       # log Σ exp(scores − rowmax) per row
         table_k = _bias_arg(spec, table, H, q.device)
         nseq = len(lengths) if cu is not None else B
         grid = (triton.cdiv(max(a for a, _ in lengths), spec.block_m), H, nseq)
         args = _common_args(spec, q, k, v, table_k, cu, lengths, H, hkv, transposed=False)
-        _launch(spec.fwd, grid, args, Q=q, K=k, V=v, O=o, LSE=lse)
-        ctx.save_for_backward(q, k, v, o, lse, table)
+        _launch(spec.fwd, grid, args, Q=q, K=k, V=v, O=o, ROWMAX=rowmax, ROWLOG=rowlog)
+        ctx.save_for_backward(q, k, v, o, rowmax, rowlog, table)
         ctx.meta = (spec, cu, lengths, table_k)
         return o
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, o, lse, table = ctx.saved_tensors
+        q, k, v, o, rowmax, rowlog, table = ctx.saved_tensors
         spec, cu, lengths, table_k = ctx.meta
         B, H, nq, dk = q.shape
         hkv, nk, dv = k.shape[1], k.shape[2], v.shape[3]
@@ -502,12 +505,12 @@ class _Attention(torch.autograd.Function):
         dv_h = scratch((B, H, nk, dv), torch.float32, q.device)
         args = _common_args(spec, q, k, v, table_k, cu, lengths, H, hkv, transposed=True)
         grid = (triton.cdiv(max(b for _, b in lengths), spec.block_n), H, nseq)
-        _launch(spec.dkdv, grid, args, Q=q, K=k, V=v, DO=do, LSE=lse, DELTA=delta, DK=dk_h, DV=dv_h)
+        _launch(spec.dkdv, grid, args, Q=q, K=k, V=v, DO=do, ROWMAX=rowmax, ROWLOG=rowlog, DELTA=delta, DK=dk_h, DV=dv_h)
         # dQ (and the bias table's gradient): one program per query block
         dq = scratch((B, H, nq, dk), torch.float32, q.device)
         args = _common_args(spec, q, k, v, table_k, cu, lengths, H, hkv, transposed=False)
         grid = (triton.cdiv(max(a for a, _ in lengths), spec.block_m), H, nseq)
-        _launch(spec.dq, grid, args, Q=q, K=k, V=v, DO=do, LSE=lse, DELTA=delta, DQ=dq,
+        _launch(spec.dq, grid, args, Q=q, K=k, V=v, DO=do, ROWMAX=rowmax, ROWLOG=rowlog, DELTA=delta, DQ=dq,
                 DBIAS=dbias if want_bias else table_k, USE_DBIAS=want_bias)
         g = H // hkv
         dk_ = dk_h.view(B, hkv, g, nk, dk).sum(2).to(k.dtype)
