@@ -64,12 +64,21 @@ class Gen:
             "list_in": f"({a} in [{a}, {b},])",
         }[kind]
 
+    def decl(self, depth: int = 0) -> str:
+        """A declaration's value: numbers and dims with + - * / // % ** (what it may hold)."""
+        if depth > 2 or self.chance(0.4):
+            return self.pick(NUMBERS[:10] + self.dims)
+        a, b = self.decl(depth + 1), self.decl(depth + 1)
+        if self.chance(0.15):
+            return f"({a} ** {self.pick(['2', '0.5', '-1', b])})"
+        return f"({a} {self.pick(['+', '-', '*', '/', '//', '%'])} {b})"
+
     def tensor(self, names: list[str], depth: int = 0) -> str:
         if depth > 3 or self.chance(0.3):
             return self.pick(names)
         t = self.tensor(names, depth + 1)
-        kind = self.pick(["act", "linear", "arith", "matmul", "index", "attr", "mix", "rearrange", "concat",
-                          "mlp", "complement", "softmax", "reduce"])
+        kind = self.pick(["act", "act", "linear", "linear", "arith", "arith", "matmul", "index", "attr", "mix",
+                          "mix", "rearrange", "concat", "mlp", "softmax", "reduce"] + ["complement"] * self.chance(0.1))
         return {
             "act": f"{self.pick(ACTIVATIONS)}({t})",
             "linear": f"linear({t}, {self.pick(self.dims)}, bias = {self.pick(['true', 'false'])})",
@@ -114,7 +123,8 @@ class Gen:
     def statements(self, names: list[str], depth: int) -> list[str]:
         out = []
         for _ in range(self.integer(0, 3)):
-            kind = self.pick(["assign", "assign", "assign", "multi", "repeat", "if", "param", "require", "empty"])
+            kind = self.pick(["assign"] * 5 + ["repeat", "repeat", "if", "if", "param", "require", "empty"]
+                             + ["multi"] * self.chance(0.2))
             if depth > 2 and kind in ("repeat", "if"):
                 kind = "assign"
             if kind == "assign":
@@ -174,20 +184,23 @@ class Gen:
         sizes = {d: self.pick(["2", "4", "8", "16", "64", "1"]) for d in DIMS}
         items = ["dim " + ", ".join(f"{d} = {v}" if self.chance(0.85) else d for d, v in sizes.items())]
         if self.chance(0.3):
-            items.append(f"dim E = {self.scalar(2)}")
+            items.append(f"dim E = {self.decl()}")
             self.dims.append("E")
         if self.chance(0.3):
-            items.append(f"option o = {self.scalar(2)}, p = {self.pick(NUMBERS)}")
+            items.append(f"option o = {self.pick([self.decl(), self.pick(NUMBERS)])}, p = {self.pick(NUMBERS)}")
         if self.chance(0.2):
             items.append(self.require())
-        if self.chance(0.1):
+        if self.chance(0.05):
             items.append(f'import "{self.pick(["lib.seq", "/etc/passwd", "../x.seq"])}"')
         if self.chance(0.1):
             items.append(";")
         names = [f"f{i}" for i in range(self.integer(1, 3))]
         for name in names[1:]:
             items.append(self.definition(name))
-        items.append(self.definition(names[0]).replace("(x)", f"({self.pick(names)}(x))", 1))
+        main = self.definition(names[0])
+        if len(names) > 1 or self.chance(0.1):      # f0(x) calling itself: an error, sometimes
+            main = main.replace("(x)", f"({self.pick(names[1:] or names)}(x))", 1)
+        items.append(main)
         return "\n".join(items) + "\n"
 
 
