@@ -12,12 +12,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from hypothesis import HealthCheck, assume, example, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import seqdsl
-from seqdsl.frontend import ast as A
-from seqdsl.frontend.parser import parse_text
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL_MODELS = ("deq", "switch_moe", "luna", "synthesizer", "transformer_decoder", "h3", "s5", "block_recurrent")
@@ -79,20 +77,8 @@ def token_mutations(draw) -> str:
     return text
 
 
-def _duplicate_parameter_names(text: str) -> bool:
-    """A known bug (tests/errors: test_duplicate_parameter_name_is_an_error): the checker
-    crashes with VerifyError. Skipped here so that the fuzzer keeps looking for new ones;
-    remove this filter when that test passes."""
-    try:
-        mod = parse_text(text, "<string>")
-    except seqdsl.SeqError:
-        return False
-    return any(len({p.name for p in d.params}) < len(d.params) for d in mod.items if isinstance(d, A.Definition))
-
-
 def check_only_seq_errors(text: str) -> None:
     text = text if "\n" in text else text + "\n"     # a one-line text without "\n" could name a file
-    assume(not _duplicate_parameter_names(text))
     try:
         seqdsl.check(text)
     except seqdsl.SeqError as err:
