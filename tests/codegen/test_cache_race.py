@@ -1,15 +1,16 @@
 """The generated-module cache under concurrency (codegen/torch/load.py, issue 11).
 
-``test_processes_loading_the_same_new_models_at_once``: 8 processes, each loading the same
-20 new models, 20 rounds (a fresh ``SEQDSL_CACHE`` each round, every round starting at a
-barrier so that the processes write and import the same new files at the same moment):
-zero failures. Round 0 goes through ``seqdsl.load`` (parse, check, emit, load) with 20
-small ``.seq`` models that differ by a constant; rounds 1–19 call ``load_source`` directly
-with 20 sources of ~6 kB each (large files widen the window in which a reader could see
-a partial write; ``seqdsl.load`` on every round would spend the time budget in the checker,
-not in the cache). The workers are plain subprocesses (``python -c``), which need no
-importable test module. With the former ``write_text`` cache this test fails (an empty or
-partial file imported: ``AttributeError``/``SyntaxError`` in the workers).
+``test_processes_loading_the_same_new_models_at_once``: 8 processes each load the same 20
+new models, for 20 rounds. Every round uses a fresh ``SEQDSL_CACHE`` and starts at a
+barrier, so the processes write and import the same new files at the same moment. The test
+expects zero failures. Round 0 goes through ``seqdsl.load`` (parse, check, emit, load)
+with 20 small ``.seq`` models that differ by a constant. Rounds 1–19 call ``load_source``
+directly with 20 sources of ~6 kB each: running ``seqdsl.load`` on every round would spend
+the time in the checker, not in the cache. The 8 workers are forked from one subprocess
+that imports seqdsl and torch once, before any torch operation runs; 8 separate torch
+imports would take most of the test's time on a 2-core machine. With the former
+``write_text`` cache this test fails: about 100 of the 3200 loads imported an empty
+or partial file.
 
 The other tests pin the single-process rules: a module whose import failed is not kept in
 ``sys.modules``; a cached file that differs from its source is rewritten before import;
@@ -22,7 +23,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -33,15 +33,9 @@ from codegen.torch import load as L
 ROOT = Path(__file__).resolve().parents[2]
 PROCS, MODELS, ROUNDS = 8, 20, 20
 
-WORKER = r'''
-import json, os, sys
-models, rounds, root = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-
-def barrier(r):
-    # the test reads "ready" from every worker, then answers "go" to all (no busy waiting)
-    print(f"ready {r}", flush=True)
-    if sys.stdin.readline().strip() != "go":
-        raise SystemExit("the test stopped")
+WORKER = r"""
+import json, multiprocessing, os, sys, traceback
+procs, models, rounds, root = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 
 def raw_source(r, i):
     # ~6 kB: a checksum over a long literal proves the whole file ran
@@ -52,62 +46,63 @@ def seq_source(r, i):
     return ("dim B = 1, N = 4, D = 2\n"
             f"model race_{i}(x: [B, N, D]) -> [B, N, D] {{\n  return x * {r * 1000 + i + 1}.0\n}}\n")
 
+def work(index, barrier):
+    failures, loads = [], 0
+    for r in range(rounds):
+        os.environ["SEQDSL_CACHE"] = os.path.join(root, f"cache{r}")
+        barrier.wait()                      # every process starts the round's new models at once
+        for i in range(models):
+            try:
+                if r == 0:
+                    model = seqdsl.load(seq_source(r, i))
+                    ok = float(model(torch.ones(1, 4, 2))[0, 0, 0]) == float(r * 1000 + i + 1)
+                else:
+                    mod = load_source(raw_source(r, i), f"race_{i}")
+                    data = [(r * 7919 + i * 104729 + j) % 1000003 for j in range(1000)]
+                    ok = mod.VALUE == (r, i) and mod.checksum() == sum(data) % 1000003
+                if not ok:
+                    failures.append(f"process {index} round {r} model {i}: wrong module content")
+                loads += 1
+            except Exception as err:
+                failures.append(f"process {index} round {r} model {i}: {type(err).__name__}: {err}"[:300])
+    return {"loads": loads, "failures": failures}
+
+# seqdsl and torch are imported once, before any torch operation runs (no thread pool yet:
+# forking is safe); each fork is then an independent process with its own sys.modules.
 import seqdsl, torch
 from codegen.torch.load import load_source
 
-failures, loads = [], 0
-for r in range(rounds):
-    os.environ["SEQDSL_CACHE"] = os.path.join(root, f"cache{r}")
-    barrier(r)
-    for i in range(models):
-        try:
-            if r == 0:
-                model = seqdsl.load(seq_source(r, i))
-                got = float(model(torch.ones(1, 4, 2))[0, 0, 0])
-                ok = got == float(r * 1000 + i + 1)
-            else:
-                src = raw_source(r, i)
-                mod = load_source(src, f"race_{i}")
-                data = [(r * 7919 + i * 104729 + j) % 1000003 for j in range(1000)]
-                ok = mod.VALUE == (r, i) and mod.checksum() == sum(data) % 1000003
-            if not ok:
-                failures.append(f"round {r} model {i}: wrong module content")
-            loads += 1
-        except Exception as err:
-            failures.append(f"round {r} model {i}: {type(err).__name__}: {err}"[:300])
-print(json.dumps({"loads": loads, "failures": failures}))
-'''
+barrier = multiprocessing.get_context("fork").Barrier(procs, timeout=120)
+index, children = 0, []
+for i in range(1, procs):
+    pid = os.fork()
+    if pid == 0:
+        index, children = i, []
+        break
+    children.append(pid)
+try:
+    result = work(index, barrier)
+except BaseException:
+    barrier.abort()
+    result = {"loads": -1, "failures": [f"process {index}: " + traceback.format_exc()[-2000:]]}
+with open(os.path.join(root, f"result{index}.json"), "w") as f:
+    json.dump(result, f)
+if index:
+    os._exit(0)
+codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in children]
+print(json.dumps({"exit_codes": codes}))
+"""
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="the workers are forked from one interpreter (POSIX only)")
 def test_processes_loading_the_same_new_models_at_once(tmp_path):
     start = time.monotonic()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    logs = [open(tmp_path / f"worker{i}.err", "w+") for i in range(PROCS)]
-    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(MODELS), str(ROUNDS), str(tmp_path)], cwd=ROOT,
-                              env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True)
-             for log in logs]
-    watchdog = threading.Timer(300, lambda: [p.kill() for p in procs])     # a stuck worker fails the test
-    watchdog.start()
-    try:
-        for r in range(ROUNDS):        # the barrier: every worker ready for round r, then all go at once
-            for i, p in enumerate(procs):
-                line = p.stdout.readline()
-                assert line.strip() == f"ready {r}", f"worker {i} before round {r}: {line!r}\n{_err(logs[i])}"
-            for p in procs:
-                p.stdin.write("go\n")
-                p.stdin.flush()
-        results = []
-        for i, p in enumerate(procs):
-            out = p.stdout.read()
-            assert p.wait() == 0, f"worker {i} exited with {p.returncode}:\n{_err(logs[i])}"
-            results.append(json.loads(out.strip().splitlines()[-1]))
-    finally:
-        watchdog.cancel()
-        for p in procs:
-            p.kill()
-            p.wait()
-        for log in logs:
-            log.close()
+    run = subprocess.run([sys.executable, "-c", WORKER, str(PROCS), str(MODELS), str(ROUNDS), str(tmp_path)],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert json.loads(run.stdout.strip().splitlines()[-1]) == {"exit_codes": [0] * (PROCS - 1)}, run.stderr[-3000:]
+    results = [json.loads((tmp_path / f"result{i}.json").read_text()) for i in range(PROCS)]
     failures = [f for r in results for f in r["failures"]]
     assert not failures, f"{len(failures)} failed loads of {PROCS * MODELS * ROUNDS}:\n" + "\n".join(failures[:20])
     assert [r["loads"] for r in results] == [MODELS * ROUNDS] * PROCS
@@ -115,12 +110,6 @@ def test_processes_loading_the_same_new_models_at_once(tmp_path):
         files = sorted(p.name for p in (tmp_path / f"cache{rnd}" / "torch").iterdir())
         assert len(files) == MODELS and all(f.endswith(".py") and not f.startswith(".") for f in files), files
     print(f"{PROCS} processes x {MODELS} models x {ROUNDS} rounds: {time.monotonic() - start:.1f} s")
-
-
-def _err(log) -> str:
-    log.flush()
-    log.seek(0)
-    return log.read()[-3000:]
 
 
 def test_a_module_that_failed_to_import_is_not_kept(tmp_path, monkeypatch):
