@@ -24,6 +24,7 @@ class Pos:
 
 
 NOWHERE = Pos("<unknown>", 0, 0)
+QUOTE_WIDTH = 160     # characters of a source line quoted under a message
 
 # Sources registered by the front end, so that errors can quote the offending line.
 _SOURCES: dict[str, str] = {}
@@ -97,10 +98,16 @@ class SeqError(ValueError):
             width = 1
             if self.pos.end_line == self.pos.line and self.pos.end_col:
                 width = max(1, self.pos.end_col - self.pos.col)
-            shown = _shown(text)
+            shown = _shown(text).rstrip()
             start = len(_shown(text[: self.pos.col - 1]))
             width = max(1, len(_shown(text[: self.pos.col - 1 + width])) - start)
-            out.append(f"  {shown.rstrip()}")
+            if len(shown) > QUOTE_WIDTH:       # a long line: the part around the caret
+                lo = max(0, min(start - QUOTE_WIDTH // 2, len(shown) - QUOTE_WIDTH))
+                cut = ("..." if lo else "") + shown[lo: lo + QUOTE_WIDTH] + ("..." if lo + QUOTE_WIDTH < len(shown) else "")
+                start = start - lo + (3 if lo else 0)
+                width = max(1, min(width, len(cut) - start))
+                shown = cut
+            out.append(f"  {shown}")
             out.append("  " + " " * start + "^" + "~" * (width - 1))
         if self.hint:
             out.append(f"  hint: {printable(self.hint)}")

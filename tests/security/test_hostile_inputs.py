@@ -71,6 +71,9 @@ FILES = {
     "import_absolute": 'import "{work}/../outside.seq"\n' + mixer("  return x"),
     "import_link": 'import "link.seq"\n' + mixer("  return x"),
     "import_chain": 'import "chain/c0.seq"\n' + mixer("  return x"),
+    "long_line": mixer("  return" + " " * 80_000 + "x + q" + " " * 80_000 + "# end"),
+    "import_fifo": 'import "fifo.seq"\n' + mixer("  return x"),
+    "nul_byte": mixer("  return x\x00"),
     "over_the_size_limit": "# " + "x" * (300 << 10) + "\n" + mixer("  return x"),
     "near_the_size_limit": mixer("  y = x\n" * 20_000 + "  return x"),   # 160 KB: parsed, then too many statements
 }
@@ -171,6 +174,13 @@ def _caret_under_q(o: dict) -> None:
     assert caret.index("^") == source.index("q"), rendered
 
 
+def _long_line(o: dict) -> None:
+    """A message about a 80 000-character line quotes the part around the caret."""
+    rendered = error(o, 3, 80_013, "unknown name 'q'")
+    source, caret = rendered.splitlines()[1:3]
+    assert len(source) < 200 and source[caret.index("^")] == "q", rendered
+
+
 def _one_error_line(o: dict) -> None:
     rendered = error(o, 2, 1, "forged")
     assert len(re.findall(r"^\S+:\d+:\d+: error:", rendered, re.M)) == 1, rendered   # no forged line
@@ -214,6 +224,9 @@ EXPECT = {
     "import_link": lambda o: error(o, 1, 1, "a link to a file that is not .seq"),
     "import_chain": lambda o: error(o, 1, 1, "nested too deeply"),
     "over_the_size_limit": lambda o: file_error(o, "file too large"),
+    "long_line": _long_line,
+    "import_fifo": lambda o: file_error(o, "not a regular file"),
+    "nul_byte": lambda o: "\\x00" in error(o, 3, 11, "unexpected character") or pytest.fail(str(o)),
     "near_the_size_limit": lambda o: error(o, 20_003, 3, "unrolls to more than 20000 statements"),
     "text_over_the_size_limit": lambda o: file_error(o, "file too large"),
     "set_huge_exponent": lambda o: error(o, 1, 12, "exponent out of range"),
