@@ -27,7 +27,8 @@ _SEED = re.compile(r"\bseed=\d+")
 
 def index_set(indices: Iterable[int]) -> str:
     """``{0,1,3..11}``: sorted; a run of three or more consecutive indices as ``a..b``, a run
-    of four or more with a constant step as ``a,b..c`` (every other layer: ``{0,2..126}``)."""
+    of four or more with a constant step as ``a,b,…,c`` (every other layer: ``{0,2,…,126}``;
+    never ``a,b..c``, which would read as ``a`` and the range ``b..c``)."""
     xs = sorted(set(indices))
     parts: list[str] = []
     i = 0
@@ -39,7 +40,7 @@ def index_set(indices: Iterable[int]) -> str:
         if step == 1 and j - i >= 2:
             parts.append(f"{xs[i]}..{xs[j]}")
         elif step > 1 and j - i >= 3:
-            parts.append(f"{xs[i]},{xs[i + 1]}..{xs[j]}")
+            parts.append(f"{xs[i]},{xs[i + 1]},…,{xs[j]}")
         else:
             parts.append(str(xs[i]))
             j = i

@@ -49,7 +49,8 @@ def _number(text: str) -> int:
     ([0, 1, 2], "{0..2}"),                 # three consecutive: a range
     ([0, 1], "{0,1}"),
     ([7], "{7}"),
-    (list(range(0, 128, 2)), "{0,2..126}"),  # every other layer
+    (list(range(0, 128, 2)), "{0,2,…,126}"),  # every other layer
+    ([1, 3, 4, 5], "{1,3..5}"),            # not {1,3,…,5}: a range is always consecutive
     ([0, 2, 4], "{0,2,4}"),                # a short stride stays a list
     ([9, 3, 5, 4, 3], "{3..5,9}"),         # unsorted, repeated
 ])
@@ -107,10 +108,70 @@ def test_check_folds_seeds_and_strides(checked_example):
     assert "random seeds differ" in out                          # seed = i: one group, said so
     assert re.search(r"bigbird_attention\.y ×12: .*random_blocks\(R, block=Bk, seed=\{0\.\.11\}", out), out
     out = check_report(checked_example(MODELS / "sparse_transformer.seq"))
-    assert "  layers.{0,2..126}.sparse_layer ×64: block sparse_layer" in out
-    assert "  layers.{1,3..127}.sparse_layer ×64: block sparse_layer" in out
-    assert re.search(r"layers\.\{0,2\.\.126\}\.sparse_layer\.sparse_attention\.y ×64: .*window\(S \+ 1\)", out)
-    assert re.search(r"layers\.\{1,3\.\.127\}\.sparse_layer\.sparse_attention\.y ×64: .*strided\(S\)", out)
+    assert "  layers.{0,2,…,126}.sparse_layer ×64: block sparse_layer" in out
+    assert "  layers.{1,3,…,127}.sparse_layer ×64: block sparse_layer" in out
+    assert re.search(r"layers\.\{0,2,…,126\}\.sparse_layer\.sparse_attention\.y ×64: .*window\(S \+ 1\)", out)
+    assert re.search(r"layers\.\{1,3,…,127\}\.sparse_layer\.sparse_attention\.y ×64: .*strided\(S\)", out)
+
+
+def _expand_set(path: str) -> list[str]:
+    """``layers.{0,2,…,6}.x`` -> layers.0.x, layers.2.x, layers.4.x, layers.6.x (the inverse
+    of index_set, written here on its own)."""
+    m = re.search(r"\{([^}]*)\}", path)
+    if m is None:
+        return [path]
+    indices: list[int] = []
+    parts = m[1].split(",")
+    i = 0
+    while i < len(parts):
+        part = parts[i]
+        if ".." in part:
+            a, b = map(int, part.split(".."))
+            indices += list(range(a, b + 1))
+        elif i + 2 < len(parts) and parts[i + 2] == "…":
+            first, second, last = int(part), int(parts[i + 1]), int(parts[i + 3])
+            indices += list(range(first, last + 1, second - first))
+            i += 3
+        else:
+            indices.append(int(part))
+        i += 1
+    return [path[:m.start()] + str(k) + path[m.end():] for k in indices]
+
+
+def _listed(text: str) -> tuple[list[tuple[str, str]], list[str]]:
+    """The layer instances (path, definition) and mixer paths a check report lists, each
+    folded line expanded to the iterations it stands for."""
+    layers_part = text.split("\nlayers:", 1)[1].split("\nmixers: ", 1)[0]
+    layers = []
+    for m in re.finditer(r"^\s+(\S+?)(?: ×(\d+))?: (\w+ \w+)  \[params", layers_part, flags=re.M):
+        paths = _expand_set(m[1])
+        assert m[2] is None or int(m[2]) == len(paths), m[0]
+        layers += [(p, m[3]) for p in paths]
+    mixers = []
+    for m in re.finditer(r"^  (\S+?)(?: ×(\d+))?: \w+: ", text.split("\nmixers: ", 1)[1], flags=re.M):
+        paths = _expand_set(m[1])
+        assert m[2] is None or int(m[2]) == len(paths), m[0]
+        mixers += paths
+    return layers, mixers
+
+
+def test_expand_set():
+    assert _expand_set("layers.{0,1,3..5,7..11}.h3_block") == \
+        [f"layers.{i}.h3_block" for i in (0, 1, 3, 4, 5, 7, 8, 9, 10, 11)]
+    assert _expand_set("layers.{1,3,…,9}.x") == [f"layers.{i}.x" for i in (1, 3, 5, 7, 9)]
+    assert _expand_set("layers.{1,3..5}.x") == [f"layers.{i}.x" for i in (1, 3, 4, 5)]
+
+
+def test_check_folding_loses_nothing(example, checked_example):
+    """Every example: the folded report stands for exactly the instances and mixers that the
+    expanded one lists, each once, and the count of every folded line is its index set's."""
+    checked = checked_example(example)
+    folded, full = check_report(checked), check_report(checked, expand=True)
+    (layers, mixers), (all_layers, all_mixers) = _listed(folded), _listed(full)
+    assert len(set(layers)) == len(layers) and len(set(mixers)) == len(mixers), folded
+    assert sorted(layers) == sorted(all_layers), folded
+    assert sorted(mixers) == sorted(all_mixers), folded
+    assert int(re.search(r"^mixers: (\d+)$", full, flags=re.M)[1]) == len(all_mixers)
 
 
 def test_check_without_repetition_is_unchanged(checked_example):
