@@ -22,7 +22,7 @@ MAX_STATEMENTS = 20_000           # statements checked in all, repeats unrolled 
 MAX_LITERAL_DIGITS = 64           # digits of a number as written
 MAX_EXPONENT = 300                # |e| in 1.5e-7
 MAX_BITS = 1000                   # numerator and denominator of an exact number (about 1e301)
-MAX_POWER = 1024                  # |b| in a ** b with a symbolic
+MAX_POWER = 64                    # |b| in a ** b with a a size (sympy expands (N + 1) ** b)
 MAX_SIZE = 1 << 53                # a concrete dimension (9e15: exact as a float)
 MAX_EXPR_OPS = 300                # nodes of one symbolic size expression
 

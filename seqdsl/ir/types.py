@@ -45,15 +45,20 @@ SIMPLIFY_NODES = 40   # larger expressions are only expanded: simplify()'s time 
 
 def simplified(expr: sympy.Expr) -> sympy.Expr:
     """``sympy.simplify(expr)`` for expressions small enough for it to finish quickly; a
-    larger one (a shape that grew through a chain of concats) is only expanded, which may
-    leave it unsimplified but never hangs (issue 11)."""
+    larger one (a shape that grew through a chain of concats) is only expanded, or left as
+    it is where expanding would multiply out powers of sums: it may stay unsimplified, but
+    this never hangs (issue 11)."""
     expr = sympy.sympify(expr)
     count, stack = 0, [expr]
     while stack and count <= SIMPLIFY_NODES:
         e = stack.pop()
         count += 1
         stack.extend(e.args)
-    return sympy.simplify(expr) if count <= SIMPLIFY_NODES else sympy.expand(expr)
+    if count <= SIMPLIFY_NODES:
+        return sympy.simplify(expr)
+    if any(p.exp.is_number and abs(p.exp) > 2 and p.base.is_Add for p in expr.atoms(sympy.Pow)):
+        return expr           # (N + 1) ** 64 would expand to 65 terms, and their products further
+    return sympy.expand(expr)
 
 
 def same_dim(a: sympy.Expr, b: sympy.Expr) -> bool:

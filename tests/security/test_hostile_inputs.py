@@ -43,8 +43,9 @@ FILES = {
     "size_power": mixer("  return x * N ** 100000"),
     "exponent_of_a_size": mixer("  return x * 2 ** N"),
     "irrational_power": mixer("  return x * (2 ** 0.5) ** 1e300"),
-    "powers_of_sizes": mixer("  return x * (N ** 1000 * N ** 1000)"),
-    "power_of_a_power": mixer("  return x * (Q ** 1000) ** 1000", "dim Q\n"),      # Q has no value
+    "powers_of_sizes": mixer("  return x * (N + 1000000) ** 64"),     # 1276 bits at N = 16
+    "power_of_a_power": mixer("  return x * (Q ** 40) ** 40", "dim Q\n"),      # Q has no value
+    "power_of_a_sum_shape": mixer("  param w: [(Q + 1) ** 64, (Q + 2) ** 64]\n  return w @ w", "dim Q\n"),
     "sum_500": mixer("  return x + " + " + ".join(["1"] * 500)),
     "parens_1000": mixer("  return x * " + "(" * 1000 + "1" + ")" * 1000),
     "minus_1000": mixer("  return x * " + "-" * 1000 + "1"),
@@ -200,8 +201,9 @@ EXPECT = {
     "size_power": lambda o: error(o, 3, 14, "exponent .* too large"),
     "exponent_of_a_size": lambda o: error(o, 3, 14, "exponent must be a number"),
     "irrational_power": lambda o: error(o, 3, 14, "sqrt.2. \\*\\* .* more than 1000 bits"),
-    "powers_of_sizes": lambda o: error(o, 3, 15, "out of range"),
-    "power_of_a_power": lambda o: error(o, 4, 14, "exponent 1000000 is too large"),
+    "powers_of_sizes": lambda o: error(o, 3, 14, "out of range"),
+    "power_of_a_power": lambda o: error(o, 4, 14, "exponent 1600 is too large"),
+    "power_of_a_sum_shape": lambda o: error(o, 5, 10, "inner dims differ"),
     "sum_500": lambda o: error(o, None, None, "nesting too deep"),
     "parens_1000": ok,
     "minus_1000": lambda o: error(o, None, None, "nesting too deep"),
