@@ -104,6 +104,7 @@ def build(graph: Graph) -> Scope:
     for s in scopes.values():
         s.children.sort(key=lambda c: min(c.first(graph), c.first(graph, params=True)))
     _prune(root)
+    _dissolve_stateless_loops(graph, root)
     _boundaries(graph, root)
     _loops(graph, root)
     return root
@@ -114,6 +115,22 @@ def _prune(s: Scope) -> None:
     for c in s.children:
         _prune(c)
     s.children = [c for c in s.children if c.subtree()]
+
+
+def _dissolve_stateless_loops(graph: Graph, s: Scope) -> None:
+    """A repeat with no weights and no definition calls (Hyena's `repeat order - 1` of gates
+    and long convolutions) needs no modules: its nodes are written in the enclosing class,
+    where the gates around a mixer can still be folded into its call."""
+    for c in s.children:
+        _dissolve_stateless_loops(graph, c)
+    keep = []
+    for c in s.children:
+        if c.kind == "loop" and all(not it.children for it in c.children) and not any(
+                graph.node(i).kind in (OpKind.PARAM, OpKind.BUFFER) for i in c.subtree()):
+            s.nodes = sorted(s.nodes + sorted(c.subtree()))
+        else:
+            keep.append(c)
+    s.children = keep
 
 
 def _boundaries(graph: Graph, root: Scope) -> None:

@@ -119,7 +119,8 @@ class TritonWriter(torch_emit._Writer):
             self.var[(fold.result, 0)] = self.var[(n.id, 0)]
 
     def _kernel_name(self, n: Node) -> str:
-        base = "mix_" + torch_emit._ident("_".join(n.name.split(".")[-2:])).lower()   # e.g. mix_h3_k_shift
+        words = [w for w in n.name.split(".") if not w.isdigit()]     # not the repeat indices
+        base = "mix_" + torch_emit._ident("_".join(words[-2:])).lower()   # e.g. mix_h3_k_shift
         name, k = base, 1
         while name in self.shared.names:
             name, k = f"{base}_{k}", k + 1

@@ -103,7 +103,7 @@ def test_algorithms_override_by_path_and_glob():
 
 
 def test_unknown_layer_in_algorithms_is_a_clear_error():
-    with pytest.raises(seqdsl.SeqError, match="no mixer matches nowhere"):
+    with pytest.raises(seqdsl.SeqError, match="no mixer matches '?nowhere"):
         seqdsl.load(RETNET, algorithms={"nowhere": "chunked"}, **SMALL["models/retnet.seq"])
 
 
