@@ -178,7 +178,10 @@ def _build(g: Graph, with_params: bool, folding: Folding, units: dict, collapsed
         first = units[group.first]
         for unit in group.units[1:]:
             stands_for.update((a.id, b.id) for a, b in zip(units[unit], first, strict=True))
-        inside = [(p, t) for p, t in tops.items() if p.startswith(group.first.path + ".")]
+        # the outermost layer instances inside the iteration (under a top-level one too:
+        # a repeat inside an encoder block)
+        within = [p for p in titles if p.startswith(group.first.path + ".")]
+        inside = [(p, titles[p]) for p in within if not any(p.startswith(q + ".") for q in within)]
         if len(inside) == 1:
             solo_instance[group.first.path] = relative(inside[0][0], group.first)
             title = f"{group.show(inside[0][0])} ×{group.count}: {inside[0][1]}"

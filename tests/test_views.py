@@ -274,3 +274,46 @@ def test_graph_fits_a_page(example, checked_example, tmp_path):
         width, height = _png_size(out)
         print(f"{example.stem} ({renderer}): {width}x{height} px; {note}")
         assert height <= PAGE_PX and width <= PAGE_PX, f"{renderer}: {width}x{height} px"
+
+
+NESTED = """dim B, N = 16, D = 8, L = 4
+
+block ff(x: [B, N, D]) -> [B, N, D] {
+  return x + linear(layernorm(x), D)
+}
+
+block encoder(x: [B, N, D]) -> [B, N, D] {
+  repeat L as i {
+    x = ff(x)
+  }
+  return x
+}
+
+model m(x: [B, N, D]) -> [B, N, D] {
+  x = encoder(x)
+  repeat 3 shared {
+    x = ff(x)
+  }
+  repeat 2 {
+    x = x * 2.0
+  }
+  return x
+}
+"""
+
+
+def test_repeats_inside_a_block_and_of_primitives(tmp_path):
+    """A repeat inside a block called once, a shared repeat, and a repeat of primitives
+    (its iterations are ``layers_1.<i>``): each folds on its own."""
+    src = tmp_path / "nested.seq"
+    src.write_text(NESTED)
+    out = invoke("check", src)
+    assert "    encoder.layers.{0..3}.ff ×4: block ff  [params D**2 + 3*D = 88 each, 352 in all]" in out, out
+    assert "  layers.{0..2}.ff ×3: block ff" in out
+    table = invoke("analyze", "complexity", src, "--no-formulas")
+    for header in ("encoder.layers.{0..3}.ff ×4", "layers.{0..2}.ff ×3", "layers_1.{0,1}.mul ×2"):
+        assert re.search(rf"^{re.escape(header)}  \(costs of one instance", table, flags=re.M), table
+    dot = invoke("graph", src)
+    titles = re.findall(r'subgraph "cluster_\d+" \{\n    graph \[label="([^"]*)"', dot)
+    assert titles == ["encoder.layers.{0..3}.ff ×4: block ff", "layers.{0..2}.ff ×3: block ff",
+                      "layers_1.{0,1} ×2"], titles
