@@ -11,6 +11,7 @@ names, paths, strings and numbers and proves none of them runs.
 
 from __future__ import annotations
 
+import builtins
 import keyword
 import math
 import re
@@ -62,3 +63,10 @@ def comment(text: str, limit: int = 200) -> str:
             out.append(ch)
     s = "".join(out)
     return s if len(s) <= limit else s[: limit - 1] + "…"
+
+
+# Names a generated module defines or imports at its top, and Python's builtins: no local,
+# dim or class of a generated file may take one of them.
+RESERVED = frozenset(dir(builtins)) | frozenset(keyword.kwlist) | frozenset(keyword.softkwlist) | {
+    "self", "torch", "F", "nn", "rt", "M", "math", "triton", "tl", "given_attention", "softmax_attention",
+    "linear_attention", "OuterGate", "toeplitz_mix", "ssm_init_factory", "rt_ssm_init"}

@@ -12,50 +12,22 @@ Nothing from a .seq file is pasted unescaped: names become identifiers made of
 
 from __future__ import annotations
 
-import builtins
 import fnmatch
 import keyword
-import math
-import re
 from dataclasses import dataclass, field
 
 import sympy
 
 from codegen import fuse
-from codegen.source import comment, ident, literal
+from codegen.source import RESERVED, comment, ident, literal
 from codegen.torch import scoped
-from codegen.torch.sizes import SizePlan, plan_sizes
+from codegen.torch.choice import Choice, Chooser
+from codegen.torch.sizes import SizeCode, plan_sizes, runtime_dims, shape_spec, size_check_lines, value_of
 from codegen.torch.structure import Scope, build
-from seqdsl.analysis import mixers as cost
-from seqdsl.analysis.select import MACHINES, choose
+from seqdsl.analysis.select import MACHINES
 from seqdsl.errors import SeqError
 from seqdsl.ir import mix as M
 from seqdsl.ir.graph import Graph, Node, OpKind, Port
-from seqdsl.ir.types import show_dim
-
-
-@dataclass
-class Choice:
-    """What was chosen for one mixer, and why."""
-
-    path: str
-    family: str
-    algorithm: str
-    estimates: dict[str, float]
-    forced: bool
-    backend: str = "torch"
-    note: str = ""          # e.g. the generated kernel, or why a node falls back to PyTorch
-    # (dim, ((largest size, algorithm), ..., (None, algorithm))) when the choice depends on a
-    # length read at call time; ``algorithm`` is then the choice at the file's default sizes
-    by_length: tuple | None = None
-
-    def describe(self) -> str:
-        """The choice by length in words: "sdpa for N ≤ 8192, tiled beyond"."""
-        if self.by_length is None:
-            return self.algorithm
-        dim, table = self.by_length
-        parts = [f"{alg} for {dim} ≤ {size}" if size is not None else f"{alg} beyond" for size, alg in table]
-        return ", ".join(parts)
 
 
 @dataclass
@@ -68,75 +40,13 @@ class Emitted:
 _ident = ident
 
 
-# Names a generated module defines or imports at its top, and Python's builtins: no local,
-# dim or class of a generated file may take one of them.
-RESERVED = frozenset(dir(builtins)) | frozenset(keyword.kwlist) | frozenset(keyword.softkwlist) | {
-    "self", "torch", "F", "nn", "rt", "M", "math", "triton", "tl", "given_attention", "softmax_attention",
-    "linear_attention", "OuterGate", "toeplitz_mix", "ssm_init_factory", "rt_ssm_init"}
-
-
 def class_name(entry: str) -> str:
     name = "".join(part.capitalize() for part in _ident(entry).split("_")) or "Model"
     return name + "Model" if name in RESERVED else name
 
 
-class _Sizes:
-    """Sizes as Python source: numbers where known, else dims bound from the inputs."""
-
-    def __init__(self, values: dict[str, int], runtime_dims: set[str], plan: SizePlan | None = None):
-        self.values = values
-        self.runtime = runtime_dims
-        self.plan = plan or SizePlan(values, sorted(runtime_dims))
-        # the Python name of each dim read at call time (a dim named like a builtin gets a suffix)
-        self.pyname = {d: d + "_" if d in RESERVED or not d.isidentifier() else d for d in runtime_dims}
-
-    def init_code(self, e) -> str:
-        """``e`` in ``__init__``, where a bounded dim (a position table's length) is its bound."""
-        e = sympy.sympify(e).xreplace({s: sympy.Integer(self.plan.bounds[s.name]) for s in
-                                       sympy.sympify(e).free_symbols if s.name in self.plan.bounds})
-        v = self.subs(e)
-        if not v.is_number:
-            late = ", ".join(sorted(s.name for s in v.free_symbols))
-            raise ValueError(f"a weight's shape depends on {late}, which the module reads from its inputs at "
-                             f"each call; give {late} a value (load(..., {late}=...)) or take it out of the shape")
-        return self.code(v)
-
-    def subs(self, e) -> sympy.Expr:
-        e = sympy.sympify(e)
-        return e.xreplace({s: sympy.Integer(self.values[s.name]) if s.name in self.values and
-                           float(self.values[s.name]).is_integer() else sympy.Float(self.values[s.name])
-                           for s in e.free_symbols if s.name in self.values})
-
-    def code(self, e) -> str:
-        v = self.subs(e)
-        if v.is_Integer:
-            return str(int(v))
-        if v.is_number:
-            return repr(float(v))
-        unknown = {s.name for s in v.free_symbols} - self.runtime
-        if unknown:
-            raise ValueError(f"size {e} depends on {', '.join(sorted(unknown))}, which has no value")
-        v = v.xreplace({s: sympy.Symbol(self.pyname[s.name], **s.assumptions0) for s in v.free_symbols})
-        text = sympy.pycode(v, fully_qualified_modules=True)
-        return f"int({text})" if v.is_integer and not v.is_Symbol else text
-
-    def scalar(self, e) -> str:
-        """A float argument (a scale, a cap, a rate): a literal, or the expression of the
-        dims read at call time."""
-        v = self.subs(e)
-        if v.is_number:
-            return literal(float(v))
-        return f"float({self.code(v)})"
-
-    def number(self, e) -> float | int:
-        v = self.subs(e)
-        if not v.is_number:
-            raise ValueError(f"{e} must be known when the module is generated")
-        return int(v) if v.is_Integer else float(v)
-
-
-class _Writer:
-    def __init__(self, graph: Graph, sizes: _Sizes, cls: str, machine: str, choices: list[Choice],
+class _Writer(Chooser, scoped.ScopedWriter):
+    def __init__(self, graph: Graph, sizes: SizeCode, cls: str, machine: str, choices: list[Choice],
                  classes: list[str], forced: dict[str, str] | None = None):
         self.forced = forced or {}    # layer path -> algorithm, from load(algorithms=...)
         self.g = graph
@@ -246,64 +156,8 @@ class _Writer:
         sub.registry = self.registry
         return sub
 
-    # ---- scopes: one class per definition (codegen/torch/scoped.py)
-    def scope_writer(self, scope: Scope, cls: str) -> _Writer:
-        sub = self.child(self.g, cls)
-        sub.scope, sub.cls_base = scope, (scoped.camel(scope.definition) if scope.definition else self.cls_base)
-        sub.definitions = self.definitions
-        return sub
-
-    def rel(self, name: str) -> str:
-        """A layer path as the module being written names it (relative to its scope)."""
-        return self.scope.rel(name) if self.scope is not None and self.scope.path else name
-
-    def arg_name(self, name: str) -> str:
-        return self.fresh(name)
-
-    def fresh(self, base: str) -> str:
-        """A new local name from ``base``, unique in the class being written."""
-        base = _ident(base)
-        base = "v_" + base if base.startswith("mix_") else base
-        name, k = base, 1
-        while name in self.used:
-            name, k = f"{base}_{k}", k + 1
-        self.used.add(name)
-        return name
-
-    def readers_of(self, p: Port) -> list[int]:
-        """Ids of the nodes that read ``p``."""
-        if self._readers is None:
-            self._readers = {}
-            for n in self.g.nodes():
-                for q in n.inputs:
-                    self._readers.setdefault((q.node, q.index), []).append(n.id)
-        return self._readers.get((p.node, p.index), [])
-
-    def definition_kind(self, name: str | None) -> str:
-        return self.definitions.get(name, "definition")
-
-    def scope_source(self, doc: str) -> str:
-        """The class of a scope that is not the entry: ``__init__(gen)``, and a forward whose
-        arguments are the values the scope reads from outside."""
-        args = [self.var[(p.node, p.index)] for _, p in self.scope.inputs]
-        outs = [self.ref(p) for _, p in self.scope.outputs]
-        body = _with_frees(self.body, keep=set(outs))
-        lines = ["class __CLASS__(rt.SeqModule):", f'    """{doc}"""', "",
-                 "    def __init__(self, gen: torch.Generator):", "        super().__init__()"]
-        lines += self.init or []
-        lines.append("")
-        binds, self.extra_dims = scoped.bind_lines(self, scoped.dims_needed(self, self.init + body))
-        if self.extra_dims:      # sizes read at call time that no argument carries: given by the caller
-            args += ["*"] + [self.sizes.pyname[d] for d in self.extra_dims]
-        lines.append(f"    def forward(self, {', '.join(args)}):")
-        lines += binds
-        lines += body
-        lines.append(f"        return {', '.join(outs)}")
-        return "\n".join(lines) + "\n"
-
-
     def _size_checks(self, constraints) -> list[str]:
-        return _size_check_lines(self, constraints)
+        return size_check_lines(self, constraints)
 
     def preamble(self) -> str:
         """Module-level source placed before the classes (the Triton writer's kernels)."""
@@ -545,65 +399,6 @@ class _Writer:
         if fold is not None and fold.result != n.id:
             self.var[(fold.result, 0)] = self.var[(n.id, 0)]
 
-    def choose(self, n: Node) -> Choice:
-        """The algorithm at the default sizes and, when a length of the mixer is read at call
-        time, the cost model's choice at each power of two of it (``Choice.by_length``)."""
-        forced = _forced(self.forced, n.name) or n.spec.hint("algorithm")
-        shapes = cost.shapes_of(self.g, n)
-        lengths = [d for d in self.sizes.plan.runtime
-                   if d in {s.name for s in sympy.sympify(shapes.nq).free_symbols | sympy.sympify(shapes.nk).free_symbols}]
-        defaults = {d: self.sizes.plan.defaults.get(d, 1) for d in self.sizes.runtime}
-        best, times = self._choose_at(n, defaults, forced)
-        c = Choice(n.name, n.spec.family, best, times, forced is not None)
-        if forced is None and lengths:
-            ladder = [(1 << k, self._choose_at(n, {**defaults, **{d: 1 << k for d in lengths}}, None)[0])
-                      for k in LADDER]
-            table: list[tuple[int | None, str]] = []
-            for (size, alg), nxt in zip(ladder, ladder[1:] + [(None, None)]):
-                if nxt[1] != alg:
-                    table.append((size if nxt[1] is not None else None, alg))
-            if len(table) > 1:
-                c.by_length = (lengths[0], tuple(table))
-        self.choices.append(c)
-        return c
-
-    def _choose_at(self, n: Node, runtime_values: dict[str, int], forced: str | None):
-        key = (self._structure_key(n), tuple(sorted({**self.sizes.values, **runtime_values}.items())), forced,
-               self.machine.name)
-        if key not in _CHOICES:
-            _CHOICES[key] = self._choose_uncached(n, runtime_values, forced)
-        return _CHOICES[key]
-
-    def _structure_key(self, n: Node) -> tuple:
-        """What the cost of a mixer depends on: its template, its inputs' types and producers."""
-        parts = [repr(n.spec)]
-        for p in n.inputs:
-            src = self.g.node(p.node)
-            attrs = tuple((k, v) for k, v in src.attrs if k != "body")
-            parts.append((p.role, str(self.g.type_of(p)), src.kind.value, repr(attrs)))
-        return tuple(parts)
-
-    def _choose_uncached(self, n: Node, runtime_values: dict[str, int], forced: str | None):
-        subs = {}
-        for name, v in {**self.sizes.values, **runtime_values}.items():
-            subs[sympy.Symbol(name, positive=True, integer=True)] = v
-            subs[sympy.Symbol(name, real=True)] = v
-        for sym, value in cost.TILE_DEFAULTS.items():
-            subs[sym] = value
-        cands = cost.candidates(self.g, n, subs)
-        if forced is not None and forced not in {c.algorithm for c in cands}:
-            raise ValueError(f"{n.name}: algorithm {forced!r} does not apply to this mixer "
-                             f"(it admits {', '.join(c.algorithm for c in cands)})")
-        best, times = choose(cands, self.machine, subs, forced)
-        return best.algorithm, times
-
-    def algorithm_code(self, choice: Choice) -> str:
-        """The mixer call's ``algorithm=`` argument: a literal, or the choice by length."""
-        if choice.by_length is None:
-            return literal(choice.algorithm)
-        dim, table = choice.by_length
-        return f"rt.by_length({self.sizes.pyname[dim]}, {literal(table)})"
-
     def mask_source(self, mask, tensors: dict[str, str] | None = None) -> str:
         from codegen.torch import mixers as lower_mix
         return lower_mix.mask_source(self, mask, tensors or {})
@@ -616,7 +411,7 @@ class _Writer:
         outs = ", ".join(self.ref(p) for p in self.g.outputs)
         plan = self.sizes.plan
         lines = [f"class {self.cls}(rt.SeqModule):"]
-        inputs = tuple((i.name, i.out.dtype, _shape_spec(i.out.shape, self.sizes)) for i in self.g.inputs)
+        inputs = tuple((i.name, i.out.dtype, shape_spec(i.out.shape, self.sizes)) for i in self.g.inputs)
         if entry is not None:
             lines.append(f"    ENTRY = {literal(entry)}")
         lines.append(f"    INPUTS = {literal(inputs)}   # an int or (dim, int): fixed; a name: read at each call")
@@ -647,45 +442,12 @@ class _Writer:
                 lines.append(f"        rt.bind_sizes(self, {args})  # every size is fixed: checked")
             lines += self._size_checks(constraints)
         else:
-            for dim, (inp, axis) in _runtime_dims(self.g, self.sizes).items():
+            for dim, (inp, axis) in runtime_dims(self.g, self.sizes).items():
                 lines.append(f"        {self.sizes.pyname[dim]} = {self.var[(inp, 0)]}.shape[{axis}]")
-        lines += _with_frees(self.body, keep={self.ref(p) for p in self.g.outputs})
+        lines += scoped.with_frees(self.body, keep={self.ref(p) for p in self.g.outputs})
         lines.append(f"        return {outs}")
         return "\n".join(lines) + "\n"
 
-
-def _size_check_lines(w: _Writer, constraints) -> list[str]:
-    """``rt.require`` lines for the input axes that are expressions of dims read at call
-    time, and for the file's requirements that depend on those dims."""
-    out, seen = [], set()
-    for i in w.g.inputs:
-        for axis, d in enumerate(i.out.shape):
-            d = sympy.sympify(d)
-            if not d.is_Symbol and {s.name for s in d.free_symbols} & w.sizes.runtime:
-                text = f"{w.var[(i.id, 0)]}.shape[{axis}] == {w.sizes.code(d)}"
-                msg = f"input {i.name} must have {show_dim(d)} entries on axis {axis}"
-                out.append(f"        rt.require({text}, {literal(msg)})")
-    for cond, message, pos in constraints:
-        cond = sympy.sympify(cond)
-        names = {s.name for s in cond.free_symbols}
-        if not names & w.sizes.runtime or names - w.sizes.runtime - set(w.sizes.values):
-            continue
-        value = w.sizes.subs(cond)
-        if value in (sympy.true, sympy.false):
-            continue
-        value = value.xreplace({s: sympy.Symbol(w.sizes.pyname[s.name], **s.assumptions0) for s in value.free_symbols})
-        code = sympy.pycode(value, fully_qualified_modules=True)
-        line = f"        rt.require({code}, {literal(comment(message, 500))}, {literal(comment(pos.file, 500))}, " \
-               f"{int(pos.line)}, {int(pos.col)})"
-        if line not in seen:
-            seen.add(line)
-            out.append(line)
-    return out
-
-
-# (mixer structure, sizes, forced, machine) -> (algorithm, estimates): the cost model is
-# symbolic and slow to evaluate; a model has many mixers of one structure.
-_CHOICES: dict[tuple, tuple[str, dict]] = {}
 
 # Names an nn.Module (or SeqModule) already has: a weight path through one of them is read by path.
 def _nn_module_names() -> frozenset:
@@ -700,49 +462,6 @@ _MODULE_ATTRS = _nn_module_names() | {"w", "add_weight", "add_module_at", "modul
                                              "INPUTS", "SIZES", "RUNTIME", "BOUNDS", "DEFAULTS", "FIXED_BY",
                                              "ENTRY", "choices", "source", "training"}
 
-# The cost model is sampled at these powers of two of a length read at call time.
-LADDER = range(4, 23)
-
-_IDENT = re.compile(r"(?<![\w.'\"])[A-Za-z_]\w*")
-
-
-def _with_frees(body: list[str], keep: set[str]) -> list[str]:
-    """``body`` with ``del`` after the last line that reads a tensor the layers computed, so
-    that a long model holds only what later layers still read (at N = 10⁶ every [B, N, D]
-    intermediate is hundreds of MB). Names are found as identifiers in the code part of each
-    line; a name that only looks read (inside a string) is kept longer, never freed early."""
-    code = [line.split("  # ", 1)[0] for line in body]
-    defined: dict[str, int] = {}
-    for i, text in enumerate(code):
-        target = text.strip().split(" = ", 1)[0] if " = " in text else ""
-        if target.isidentifier() and target not in defined:
-            defined[target] = i
-    last: dict[str, int] = {}
-    for i, text in enumerate(code):
-        rhs = text.split(" = ", 1)[1] if " = " in text else text
-        for name in _IDENT.findall(rhs):
-            if name in defined and defined[name] < i:
-                last[name] = i
-    frees: dict[int, list[str]] = {}
-    for name, i in last.items():
-        if name not in keep:
-            frees.setdefault(i, []).append(name)
-    out = []
-    for i, line in enumerate(body):
-        out.append(line)
-        if i in frees:
-            out.append(f"        del {', '.join(sorted(frees[i], key=lambda n: defined[n]))}  # not read again")
-    return out
-
-
-def _forced(patterns: dict[str, str], path: str) -> str | None:
-    """The algorithm forced for the mixer at ``path``: an exact path, else the first glob that
-    matches (``layers.*.attn.mix``)."""
-    if path in patterns:
-        return patterns[path]
-    return next((alg for pat, alg in patterns.items() if fnmatch.fnmatchcase(path, pat)), None)
-
-
 def _all_mixers(g: Graph) -> list[Node]:
     out = []
     for n in g.nodes():
@@ -751,45 +470,6 @@ def _all_mixers(g: Graph) -> list[Node]:
         if n.attr("body") is not None:
             out += _all_mixers(n.attr("body"))
     return out
-
-
-def _shape_spec(shape, sizes: _Sizes) -> tuple:
-    """Per axis: a number (fixed), ``(dim, number)`` (fixed, named), a dim name (read at
-    each call) or ``(expression, None)`` (checked after the binding, by a generated line)."""
-    out = []
-    for d in shape:
-        d = sympy.sympify(d)
-        v = sizes.subs(d)
-        if v.is_Integer:
-            out.append((show_dim(d), int(v)) if d.free_symbols else int(v))
-        elif d.is_Symbol:
-            out.append(d.name)
-        else:
-            out.append((show_dim(d), None))
-    return tuple(out)
-
-
-def _runtime_dims(g: Graph, sizes: _Sizes) -> dict[str, tuple[int, int]]:
-    """Dims without a value, bound from the first input axis that is exactly that dim."""
-    found: dict[str, tuple[int, int]] = {}
-    for i in g.inputs:
-        for axis, d in enumerate(i.out.shape):
-            d = sympy.sympify(d)
-            if d.is_Symbol and d.name in sizes.runtime and d.name not in found:
-                found[d.name] = (i.id, axis)
-    return found
-
-
-def _value(name: str, v) -> int | float:
-    v = sympy.sympify(v)
-    if v.is_Integer:
-        return int(v)
-    if not (v.is_number and v.is_real):
-        raise ValueError(f"{name} = {v} is not a real number")
-    value = float(v)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} = {v} is not a finite number")
-    return value
 
 
 def _kernel_kind(g: Graph, param: Node) -> str:
@@ -842,9 +522,9 @@ def emit_module(graph: Graph, entry: str, sizes: dict, source_name: str, machine
     that has a value. ``constraints`` (the file's ``require``s) are checked at each call."""
     from seqdsl import __version__
 
-    values = {k: _value(k, v) for k, v in sizes.items()}
+    values = {k: value_of(k, v) for k, v in sizes.items()}
     plan = plan_sizes(graph, values, explicit, concretized)
-    sz = _Sizes(plan.values, set(plan.runtime), plan)
+    sz = SizeCode(plan.values, set(plan.runtime), plan)
     cls = class_name(entry)
     choices: list[Choice] = []
     classes: list[str] = []

@@ -231,3 +231,94 @@ def bind_lines(w, dims: list[str]) -> tuple[list[str], list[str]]:
         else:
             extra.append(dim)
     return out, extra
+
+
+class ScopedWriter:
+    """The writer's side of scopes (mixed into codegen.torch.emit._Writer)."""
+
+    # ---- scopes: one class per definition (codegen/torch/scoped.py)
+    def scope_writer(self, scope: Scope, cls: str):
+        sub = self.child(self.g, cls)
+        sub.scope, sub.cls_base = scope, (camel(scope.definition) if scope.definition else self.cls_base)
+        sub.definitions = self.definitions
+        return sub
+
+    def rel(self, name: str) -> str:
+        """A layer path as the module being written names it (relative to its scope)."""
+        return self.scope.rel(name) if self.scope is not None and self.scope.path else name
+
+    def arg_name(self, name: str) -> str:
+        return self.fresh(name)
+
+    def fresh(self, base: str) -> str:
+        """A new local name from ``base``, unique in the class being written."""
+        base = ident(base)
+        base = "v_" + base if base.startswith("mix_") else base
+        name, k = base, 1
+        while name in self.used:
+            name, k = f"{base}_{k}", k + 1
+        self.used.add(name)
+        return name
+
+    def readers_of(self, p: Port) -> list[int]:
+        """Ids of the nodes that read ``p``."""
+        if self._readers is None:
+            self._readers = {}
+            for n in self.g.nodes():
+                for q in n.inputs:
+                    self._readers.setdefault((q.node, q.index), []).append(n.id)
+        return self._readers.get((p.node, p.index), [])
+
+    def definition_kind(self, name: str | None) -> str:
+        return self.definitions.get(name, "definition")
+
+    def scope_source(self, doc: str) -> str:
+        """The class of a scope that is not the entry: ``__init__(gen)``, and a forward whose
+        arguments are the values the scope reads from outside."""
+        args = [self.var[(p.node, p.index)] for _, p in self.scope.inputs]
+        outs = [self.ref(p) for _, p in self.scope.outputs]
+        body = with_frees(self.body, keep=set(outs))
+        lines = ["class __CLASS__(rt.SeqModule):", f'    """{doc}"""', "",
+                 "    def __init__(self, gen: torch.Generator):", "        super().__init__()"]
+        lines += self.init or []
+        lines.append("")
+        binds, self.extra_dims = bind_lines(self, dims_needed(self, self.init + body))
+        if self.extra_dims:      # sizes read at call time that no argument carries: given by the caller
+            args += ["*"] + [self.sizes.pyname[d] for d in self.extra_dims]
+        lines.append(f"    def forward(self, {', '.join(args)}):")
+        lines += binds
+        lines += body
+        lines.append(f"        return {', '.join(outs)}")
+        return "\n".join(lines) + "\n"
+
+
+_IDENT = re.compile(r"(?<![\w.'\"])[A-Za-z_]\w*")
+
+
+def with_frees(body: list[str], keep: set[str]) -> list[str]:
+    """``body`` with ``del`` after the last line that reads a tensor the layers computed, so
+    that a long model holds only what later layers still read (at N = 10⁶ every [B, N, D]
+    intermediate is hundreds of MB). Names are found as identifiers in the code part of each
+    line; a name that only looks read (inside a string) is kept longer, never freed early."""
+    code = [line.split("  # ", 1)[0] for line in body]
+    defined: dict[str, int] = {}
+    for i, text in enumerate(code):
+        target = text.strip().split(" = ", 1)[0] if " = " in text else ""
+        if target.isidentifier() and target not in defined:
+            defined[target] = i
+    last: dict[str, int] = {}
+    for i, text in enumerate(code):
+        rhs = text.split(" = ", 1)[1] if " = " in text else text
+        for name in _IDENT.findall(rhs):
+            if name in defined and defined[name] < i:
+                last[name] = i
+    frees: dict[int, list[str]] = {}
+    for name, i in last.items():
+        if name not in keep:
+            frees.setdefault(i, []).append(name)
+    out = []
+    for i, line in enumerate(body):
+        out.append(line)
+        if i in frees:
+            out.append(f"        del {', '.join(sorted(frees[i], key=lambda n: defined[n]))}  # not read again")
+    return out

@@ -22,11 +22,14 @@ error naming the entry, the input, the dim, the expected and the given value.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import sympy
 
+from codegen.source import RESERVED, comment, literal
 from seqdsl.ir.graph import Graph, OpKind
+from seqdsl.ir.types import show_dim
 
 
 @dataclass
@@ -113,3 +116,128 @@ def plan_sizes(graph: Graph, values: dict, explicit: set[str] | None,
                 plan.bounds[name] = int(values[name])
     plan.values = {k: v for k, v in values.items() if k not in plan.runtime}
     return plan
+
+
+# ---- sizes as generated source ---------------------------------------------------------------
+
+class SizeCode:
+    """Sizes as Python source: numbers where known, else dims bound from the inputs."""
+
+    def __init__(self, values: dict[str, int], runtime_dims: set[str], plan: SizePlan | None = None):
+        self.values = values
+        self.runtime = runtime_dims
+        self.plan = plan or SizePlan(values, sorted(runtime_dims))
+        # the Python name of each dim read at call time (a dim named like a builtin gets a suffix)
+        self.pyname = {d: d + "_" if d in RESERVED or not d.isidentifier() else d for d in runtime_dims}
+
+    def init_code(self, e) -> str:
+        """``e`` in ``__init__``, where a bounded dim (a position table's length) is its bound."""
+        e = sympy.sympify(e).xreplace({s: sympy.Integer(self.plan.bounds[s.name]) for s in
+                                       sympy.sympify(e).free_symbols if s.name in self.plan.bounds})
+        v = self.subs(e)
+        if not v.is_number:
+            late = ", ".join(sorted(s.name for s in v.free_symbols))
+            raise ValueError(f"a weight's shape depends on {late}, which the module reads from its inputs at "
+                             f"each call; give {late} a value (load(..., {late}=...)) or take it out of the shape")
+        return self.code(v)
+
+    def subs(self, e) -> sympy.Expr:
+        e = sympy.sympify(e)
+        return e.xreplace({s: sympy.Integer(self.values[s.name]) if s.name in self.values and
+                           float(self.values[s.name]).is_integer() else sympy.Float(self.values[s.name])
+                           for s in e.free_symbols if s.name in self.values})
+
+    def code(self, e) -> str:
+        v = self.subs(e)
+        if v.is_Integer:
+            return str(int(v))
+        if v.is_number:
+            return repr(float(v))
+        unknown = {s.name for s in v.free_symbols} - self.runtime
+        if unknown:
+            raise ValueError(f"size {e} depends on {', '.join(sorted(unknown))}, which has no value")
+        v = v.xreplace({s: sympy.Symbol(self.pyname[s.name], **s.assumptions0) for s in v.free_symbols})
+        text = sympy.pycode(v, fully_qualified_modules=True)
+        return f"int({text})" if v.is_integer and not v.is_Symbol else text
+
+    def scalar(self, e) -> str:
+        """A float argument (a scale, a cap, a rate): a literal, or the expression of the
+        dims read at call time."""
+        v = self.subs(e)
+        if v.is_number:
+            return literal(float(v))
+        return f"float({self.code(v)})"
+
+    def number(self, e) -> float | int:
+        v = self.subs(e)
+        if not v.is_number:
+            raise ValueError(f"{e} must be known when the module is generated")
+        return int(v) if v.is_Integer else float(v)
+
+
+def size_check_lines(w, constraints) -> list[str]:
+    """``rt.require`` lines for the input axes that are expressions of dims read at call
+    time, and for the file's requirements that depend on those dims."""
+    out, seen = [], set()
+    for i in w.g.inputs:
+        for axis, d in enumerate(i.out.shape):
+            d = sympy.sympify(d)
+            if not d.is_Symbol and {s.name for s in d.free_symbols} & w.sizes.runtime:
+                text = f"{w.var[(i.id, 0)]}.shape[{axis}] == {w.sizes.code(d)}"
+                msg = f"input {i.name} must have {show_dim(d)} entries on axis {axis}"
+                out.append(f"        rt.require({text}, {literal(msg)})")
+    for cond, message, pos in constraints:
+        cond = sympy.sympify(cond)
+        names = {s.name for s in cond.free_symbols}
+        if not names & w.sizes.runtime or names - w.sizes.runtime - set(w.sizes.values):
+            continue
+        value = w.sizes.subs(cond)
+        if value in (sympy.true, sympy.false):
+            continue
+        value = value.xreplace({s: sympy.Symbol(w.sizes.pyname[s.name], **s.assumptions0) for s in value.free_symbols})
+        code = sympy.pycode(value, fully_qualified_modules=True)
+        line = f"        rt.require({code}, {literal(comment(message, 500))}, {literal(comment(pos.file, 500))}, " \
+               f"{int(pos.line)}, {int(pos.col)})"
+        if line not in seen:
+            seen.add(line)
+            out.append(line)
+    return out
+
+
+def shape_spec(shape, sizes: SizeCode) -> tuple:
+    """Per axis: a number (fixed), ``(dim, number)`` (fixed, named), a dim name (read at
+    each call) or ``(expression, None)`` (checked after the binding, by a generated line)."""
+    out = []
+    for d in shape:
+        d = sympy.sympify(d)
+        v = sizes.subs(d)
+        if v.is_Integer:
+            out.append((show_dim(d), int(v)) if d.free_symbols else int(v))
+        elif d.is_Symbol:
+            out.append(d.name)
+        else:
+            out.append((show_dim(d), None))
+    return tuple(out)
+
+
+def runtime_dims(g: Graph, sizes: SizeCode) -> dict[str, tuple[int, int]]:
+    """Dims without a value, bound from the first input axis that is exactly that dim."""
+    found: dict[str, tuple[int, int]] = {}
+    for i in g.inputs:
+        for axis, d in enumerate(i.out.shape):
+            d = sympy.sympify(d)
+            if d.is_Symbol and d.name in sizes.runtime and d.name not in found:
+                found[d.name] = (i.id, axis)
+    return found
+
+
+def value_of(name: str, v) -> int | float:
+    v = sympy.sympify(v)
+    if v.is_Integer:
+        return int(v)
+    if not (v.is_number and v.is_real):
+        raise ValueError(f"{name} = {v} is not a real number")
+    value = float(v)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} = {v} is not a finite number")
+    return value
