@@ -21,7 +21,7 @@ from seqdsl.check.scalars import arith, number
 from seqdsl.check.values import Func, ListV, Scalar, Str, Tensor, TupleV, Word, describe
 from seqdsl.errors import Pos, SeqError
 from seqdsl.frontend import ast as A
-from seqdsl.frontend.limits import MAX_CALL_DEPTH, MAX_SIZE, MAX_STATEMENTS, check_size
+from seqdsl.frontend.limits import MAX_CALL_DEPTH, MAX_NODES, MAX_SIZE, MAX_STATEMENTS, check_size
 from seqdsl.ir.graph import Graph, OpKind, Port, param_count
 from seqdsl.ir.types import TensorType, same_dim, show_dim, simplified
 
@@ -72,6 +72,7 @@ class Elaborator:
         self.constraints: list[tuple[sympy.Basic, str, Pos]] = []
         self.shared_depth = 0
         self.statements = 0     # checked so far, repeats unrolled and calls inlined (MAX_STATEMENTS)
+        self.nodes_made = 0     # in the graph and its bodies (MAX_NODES)
         # Dims whose value the graph's structure depends on (a repeat count, an `if`, an
         # integer option): a module built from this graph is valid only at these values.
         self.concretized: set[str] = set()
@@ -140,6 +141,10 @@ class Elaborator:
              outs: TensorType | tuple[TensorType, ...], pos: Pos, attrs: dict | None = None,
              full_name: str | None = None) -> Any:
         path = full_name or _join(frame.prefix, name)
+        self.nodes_made += 1
+        if self.nodes_made > MAX_NODES:      # in all graphs: the checker's time grows with it
+            raise SeqError(f"the program makes more than {MAX_NODES} layers and operations", pos,
+                           hint="nested repeats and calls multiply; use 'shared' or fewer layers")
         ports = [Port(role, t.port.node, t.port.index) for role, t in inputs]
         n = self.graph.add(kind, path, ports, outs, attrs, pos)
         if len(n.outs) == 1:

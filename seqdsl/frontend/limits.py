@@ -19,6 +19,7 @@ MAX_NESTING = 100                 # depth of the syntax tree: nested expressions
 MAX_IMPORT_DEPTH = 64             # a imports b imports c ...
 MAX_CALL_DEPTH = 64               # a definition calling a definition calling ...
 MAX_STATEMENTS = 20_000           # statements checked in all, repeats unrolled and calls inlined
+MAX_NODES = 16_384                # layers and operations made (the largest example makes ~4000)
 MAX_LITERAL_DIGITS = 64           # digits of a number as written
 MAX_EXPONENT = 300                # |e| in 1.5e-7
 MAX_BITS = 1000                   # numerator and denominator of an exact number (about 1e301)

@@ -51,6 +51,9 @@ FILES = {
     "minus_1000": mixer("  return x * " + "-" * 1000 + "1"),
     "ifs_300": mixer("  " + "if true { " * 300 + "x = x" + " }" * 300 + "\n  return x"),
     "nested_repeats": mixer("  repeat 4096 { repeat 4096 { x = x + 1 } }\n  return x"),
+    "nested_repeats_of_names": mixer("  repeat 4096 { repeat 4096 { y = x } }\n  return x"),
+    "many_layers": mixer("  repeat 4 { repeat 4096 { x = layernorm(mlp(relu(linear(x, D)) + x, D, D) + x) } }\n"
+                         "  return x"),
     "calls_100": HEAD + "".join(f"block f{i}(x: [B, N, D]) {{\n  return f{i + 1}(x)\n}}\n" for i in range(100))
     + "block f100(x: [B, N, D]) {\n  return x\n}\nmodel m(x: [B, N, D]) {\n  return f0(x)\n}\n",
     "concat_chain": "dim B = 2, N, D = 8\nmixer m(x: [B, D, N]) {\n"
@@ -208,7 +211,9 @@ EXPECT = {
     "parens_1000": ok,
     "minus_1000": lambda o: error(o, None, None, "nesting too deep"),
     "ifs_300": lambda o: error(o, None, None, "nesting too deep"),
-    "nested_repeats": lambda o: error(o, 3, 31, "unrolls to more than"),
+    "nested_repeats": lambda o: error(o, 3, 35, "more than 16384 layers and operations"),
+    "nested_repeats_of_names": lambda o: error(o, 3, 31, "unrolls to more than 20000 statements"),
+    "many_layers": lambda o: error(o, None, None, "more than 16384 layers and operations"),
     "calls_100": lambda o: error(o, None, None, "nested too deeply"),
     "concat_chain": lambda o: error(o, 4, 29, "size expression too large"),
     "derived_dims": lambda o: error(o, None, None, "size expression too large"),
