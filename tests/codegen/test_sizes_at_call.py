@@ -111,8 +111,7 @@ def test_other_sizes_answer_as_compiled_at_them(name):
 
 
 # Causal examples: what the model says about a prefix does not depend on what follows.
-# (perceiver_ar is causal too, but answers only for the last M positions of its input, so a
-# prefix's answers are not a part of the whole's.)
+# (perceiver_ar answers only for the last M positions of its input: its own test is below.)
 CAUSAL = [
     "mixers/gla.seq", "mixers/h3.seq", "mixers/linear_attention.seq", "mixers/retention.seq",
     "mixers/s4d.seq", "mixers/selective_scan.seq", "mixers/sliding_window.seq", "mixers/softmax_attention.seq",
@@ -201,3 +200,21 @@ def test_sizes_given_to_load_are_fixed():
     x = torch.randn(1, 2, 32, 8)
     with pytest.raises(seqdsl.SeqError, match=r"input q has N = 32, the module was built for N = 64"):
         model(x, x, x)
+
+
+def test_perceiver_ar_answers_do_not_see_later_tokens():
+    """Perceiver AR answers for the last M positions only, so a prefix's answers are not a part
+    of the whole's; instead: changing token j changes no answer for a position before j."""
+    name = "models/perceiver_ar.seq"
+    sizes = _without(SMALL[name], "B", "N")
+    model = seqdsl.load(ROOT / "examples" / name, **sizes).eval()
+    n, m = 96, sizes["M"]
+    (tokens,) = _inputs(model, name, B=2, N=n)
+    j = n - m // 2                        # a position among the answered ones
+    changed = tokens.clone()
+    changed[:, j:] = (changed[:, j:] + 1) % sizes["V"]
+    with torch.no_grad():
+        before, after = model(tokens), model(changed)
+    first = j - (n - m)                   # answers for positions n - m .. j - 1 must not move
+    assert _rel(after[:, :first], before[:, :first]) < 1e-6
+    assert _rel(after[:, first:], before[:, first:]) > 1e-3     # and later ones do
