@@ -71,27 +71,26 @@ def run_scope(w) -> None:
     for name, p in s.inputs:          # values the scope reads from outside: its arguments
         w.var[_key(p)] = w.arg_name(name or g.node(p.node).name.split(".")[-1])
     w.plan_folds(own)
-    params = [nid for nid in s.nodes if g.node(nid).kind in (OpKind.PARAM, OpKind.BUFFER)]
-    init_items = [(nid, "node", nid) for nid in params] + \
-        [(c.first(g, params=True), "child", c) for c in s.children]
-    calls = [(c.first(g), "child", c) for c in s.children]
-    for _, what, item in sorted(init_items, key=lambda t: (t[0], t[1])):
-        if what == "node":
-            w.op_param(g.node(item), trainable=g.node(item).kind == OpKind.PARAM)
-        else:
+    # One pass in the order of the flat graph: weights, child modules and body modules are
+    # created in the order the flat module created them (the same seed gives the same weights,
+    # and parameters() lists them in the same order); a child is built and called where its
+    # first node was (its arguments were computed before it, by construction of the graph).
+    items = [(nid, 0, nid) for nid in s.nodes] + [(min(c.subtree()), 1, c) for c in s.children]
+    for _, what, item in sorted(items, key=lambda t: (t[0], t[1])):
+        if what == 1:
             w.child_scopes[id(item)] = _make_child(w, item)
-    forward = [(nid, "node", nid) for nid in s.nodes if nid not in params] + calls
-    for _, what, item in sorted(forward, key=lambda t: (t[0], t[1])):
-        if what == "node":
-            n = g.node(item)
-            if n.id in w.dropped or n.id in w.early:
-                continue
-            handler = getattr(w, f"op_{n.kind.value}", None)
-            if handler is None:
-                raise NotImplementedError(f"the torch backend has no lowering for {n.kind.value} ({n.name})")
-            handler(n)
-        else:
             _call_child(w, item)
+            continue
+        n = g.node(item)
+        if n.kind in (OpKind.PARAM, OpKind.BUFFER):
+            w.op_param(n, trainable=n.kind == OpKind.PARAM)
+            continue
+        if n.id in w.dropped or n.id in w.early:
+            continue
+        handler = getattr(w, f"op_{n.kind.value}", None)
+        if handler is None:
+            raise NotImplementedError(f"the torch backend has no lowering for {n.kind.value} ({n.name})")
+        handler(n)
 
 
 def _attr(parent: Scope, child: Scope) -> str:
@@ -102,9 +101,12 @@ def _make_child(w, c: Scope) -> dict:
     """Generate the class(es) of child ``c``; add its construction to ``w.init``."""
     attr = _attr(w.scope, c)
     if c.kind == "loop":
-        if c.shared:
-            raise Unstructured(f"{c.path}: a shared repeat")
         names = [_class_of(w, it, f"{w.cls_base}Layer") for it in c.children]
+        if c.shared:     # one module, run at every step: its steps must be one class and chain
+            if len(set(names)) != 1 or not c.loopable:
+                raise Unstructured(f"{c.path}: a shared repeat whose steps differ")
+            w.init.append(f"        {_module_target(w, attr)} = {names[0]}(gen)   # shared by the {len(names)} steps")
+            return {"attr": attr, "classes": names}
         w.init.append(f"        {_module_target(w, attr)} = nn.ModuleList({_list_of(names)})")
         return {"attr": attr, "classes": names}
     base = camel(c.definition or c.path.split(".")[-1])
@@ -195,6 +197,12 @@ def _call_loop(w, c: Scope, target: str, info: dict) -> None:
     args = (", ".join(loop_vars[name] if name is not None else w.ref(p) for name, p in first.inputs)
             + kws.pop()).removeprefix(", ")
     outs = ", ".join(loop_vars[name] for name, _ in first.outputs)
+    if c.shared:
+        w.body.append(f"        for _ in range({len(its)}):")
+        w.body.append(f"            {outs} = {target}({args})")
+        for name, p in last.outputs:
+            w.var[_key(p)] = loop_vars[name]
+        return
     layer = w.fresh("layer")
     w.body.append(f"        for {layer} in {target}:")
     w.body.append(f"            {outs} = {layer}({args})")

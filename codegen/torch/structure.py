@@ -53,8 +53,19 @@ class Scope:
         return min(ids) if ids else 1 << 60
 
     def rel(self, name: str) -> str:
-        """``name`` relative to this scope's path."""
-        return name[len(self.path) + 1:] if self.path else name
+        """``name`` relative to this scope's path (a shared repeat's weight has no step index:
+        ``layers.attn.q`` is ``attn.q`` in the step ``layers.2``)."""
+        if not self.path:
+            return name
+        if name.startswith(self.path + "."):
+            return name[len(self.path) + 1:]
+        parts, at = name.split("."), 0
+        for step in self.path.split("."):
+            if at < len(parts) and parts[at] == step:
+                at += 1
+            elif not step.isdigit():
+                return name
+        return ".".join(parts[at:])
 
 
 def _parts(path: str) -> tuple[str, ...]:
@@ -88,19 +99,22 @@ def build(graph: Graph) -> Scope:
             continue
         parent = next(scopes[parts[:k]] for k in range(len(parts) - 1, -1, -1) if parts[:k] in scopes)
         parent.children.append(s)
+    counts = {_parts(path): count for path, count, _, _ in graph.repeats}
     for n in graph.nodes():
         parts = _parts(n.name)
-        for loop in shared_loops:     # a shared repeat's weights belong to its first iteration
+        names = [parts]
+        for loop in shared_loops:     # a shared repeat's weights are every step's own
             if parts[:len(loop)] == loop and len(parts) > len(loop) and not parts[len(loop)].isdigit():
-                parts = loop + ("0",) + parts[len(loop):]
-        k = len(parts) - 1 if n.kind not in (OpKind.INPUT, OpKind.OUTPUT) else 0
-        while parts[:k] not in scopes:
-            k -= 1
-        owner = scopes[parts[:k]]
-        if owner.kind == "loop":    # a node named after the loop itself: the enclosing scope
-            owner = next(scopes[parts[:j]] for j in range(k - 1, -1, -1) if parts[:j] in scopes
-                         and scopes[parts[:j]].kind != "loop")
-        owner.nodes.append(n.id)
+                names = [loop + (str(i),) + parts[len(loop):] for i in range(counts[loop])]
+        for parts in names:
+            k = len(parts) - 1 if n.kind not in (OpKind.INPUT, OpKind.OUTPUT) else 0
+            while parts[:k] not in scopes:
+                k -= 1
+            owner = scopes[parts[:k]]
+            if owner.kind == "loop":    # a node named after the loop itself: the enclosing scope
+                owner = next(scopes[parts[:j]] for j in range(k - 1, -1, -1) if parts[:j] in scopes
+                             and scopes[parts[:j]].kind != "loop")
+            owner.nodes.append(n.id)
     for s in scopes.values():
         s.children.sort(key=lambda c: min(c.first(graph), c.first(graph, params=True)))
     _prune(root)
@@ -150,6 +164,9 @@ def _boundaries(graph: Graph, root: Scope) -> None:
                     seen.add(key)
                     s.inputs.append((None, Port("in", p.node, p.index)))
         for nid in sorted(inside):
+            if graph.node(nid).kind in (OpKind.PARAM, OpKind.BUFFER) and s.kind != "entry" and any(
+                    nid in c.subtree() for c in _shared_steps(root)):
+                continue        # a shared repeat's weight: every step holds it, none passes it on
             for index in range(len(graph.node(nid).outs)):
                 key = (nid, index)
                 if any(r not in inside for r in readers.get(key, ())) or (key in outs and s.path):
@@ -166,6 +183,15 @@ def _boundaries(graph: Graph, root: Scope) -> None:
             visit(c)
 
     visit(root)
+
+
+def _shared_steps(root: Scope) -> list[Scope]:
+    out = []
+    for c in root.children:
+        if c.kind == "loop" and c.shared:
+            out += c.children
+        out += _shared_steps(c)
+    return out
 
 
 def _loops(graph: Graph, s: Scope) -> None:
