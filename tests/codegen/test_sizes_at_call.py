@@ -218,3 +218,25 @@ def test_perceiver_ar_answers_do_not_see_later_tokens():
     first = j - (n - m)                   # answers for positions n - m .. j - 1 must not move
     assert _rel(after[:, :first], before[:, :first]) < 1e-6
     assert _rel(after[:, first:], before[:, first:]) > 1e-3     # and later ones do
+
+
+NAMES = """
+dim B, N = 8, D = 4
+model m(x: [B, N, D]) {
+  B = relu(x)
+  int = B + 1
+  self = int[:, : N // 2]
+  return self * 2
+}
+"""
+
+
+def test_locals_named_like_dims_builtins_or_imports_do_not_shadow_them():
+    """A local `B` in a model whose batch B is read at call time once returned the wrong batch
+    silently; `model m` shadowed the masks import; `int`/`self` broke the module."""
+    model = seqdsl.load(NAMES)
+    x = torch.randn(3, 10, 4)
+    out = model(x)
+    assert out.shape == (3, 5, 4)
+    assert torch.equal(out, (torch.relu(x) + 1)[:, :5] * 2)
+    assert type(model).__name__ == "MModel"
