@@ -33,6 +33,7 @@ CASES = [
     ("mixers/linear_attention.seq", {}),
     ("mixers/h3.seq", {"D": 8}),
     ("mixers/s4d.seq", {"D": 8}),
+    ("mixers/selective_scan.seq", {"Dm": 4, "S": 4}),
     ("models/h3.seq", {"D": 16, "L": 1, "V": 20}),
     ("models/retnet.seq", {"D": 16, "F": 16, "H": 2, "L": 1, "V": 20}),
 ]
