@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import operator
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -85,9 +86,12 @@ def _coerce_size(raw: object, info: DimInfo) -> sympy.Basic:
     try:
         if isinstance(raw, bool):
             value = sympy.Integer(int(raw))
-        elif isinstance(raw, int):
-            value = in_range(sympy.Integer(raw), where)
-        elif isinstance(raw, (str, float)):
+        elif isinstance(raw, sympy.Basic) and raw.is_number:
+            value = in_range(raw, where)
+        elif hasattr(raw, "__index__"):          # int, numpy integers
+            value = in_range(sympy.Integer(operator.index(raw)), where)
+        elif isinstance(raw, (str, float)) or hasattr(raw, "__float__"):
+            raw = raw if isinstance(raw, str) else float(raw)
             text = (repr(raw) if isinstance(raw, float) else raw).strip()
             low = text.lower()
             negative = text.startswith("-")
