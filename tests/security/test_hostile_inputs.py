@@ -74,6 +74,7 @@ FILES = {
     "import_outside": 'import "../outside.seq"\n' + mixer("  return x"),
     "import_absolute": 'import "{work}/../outside.seq"\n' + mixer("  return x"),
     "import_link": 'import "link.seq"\n' + mixer("  return x"),
+    "import_link_outside": 'import "outside_link.seq"\n' + mixer("  return x"),
     "import_chain": 'import "chain/c0.seq"\n' + mixer("  return x"),
     "long_line": mixer("  return" + " " * 80_000 + "x + q" + " " * 80_000 + "# end"),
     "import_fifo": 'import "fifo.seq"\n' + mixer("  return x"),
@@ -113,6 +114,7 @@ def _write(work: Path) -> None:
     (work / "secret.txt").write_text(CANARY + "\n")
     (work.parent / "outside.seq").write_text(f"# {CANARY}\ndim Q = 2\n")
     (work / "link.seq").symlink_to(work / "secret.txt")
+    (work / "outside_link.seq").symlink_to(work.parent / "outside.seq")      # a .seq file, but outside
     chain = work / "chain"
     chain.mkdir()
     for i in range(1000):
@@ -229,6 +231,7 @@ EXPECT = {
     "import_outside": lambda o: error(o, 1, 1, "no such file"),
     "import_absolute": lambda o: error(o, 1, 1, "no such file"),
     "import_link": lambda o: error(o, 1, 1, "a link to a file that is not .seq"),
+    "import_link_outside": lambda o: error(o, 1, 1, "no such file"),
     "import_chain": lambda o: error(o, 1, 1, "nested too deeply"),
     "over_the_size_limit": lambda o: file_error(o, "file too large"),
     "long_line": _long_line,
