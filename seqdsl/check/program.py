@@ -156,16 +156,17 @@ def _resolve_import(item: A.Import, here: Path, rules: ImportRules) -> Path:
     if not item.path.endswith(".seq"):
         raise SeqError(f"cannot import {item.path!r}: only .seq files can be imported", item.pos)
     bases = [here.parent] + list(rules.path)
+    outside = Path(item.path).is_absolute() or ".." in Path(item.path).parts
     for base in bases:
         target = (base / item.path).resolve()
         if not rules.allow_any and not target.is_relative_to(base.resolve()):
+            outside = outside or (base / item.path).is_symlink()     # a link out of the folder
             continue
         if target.suffix != ".seq":      # a .seq name that is a link to something else
             raise SeqError(f"cannot import {item.path!r}: it is a link to a file that is not .seq", item.pos)
         if target.exists():
             return target
     searched = ", ".join(str(b) for b in bases)
-    outside = Path(item.path).is_absolute() or ".." in Path(item.path).parts
     hint = ("imports resolve inside the importing file's folder and the search path "
             "(--import-path, SEQDSL_PATH); --allow-any-import lifts this") if outside else None
     raise SeqError(f"cannot import {item.path!r}: no such file in {searched}", item.pos, hint=hint)
