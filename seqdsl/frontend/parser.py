@@ -342,7 +342,8 @@ def _check_nesting(tree: lark.Tree, file: str) -> None:
             pos = Pos(file, meta.line, meta.column) if not getattr(meta, "empty", True) else Pos(file, 0, 0)
             raise SeqError(f"nesting too deep: more than {MAX_NESTING} levels of expressions and blocks", pos,
                            hint="split the expression or the block into named steps")
-        stack.extend((c, depth + 1) for c in node.children if isinstance(c, lark.Tree))
+        # leftmost first: in a long sum the error points where the sum starts
+        stack.extend(reversed([(c, depth + 1) for c in node.children if isinstance(c, lark.Tree)]))
 
 
 def parse_text(text: str, file: str = "<string>") -> A.Module:

@@ -209,7 +209,7 @@ EXPECT = {
     "powers_of_sizes": lambda o: error(o, 3, 14, "out of range"),
     "power_of_a_power": lambda o: error(o, 4, 14, "exponent 1600 is too large"),
     "power_of_a_sum_shape": lambda o: error(o, 5, 10, "inner dims differ"),
-    "sum_500": lambda o: error(o, None, None, "nesting too deep"),
+    "sum_500": lambda o: error(o, 3, 10, "nesting too deep"),      # where the sum starts
     "parens_1000": ok,
     "minus_1000": lambda o: error(o, None, None, "nesting too deep"),
     "ifs_300": lambda o: error(o, None, None, "nesting too deep"),
