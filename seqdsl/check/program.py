@@ -158,13 +158,17 @@ def _resolve_import(item: A.Import, here: Path, rules: ImportRules) -> Path:
     bases = [here.parent] + list(rules.path)
     outside = Path(item.path).is_absolute() or ".." in Path(item.path).parts
     for base in bases:
-        target = (base / item.path).resolve()
-        if not rules.allow_any and not target.is_relative_to(base.resolve()):
-            outside = outside or (base / item.path).is_symlink()     # a link out of the folder
+        try:
+            target = (base / item.path).resolve()
+            if not rules.allow_any and not target.is_relative_to(base.resolve()):
+                outside = outside or (base / item.path).is_symlink()     # a link out of the folder
+                continue
+            found = target.exists()
+        except (OSError, ValueError, RuntimeError):    # a NUL in the name, a name too long, a link loop
             continue
         if target.suffix != ".seq":      # a .seq name that is a link to something else
             raise SeqError(f"cannot import {item.path!r}: it is a link to a file that is not .seq", item.pos)
-        if target.exists():
+        if found:
             return target
     searched = ", ".join(str(b) for b in bases)
     hint = ("imports resolve inside the importing file's folder and the search path "

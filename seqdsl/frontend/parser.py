@@ -375,6 +375,8 @@ def read_source(path: str | Path) -> str:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
     except OSError as err:
         raise SeqError(f"cannot read {path}: {err.strerror}", where) from None
+    except ValueError:      # a NUL in the name
+        raise SeqError(f"cannot read {path}: not a valid file name", where) from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):

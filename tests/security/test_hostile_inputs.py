@@ -75,6 +75,9 @@ FILES = {
     "import_absolute": 'import "{work}/../outside.seq"\n' + mixer("  return x"),
     "import_link": 'import "link.seq"\n' + mixer("  return x"),
     "import_link_outside": 'import "outside_link.seq"\n' + mixer("  return x"),
+    "import_link_loop": 'import "loop.seq"\n' + mixer("  return x"),
+    "import_nul": 'import "a\x00b.seq"\n' + mixer("  return x"),
+    "import_long_name": 'import "' + "a" * 5000 + '.seq"\n' + mixer("  return x"),
     "import_chain": 'import "chain/c0.seq"\n' + mixer("  return x"),
     "long_line": mixer("  return" + " " * 80_000 + "x + q" + " " * 80_000 + "# end"),
     "import_fifo": 'import "fifo.seq"\n' + mixer("  return x"),
@@ -95,6 +98,7 @@ CASES.update({
     "set_huge_size": check("bom", N=10 ** 30),
     "set_garbage": check("bom", N="__import__('os')"),
     "dev_zero": "seqdsl.check(Path('/dev/zero'))",
+    "nul_file_name": "seqdsl.check(Path('a\\x00b.seq'))",
     "text_over_the_size_limit": "seqdsl.check(Path('over_the_size_limit.seq').read_text())",
     "fifo": "seqdsl.check(Path('fifo.seq'))",
     "sparse_2gb": "seqdsl.check(Path('big.seq'))",
@@ -114,6 +118,7 @@ def _write(work: Path) -> None:
     (work / "secret.txt").write_text(CANARY + "\n")
     (work.parent / "outside.seq").write_text(f"# {CANARY}\ndim Q = 2\n")
     (work / "link.seq").symlink_to(work / "secret.txt")
+    (work / "loop.seq").symlink_to(work / "loop.seq")
     (work / "outside_link.seq").symlink_to(work.parent / "outside.seq")      # a .seq file, but outside
     chain = work / "chain"
     chain.mkdir()
@@ -231,6 +236,9 @@ EXPECT = {
     "import_outside": lambda o: error(o, 1, 1, "no such file"),
     "import_absolute": lambda o: error(o, 1, 1, "no such file"),
     "import_link": lambda o: error(o, 1, 1, "a link to a file that is not .seq"),
+    "import_link_loop": lambda o: error(o, 1, 1, "no such file"),
+    "import_nul": lambda o: error(o, 1, 1, "no such file"),
+    "import_long_name": lambda o: error(o, 1, 1, "no such file"),
     "import_link_outside": lambda o: "--allow-any-import" in error(o, 1, 1, "no such file") or pytest.fail(str(o)),
     "import_chain": lambda o: error(o, 1, 1, "nested too deeply"),
     "over_the_size_limit": lambda o: file_error(o, "file too large"),
@@ -243,6 +251,7 @@ EXPECT = {
     "set_huge_size": lambda o: error(o, 1, 12, "too large"),
     "set_garbage": lambda o: error(o, 1, 12, "must be a number"),
     "dev_zero": lambda o: file_error(o, "not a regular file"),
+    "nul_file_name": lambda o: file_error(o, "not a valid file name"),
     "fifo": lambda o: file_error(o, "not a regular file"),
     "sparse_2gb": lambda o: file_error(o, "too large"),
     "folder": lambda o: file_error(o, "a directory"),
