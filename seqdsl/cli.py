@@ -229,7 +229,9 @@ def compile_cmd(
         others = ", ".join(f"{a} {t:.3g} s" for a, t in sorted(c.estimates.items(), key=lambda kv: kv[1])
                            if a != c.algorithm)
         why = "forced" if c.forced else f"estimated {c.estimates[c.algorithm]:.3g} s"
-        typer.echo(f"  {c.path}: {c.family} -> {c.algorithm} ({why}" + (f"; {others}" if others else "") + ")")
+        if c.by_length is not None:    # chosen for the length of each call
+            why = f"at the default sizes {c.algorithm}, {why}"
+        typer.echo(f"  {c.path}: {c.family} -> {c.describe()} ({why}" + (f"; {others}" if others else "") + ")")
         if c.note:
             typer.echo(f"    {c.note}")
 
