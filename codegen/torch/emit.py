@@ -67,7 +67,6 @@ class _Writer(Chooser, scoped.ScopedWriter):
         self.own: set[int] | None = None          # the nodes of the scope being written (None: all)
         self.scope: Scope | None = None           # the scope this writer writes (None: the flat graph)
         self.registry: scoped.Registry | None = None
-        self.child_scopes: dict[int, dict] = {}
         self._readers: dict | None = None
         self.extra_dims: list[str] = []
         self.cls_base = cls

@@ -55,7 +55,8 @@ def camel(text: str) -> str:
     return "".join(p[:1].upper() + p[1:] for p in ident(text).split("_") if p) or "Layer"
 
 
-_NAME = re.compile(r"(?<![\w.'\"])[A-Za-z_]\w*")
+# A name in the code part of a generated line (not an attribute, not inside a string).
+_IDENT = re.compile(r"(?<![\w.'\"])[A-Za-z_]\w*")
 
 
 def _key(p: Port) -> tuple[int, int]:
@@ -78,8 +79,7 @@ def run_scope(w) -> None:
     items = [(nid, 0, nid) for nid in s.nodes] + [(min(c.subtree()), 1, c) for c in s.children]
     for _, what, item in sorted(items, key=lambda t: (t[0], t[1])):
         if what == 1:
-            w.child_scopes[id(item)] = _make_child(w, item)
-            _call_child(w, item)
+            _call_child(w, item, _make_child(w, item))
             continue
         n = g.node(item)
         if n.kind in (OpKind.PARAM, OpKind.BUFFER):
@@ -150,8 +150,8 @@ def _class_of(w, c: Scope, base: str) -> str:
     return w.registry.add(base, text, sub.extra_dims)
 
 
-def _call_child(w, c: Scope) -> None:
-    info = w.child_scopes[id(c)]
+def _call_child(w, c: Scope, info: dict) -> None:
+    """The line(s) of ``w``'s forward that call child ``c`` (built by :func:`_make_child`)."""
     attr = info["attr"]
     target = w.wref(attr)
     if c.kind == "loop":
@@ -217,7 +217,7 @@ def dims_needed(w, lines: list[str]) -> list[str]:
     for line in lines:
         code = line.split("  # ", 1)[0]
         code = re.sub(r"'[^']*'|\"[^\"]*\"", "''", code)
-        for name in _NAME.findall(code):
+        for name in _IDENT.findall(code):
             if name in pynames and pynames[name] not in used:
                 used.append(pynames[name])
     return used
@@ -230,9 +230,8 @@ def bind_lines(w, dims: list[str]) -> tuple[list[str], list[str]]:
     for dim in dims:
         for _, p in w.scope.inputs:
             shape = w.g.type_of(p).shape
-            axis = next((i for i, d in enumerate(shape) if sympy.sympify(d) == sympy.Symbol(dim, positive=True,
-                                                                                             integer=True)
-                         or (sympy.sympify(d).is_Symbol and sympy.sympify(d).name == dim)), None)
+            axis = next((i for i, d in enumerate(shape)
+                         if sympy.sympify(d).is_Symbol and sympy.sympify(d).name == dim), None)
             if axis is not None:
                 out.append(f"        {w.sizes.pyname[dim]} = {w.var[_key(p)]}.shape[{axis}]")
                 break
@@ -298,9 +297,6 @@ class ScopedWriter:
         lines += body
         lines.append(f"        return {', '.join(outs)}")
         return "\n".join(lines) + "\n"
-
-
-_IDENT = re.compile(r"(?<![\w.'\"])[A-Za-z_]\w*")
 
 
 def with_frees(body: list[str], keep: set[str]) -> list[str]:

@@ -45,13 +45,6 @@ class Scope:
             out |= c.subtree()
         return out
 
-    def first(self, graph: Graph, params: bool = False) -> int:
-        """The smallest node id of the subtree (``params``: among weights only; else among
-        the others), where the scope is created / called; a large number when empty."""
-        ids = [i for i in self.subtree()
-               if (graph.node(i).kind in (OpKind.PARAM, OpKind.BUFFER)) == params]
-        return min(ids) if ids else 1 << 60
-
     def rel(self, name: str) -> str:
         """``name`` relative to this scope's path (a shared repeat's weight has no step index:
         ``layers.attn.q`` is ``attn.q`` in the step ``layers.2``)."""
@@ -116,7 +109,7 @@ def build(graph: Graph) -> Scope:
                              and scopes[parts[:j]].kind != "loop")
             owner.nodes.append(n.id)
     for s in scopes.values():
-        s.children.sort(key=lambda c: min(c.first(graph), c.first(graph, params=True)))
+        s.children.sort(key=lambda c: min(c.subtree(), default=1 << 60))
     _prune(root)
     _dissolve_stateless_loops(graph, root)
     _boundaries(graph, root)
