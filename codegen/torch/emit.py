@@ -112,12 +112,16 @@ class _Writer(Chooser, scoped.ScopedWriter):
             return scoped.run_scope(self)
         self.plan_folds()
         for n in self.g.nodes():
-            if n.id in self.dropped or n.id in self.early:
-                continue
-            handler = getattr(self, f"op_{n.kind.value}", None)
-            if handler is None:
-                raise NotImplementedError(f"the torch backend has no lowering for {n.kind.value} ({n.name})")
-            handler(n)
+            self.lower(n)
+
+    def lower(self, n: Node) -> None:
+        """The line(s) of one node, unless a fold computes it inside a mixer call."""
+        if n.id in self.dropped or n.id in self.early:
+            return
+        handler = getattr(self, f"op_{n.kind.value}", None)
+        if handler is None:
+            raise NotImplementedError(f"the torch backend has no lowering for {n.kind.value} ({n.name})")
+        handler(n)
 
     def mix_nodes(self) -> list[Node]:
         """The MIX nodes this writer writes (those of its scope)."""

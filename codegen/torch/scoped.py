@@ -20,7 +20,7 @@ import sympy
 
 from codegen.source import comment, ident
 from codegen.torch.structure import Scope
-from seqdsl.ir.graph import OpKind, Port
+from seqdsl.ir.graph import Port
 
 
 class Unstructured(Exception):
@@ -81,16 +81,7 @@ def run_scope(w) -> None:
         if what == 1:
             _call_child(w, item, _make_child(w, item))
             continue
-        n = g.node(item)
-        if n.kind in (OpKind.PARAM, OpKind.BUFFER):
-            w.op_param(n, trainable=n.kind == OpKind.PARAM)
-            continue
-        if n.id in w.dropped or n.id in w.early:
-            continue
-        handler = getattr(w, f"op_{n.kind.value}", None)
-        if handler is None:
-            raise NotImplementedError(f"the torch backend has no lowering for {n.kind.value} ({n.name})")
-        handler(n)
+        w.lower(g.node(item))
 
 
 def _attr(parent: Scope, child: Scope) -> str:
