@@ -1,0 +1,89 @@
+"""The active sequence-parallel group, which the family runtimes consult.
+
+``with sequence_parallel(group): y = model(x_shard)`` makes every mixer call inside the
+block run its distributed algorithm (``codegen/distributed``) over ``group``, with each
+rank holding the rows of ``layout`` (see ``layout.py``). Outside such a block nothing
+changes: the family runtimes see ``active() is None`` and run on one process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from codegen.distributed.layout import LAYOUTS, Layout, from_sizes
+
+SOFTMAX_STRATEGIES = ("auto", "ring", "ulysses")
+
+
+@dataclass(frozen=True)
+class SequenceParallel:
+    """A sequence-parallel group: ``group`` (None: the default group), the layout kind of the
+    sequence over its ranks, and the softmax strategy (auto: the cost rule picks)."""
+
+    group: object | None = None
+    layout: str = "contiguous"
+    softmax: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"unknown sequence layout {self.layout!r} (known: {', '.join(LAYOUTS)})")
+        if self.softmax not in SOFTMAX_STRATEGIES:
+            raise ValueError(f"unknown softmax strategy {self.softmax!r} (known: {', '.join(SOFTMAX_STRATEGIES)})")
+
+    @property
+    def size(self) -> int:
+        return dist.get_world_size(self.group)
+
+    @property
+    def rank(self) -> int:
+        return dist.get_rank(self.group)
+
+    def global_rank(self, rank: int) -> int:
+        """The default group's rank of this group's ``rank`` (point-to-point ops take those)."""
+        return rank if self.group is None else dist.get_global_rank(self.group, rank)
+
+    def layout_of(self, n_local: int) -> Layout:
+        """The layout of a sequence of which this rank holds ``n_local`` rows (one all-gather
+        of the local lengths: every rank must call it, in the same order)."""
+        mine = torch.tensor([n_local], dtype=torch.long)
+        sizes = torch.empty(self.size, dtype=torch.long)
+        dist.all_gather_into_tensor(sizes, mine, group=self.group)
+        return from_sizes([int(s) for s in sizes], self.layout)
+
+
+_active: contextvars.ContextVar[SequenceParallel | None] = contextvars.ContextVar("seqdsl_sp", default=None)
+
+
+def active() -> SequenceParallel | None:
+    """The sequence-parallel group of the enclosing ``sequence_parallel`` block, if any."""
+    return _active.get()
+
+
+@contextlib.contextmanager
+def sequence_parallel(group=None, layout: str = "contiguous", softmax: str = "auto") -> Iterator[SequenceParallel]:
+    """Run the mixers called inside the block sequence-parallel over ``group``."""
+    if not dist.is_available() or not dist.is_initialized():
+        raise RuntimeError("sequence_parallel needs an initialised torch.distributed process group "
+                           "(seqdsl.distributed.init() or torchrun)")
+    sp = SequenceParallel(group, layout, softmax)
+    token = _active.set(sp)
+    try:
+        yield sp
+    finally:
+        _active.reset(token)
+
+
+@contextlib.contextmanager
+def suspended() -> Iterator[None]:
+    """No sequence parallelism inside (a distributed algorithm's own local calls)."""
+    token = _active.set(None)
+    try:
+        yield
+    finally:
+        _active.reset(token)

@@ -1,0 +1,240 @@
+"""Softmax attention with any structural mask, sequence-parallel (SPEC §8).
+
+Two strategies; :func:`choose` is the cost rule.
+
+**Ring** (Liu et al., ring attention): every rank keeps its queries; the K/V blocks of the
+ranks travel around the ring, P − 1 hops. At each step a rank attends its queries to the
+block it holds, with the mask evaluated at *global* positions (the layout's), and merges
+the partial result into a running (row maximum, row sum, weighted values) in fp32 — the
+log-sum-exp merge of online softmax. Sub-blocks of query rows whose mask against the
+block is empty are skipped (a causal mask empties half of them; with the zig-zag layout
+every rank skips the same amount). Memory per rank: O(n·D + rows·n) with n = N/P.
+Backward: the same ring again, the K/V blocks travelling with their dK/dV accumulators,
+which one extra hop brings home. Sends per rank: 2(P−1)·n·H·D forward,
+(4P − 2)·n·H·D backward.
+
+**Ulysses** (Jacobs et al., DeepSpeed-Ulysses): an all-to-all turns [H, n] shards into
+[H/P, N] (all positions of a slice of the heads), the ordinary one-process runtime
+attends them, another all-to-all turns the output back. Needs H ≥ P. Sends per rank
+4·(P−1)/P·n·H·D forward (q, k, v, o), the same backward.
+
+Cost rule (``choose``): Ulysses when the heads split evenly over the ranks and the mask
+has no per-head term (its per-rank traffic is 4(P−1)/P·nHD against the ring's 2(P−1)·nHD,
+and its local attention is the tuned single-process path); the ring otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from codegen import masks as M
+from codegen.distributed import comm
+from codegen.distributed.context import SequenceParallel, suspended
+from codegen.distributed.layout import Layout
+from codegen.softmax import torch_impl as local
+from codegen.softmax.scores import normalize_bias, positional_bias
+
+ROWS = 512     # query rows per sub-block of the ring: the scores of one step are ROWS × n
+
+
+def choose(sp: SequenceParallel, heads: int, mask: M.Mask) -> tuple[str, str]:
+    """(strategy, why) for ``heads`` heads under ``mask`` on ``sp``."""
+    P = sp.size
+    if sp.softmax != "auto":
+        return sp.softmax, "forced by sequence_parallel(softmax=...)"
+    if mask.lead(heads):
+        return "ring", "the mask has a per-head term (Ulysses would split its heads)"
+    if heads % P:
+        return "ring", f"{heads} heads do not split evenly over {P} ranks"
+    return "ulysses", f"{heads} heads over {P} ranks: all-to-all sends 4(P−1)/P·nHD, the ring 2(P−1)·nHD"
+
+
+def softmax_attention(q: Tensor, k: Tensor, v: Tensor, mask: M.Mask | None, *, scale: float, sp: SequenceParallel,
+                      bias=None, cap: float | None = None, algorithm: str = "tiled", block: int = 64) -> Tensor:
+    """The distributed form of :func:`codegen.softmax.torch_impl.softmax_attention`: q, k, v
+    hold this rank's rows (sequence axis −2, heads −3) of one sequence laid out by ``sp``."""
+    mask = M.Full() if mask is None else M.simplify(mask)
+    if not mask.static:
+        raise ValueError(f"sequence-parallel softmax: the mask {mask} depends on data (bucket or block ids "
+                         "of other ranks' positions); it has no distributed algorithm yet")
+    bias = normalize_bias(bias)
+    if bias is not None and bias[1] is not None and bias[1].requires_grad:
+        raise ValueError("sequence-parallel softmax: a trainable positional bias table has no distributed "
+                         "gradient yet")
+    if q.shape[-2] != k.shape[-2] or k.shape[-2] != v.shape[-2]:
+        raise ValueError("sequence-parallel softmax needs queries and keys of one sequence (equal local "
+                         f"lengths), got q {tuple(q.shape)}, k {tuple(k.shape)}")
+    batch = tuple(torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2]))
+    heads = batch[-1] if batch else 1
+    layout = sp.layout_of(q.shape[-2])
+    strategy, _ = choose(sp, heads, mask)
+    if strategy == "ulysses":
+        if heads < sp.size:
+            raise ValueError(f"Ulysses needs at least as many heads as ranks ({heads} < {sp.size})")
+        qc, kc, vc = (local._canon(x, batch) for x in (q, k, v))
+        qh, kh, vh = (comm.to_features(x, sp, layout, 2, 1) for x in (qc, kc, vc))
+        with suspended():
+            oh = local.softmax_attention(qh, kh, vh, mask, scale=scale, bias=_head_slice(bias, heads, sp),
+                                         cap=cap, algorithm=algorithm, block=block)
+        o = comm.to_sequence(oh, sp, layout, 2, 1, heads)
+        return o.reshape(*batch, q.shape[-2], v.shape[-1])
+    dtype = torch.promote_types(torch.promote_types(q.dtype, v.dtype), torch.float32)
+    qc, kc, vc = (local._canon(x, batch).to(dtype) for x in (q, k, v))
+    cfg = _Config(sp, layout, mask, scale, bias, cap, heads)
+    o = _Ring.apply(qc, kc, vc, cfg)
+    return o.to(v.dtype).reshape(*batch, q.shape[-2], v.shape[-1])
+
+
+def _head_slice(bias, heads: int, sp: SequenceParallel):
+    """The bias of this rank's heads after the all-to-all (heads split as comm splits them)."""
+    if bias is None:
+        return None
+    kind, table = bias
+    if table is None:       # default ALiBi slopes depend on the total head count
+        from codegen.softmax.scores import alibi_slopes
+        table = alibi_slopes(heads)
+    if table.shape[0] == 1:
+        return kind, table
+    a, b = comm._split(heads, sp.size)[sp.rank]
+    return kind, table[a:b]
+
+
+@dataclass(frozen=True)
+class _Config:
+    sp: SequenceParallel
+    layout: Layout
+    mask: M.Mask
+    scale: float
+    bias: tuple | None
+    cap: float | None
+    heads: int
+
+    def scores(self, qs: Tensor, kb: Tensor, pq: Tensor, pk: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        """(raw scores before the cap, capped and masked scores) of rows pq against keys pk;
+        (None, None) when the mask keeps no pair."""
+        n = self.layout.n
+        keep = self.mask.keep(pq[:, None], pk[None, :], n, n, self.heads)
+        if not bool(keep.any()):
+            return None, None
+        s = torch.matmul(qs, kb.transpose(-1, -2)) * self.scale          # read (rows + n)·D, write rows·n
+        if self.bias is not None:
+            s = s + positional_bias(self.bias[0], self.bias[1], pq[:, None], pk[None, :], self.heads, s.dtype)
+        raw = s
+        if self.cap is not None:
+            s = self.cap * torch.tanh(s / self.cap)
+        return raw, s.masked_fill(~keep, float("-inf"))
+
+
+def _flat(*xs: Tensor) -> Tensor:
+    return torch.cat([x.reshape(-1) for x in xs])
+
+
+def _unflat(buf: Tensor, shapes: list[tuple[int, ...]]) -> list[Tensor]:
+    sizes = [math.prod(s) for s in shapes]
+    return [t.view(s) for t, s in zip(torch.split(buf, sizes), shapes)]
+
+
+class _Ring(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, cfg: _Config) -> Tensor:
+        sp, lay = cfg.sp, cfg.layout
+        P, r = sp.size, sp.rank
+        B, H, n, _ = q.shape
+        pq = lay.positions(r, q.device)
+        m = q.new_full((B, H, n), float("-inf"))
+        rowsum = q.new_zeros(B, H, n)
+        acc = q.new_zeros(B, H, n, v.shape[-1])
+        kb, vb = k.contiguous(), v.contiguous()
+        for step in range(P):
+            src = (r - step) % P
+            pending = None
+            if step < P - 1:        # the next block travels while this one is computed
+                nxt = (r - step - 1) % P
+                shapes = [(*k.shape[:2], lay.size(nxt), k.shape[-1]), (*v.shape[:2], lay.size(nxt), v.shape[-1])]
+                pending = _start(_flat(kb, vb), sum(math.prod(s) for s in shapes), sp), shapes
+            pk = lay.positions(src, q.device)
+            for a in range(0, n, ROWS):
+                b = min(n, a + ROWS)
+                _, s = cfg.scores(q[:, :, a:b], kb, pq[a:b], pk)
+                if s is None:
+                    continue                                              # an empty block: skipped
+                m_new = torch.maximum(m[:, :, a:b], s.amax(-1))
+                shift = torch.where(torch.isinf(m_new), 0.0, m_new)
+                p = torch.exp(s - shift[..., None])
+                alpha = torch.exp(m[:, :, a:b] - shift)
+                rowsum[:, :, a:b] = rowsum[:, :, a:b] * alpha + p.sum(-1)
+                acc[:, :, a:b] = acc[:, :, a:b] * alpha[..., None] + torch.matmul(p, vb)
+                m[:, :, a:b] = m_new
+            if pending is not None:
+                kb, vb = _unflat(_finish(pending[0]), pending[1])
+        empty = rowsum == 0                                               # rows with no kept key give 0
+        o = acc / torch.where(empty, 1.0, rowsum)[..., None]
+        lse = torch.where(empty, float("-inf"), m + torch.log(torch.where(empty, 1.0, rowsum)))
+        ctx.save_for_backward(q, k, v, o, lse)
+        ctx.cfg = cfg
+        return o
+
+    @staticmethod
+    def backward(ctx, do: Tensor):
+        q, k, v, o, lse = ctx.saved_tensors
+        cfg = ctx.cfg
+        sp, lay = cfg.sp, cfg.layout
+        P, r = sp.size, sp.rank
+        n = q.shape[2]
+        do = do.contiguous().to(o.dtype)
+        delta = (do * o).sum(-1)                                          # D_i = do_i · o_i
+        lse_safe = torch.where(torch.isinf(lse), 0.0, lse)
+        pq = lay.positions(r, q.device)
+        dq = torch.zeros_like(q)
+        kb, vb = k.contiguous(), v.contiguous()
+        dkb, dvb = torch.zeros_like(kb), torch.zeros_like(vb)
+        for step in range(P):
+            src = (r - step) % P
+            pk = lay.positions(src, q.device)
+            for a in range(0, n, ROWS):
+                b = min(n, a + ROWS)
+                raw, s = cfg.scores(q[:, :, a:b], kb, pq[a:b], pk)
+                if s is None:
+                    continue
+                p = torch.exp(s - lse_safe[:, :, a:b, None])              # the forward's probabilities
+                dos = do[:, :, a:b]
+                dvb += torch.matmul(p.transpose(-1, -2), dos).sum_to_size(dvb.shape)
+                dp = torch.matmul(dos, vb.transpose(-1, -2))
+                ds = p * (dp - delta[:, :, a:b, None])
+                if cfg.cap is not None:
+                    ds = ds * (1 - torch.tanh(raw / cfg.cap) ** 2)
+                ds = ds * cfg.scale
+                dq[:, :, a:b] += torch.matmul(ds, kb)
+                dkb += torch.matmul(ds.transpose(-1, -2), q[:, :, a:b])
+            if P > 1:
+                nxt = (r - step - 1) % P
+                if step < P - 1:   # K, V and their accumulators move on
+                    shapes = [(*k.shape[:2], lay.size(nxt), k.shape[-1]), (*v.shape[:2], lay.size(nxt), v.shape[-1])]
+                    shapes = shapes + shapes
+                    kb, vb, dkb, dvb = _unflat(comm.ring_shift(_flat(kb, vb, dkb, dvb),
+                                                               sum(math.prod(s) for s in shapes), sp), shapes)
+                else:              # one more hop brings each accumulator to its owner
+                    shapes = [tuple(k.shape), tuple(v.shape)]
+                    dkb, dvb = _unflat(comm.ring_shift(_flat(dkb, dvb), sum(math.prod(s) for s in shapes), sp),
+                                       shapes)
+        return dq, dkb, dvb, None
+
+
+def _start(send: Tensor, recv_numel: int, sp: SequenceParallel):
+    P, r = sp.size, sp.rank
+    recv = send.new_empty(recv_numel)
+    ops = [dist.P2POp(dist.isend, send, sp.global_rank((r + 1) % P), sp.group),
+           dist.P2POp(dist.irecv, recv, sp.global_rank((r - 1) % P), sp.group)]
+    return dist.batch_isend_irecv(ops), recv
+
+
+def _finish(pending) -> Tensor:
+    reqs, recv = pending
+    for req in reqs:
+        req.wait()
+    return recv

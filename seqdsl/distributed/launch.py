@@ -1,0 +1,85 @@
+"""Starting a sequence-parallel run: a process group here, or P local processes.
+
+``init()`` joins the process group that ``torchrun`` describes in the environment
+(``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``), gloo on CPU and NCCL on GPUs.
+``launch(target, nproc, *args)`` starts ``nproc`` local processes (spawned, so nothing of
+this process's state is shared), joins them into a gloo group over a free local port, runs
+``target(*args)`` in each and returns every rank's result in rank order. ``target`` is a
+``"module:function"`` or ``"path/to/file.py:function"`` string, so that a test or a script
+can name its own functions without being an installed module.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib
+import importlib.util
+import os
+import pickle
+import socket
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+def init(backend: str | None = None, timeout_s: float = 300.0) -> None:
+    """Join the process group described by the environment (torchrun's variables); a no-op
+    when one is already initialised. ``backend``: default NCCL with CUDA, else gloo."""
+    if dist.is_initialized():
+        return
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+
+
+def resolve(target: str):
+    """The function a ``"module:function"`` or ``"file.py:function"`` string names."""
+    where, _, name = target.rpartition(":")
+    if not where or not name:
+        raise ValueError(f"a target is 'module:function' or 'file.py:function', got {target!r}")
+    if where.endswith(".py"):
+        path = Path(where).resolve()
+        spec = importlib.util.spec_from_file_location(f"_seqdsl_target_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(where)
+    return getattr(module, name)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, nproc: int, port: int, target: str, args: tuple, out_dir: str, threads: int) -> None:
+    torch.set_num_threads(threads)
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(nproc), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=nproc, timeout=datetime.timedelta(seconds=300))
+    try:
+        result = resolve(target)(*args)
+        with open(os.path.join(out_dir, f"rank{rank}.pkl"), "wb") as f:
+            pickle.dump(result, f)
+    finally:
+        dist.destroy_process_group()
+
+
+def launch(target: str, nproc: int, *args: Any, threads: int = 1) -> list[Any]:
+    """Run ``target(*args)`` in ``nproc`` local processes joined into one gloo group; their
+    results (picklable) in rank order. A failing rank raises here with its traceback."""
+    if nproc < 1:
+        raise ValueError(f"nproc must be at least 1, got {nproc}")
+    with tempfile.TemporaryDirectory(prefix="seqdsl-launch-") as out:
+        mp.start_processes(_worker, args=(nproc, _free_port(), target, args, out, threads), nprocs=nproc,
+                           join=True, start_method="spawn")
+        results = []
+        for r in range(nproc):
+            with open(os.path.join(out, f"rank{r}.pkl"), "rb") as f:
+                results.append(pickle.load(f))
+        return results

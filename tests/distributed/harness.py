@@ -1,0 +1,78 @@
+"""What the distributed tests run inside their processes (loaded by path in each rank by
+``seqdsl.distributed.launch``; test modules only launch and read the results).
+
+``compare`` runs a function on the whole inputs in one process (the reference) and its
+sequence-parallel form on every rank's shard, with the same loss Σ out ⊙ W, and returns
+the relative errors ‖ref − out‖ / ‖ref‖ of the output and of every input's gradient,
+summed over the ranks (a sharded input: its rows; a replicated one, a weight: the sum of
+the ranks' gradients, as ``reduce_gradients`` forms it).
+"""
+
+from __future__ import annotations
+
+import traceback
+
+import torch
+import torch.distributed as dist
+
+import seqdsl.distributed as sd
+
+
+def _err(ref: torch.Tensor, out: torch.Tensor, group, reduce: bool) -> float:
+    ref, out = ref.detach().to(torch.float64), out.detach().to(torch.float64)
+    if ref.is_complex():
+        ref, out = torch.view_as_real(ref), torch.view_as_real(out)
+    t = torch.stack([((ref - out) ** 2).sum(), (ref ** 2).sum()])
+    if reduce:
+        dist.all_reduce(t, group=group)
+    return float(t[0].sqrt() / t[1].sqrt().clamp_min(1e-300))
+
+
+def compare(fn_ref, fn_dist, inputs: dict, group=None, layout: str = "contiguous", softmax: str = "auto",
+            out_dim: int = -2, seed: int = 0) -> dict[str, float]:
+    """``inputs``: name → (tensor, sequence dim or None). Errors by name ('out', 'grad <name>')."""
+    full = {k: t.detach().clone().requires_grad_(t.is_floating_point()) for k, (t, _) in inputs.items()}
+    ref = fn_ref(**full)
+    g = torch.Generator().manual_seed(seed + 1)
+    W = torch.randn(ref.shape, generator=g, dtype=ref.dtype)
+    (ref * W).sum().backward()
+    with sd.sequence_parallel(group, layout=layout, softmax=softmax):
+        local = {}
+        for k, (t, dim) in inputs.items():
+            x = t.detach() if dim is None else sd.shard(t.detach(), dim)
+            local[k] = x.clone().requires_grad_(t.is_floating_point())
+        out = fn_dist(**local)
+        wl = sd.shard(W, out_dim % W.dim())
+        (out * wl).sum().backward()
+    errs = {"out": _err(sd.shard(ref, out_dim % ref.dim(), group, layout), out, group, True)}
+    for k, (t, dim) in inputs.items():
+        if not t.is_floating_point():
+            continue
+        if dim is None:
+            grad = local[k].grad.clone()
+            dist.all_reduce(grad, group=group)
+            errs[f"grad {k}"] = _err(full[k].grad, grad, group, False)
+        else:
+            errs[f"grad {k}"] = _err(sd.shard(full[k].grad, dim, group, layout), local[k].grad, group, True)
+    return errs
+
+
+def run_cases(cases: list) -> dict[str, object]:
+    """Run ``(name, ranks, fn)`` cases on this rank: ``fn(group)`` for the cases whose ``ranks``
+    (2 or 4) this rank belongs to. Returns name → errors dict, or the traceback text."""
+    world = dist.get_world_size()
+    groups = {world: None}
+    for p in (2, 4):
+        if p < world:
+            groups[p] = dist.new_group(list(range(p)))    # every rank takes part in creating it
+    rank = dist.get_rank()
+    out: dict[str, object] = {}
+    for name, ranks, fn in cases:
+        if ranks > world or rank >= ranks:
+            continue
+        try:
+            out[name] = fn(groups[ranks])
+        except Exception:                                  # reported by the test, not a hang
+            out[name] = traceback.format_exc()
+            raise
+    return out
