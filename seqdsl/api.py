@@ -81,17 +81,23 @@ def _mix_nodes(graph: Graph) -> list:
 
 
 def analyze(source: str | Path | Program, entry: str | None = None, *, backward: bool = False,
-            machine: str = "cpu", algorithms: dict[str, str] | None = None, **sizes):
+            machine: str = "cpu", algorithms: dict[str, str] | None = None, decode: bool = False, **sizes):
     """The cost report of ``entry`` at ``sizes`` (SPEC §5): ``Report.to_dict()`` is the JSON
     of ``seqdsl analyze complexity --json``. ``algorithms`` forces a choice per mixer
-    (layer path -> algorithm)."""
+    (layer path -> algorithm). ``decode=True`` adds the cost of generating one token after a
+    context of N (per-token FLOPs and state bytes, ``Report.decode``; docs/decoding.md)."""
     from seqdsl.analysis import analyze_graph
     from seqdsl.analysis.select import resolve_forced
 
     checked = check(source, entry, **sizes)
     forced = resolve_forced(checked.graph, algorithms)
-    return analyze_graph(checked.graph, checked.entry, checked.sizes, backward=backward, machine=machine,
-                         forced=forced)
+    report = analyze_graph(checked.graph, checked.entry, checked.sizes, backward=backward, machine=machine,
+                           forced=forced)
+    if decode:
+        from seqdsl.analysis.decode import analyze_decode
+
+        report.decode = analyze_decode(checked.graph, report)
+    return report
 
 
 BACKENDS = ("auto", "torch", "triton")

@@ -307,9 +307,12 @@ def analyze_complexity(
     formulas: Annotated[bool, typer.Option("--formulas/--no-formulas", help="Show formulas in the table.")] = True,
     mixers_only: Annotated[bool, typer.Option("--mixers-only", help="List only the mixers (total of all).")] = False,
     expand: ExpandOpt = False,
+    decode: Annotated[bool, typer.Option("--decode", help="Add the cost of generating one token after a context "
+                                         "of N: FLOPs per token and state bytes per layer.")] = False,
 ) -> None:
     """FLOPs, matrix FLOPs, parameters, activation memory and memory traffic of every layer
-    of FILE, as formulas and numbers, with the algorithm chosen for each mixer and why."""
+    of FILE, as formulas and numbers, with the algorithm chosen for each mixer and why;
+    with --decode, the per-token cost and the state of step-by-step decoding."""
     import json
 
     from seqdsl.analysis.select import MACHINES
@@ -321,11 +324,16 @@ def analyze_complexity(
     forced = dict(parse_sets(algorithm))
     if plot is not None:
         output_path(plot, "--plot")
-    report = analyze(file, entry, backward=backward, machine=machine, algorithms=forced, **parse_sets(set_))
+    report = analyze(file, entry, backward=backward, machine=machine, algorithms=forced, decode=decode,
+                     **parse_sets(set_))
     if json_out:
         typer.echo(json.dumps(_json_safe(report.to_dict()), indent=2, allow_nan=False))
     else:
         typer.echo(render(report, formulas=formulas, mixers_only=mixers_only, expand=expand))
+        if decode:
+            from seqdsl.analysis.decode import render_decode
+
+            typer.echo(render_decode(report.to_dict()["decode"], formulas=formulas))
     if plot is not None:
         from seqdsl.analysis.plot import plot_costs
 

@@ -35,6 +35,7 @@ class Report:
     n_symbol: sympy.Symbol | None
     machine: Machine
     backward: bool
+    decode: object = None      # a DecodeReport when asked for (--decode): the "decode" section
 
     def subs(self) -> dict:
         out = {sympy.Symbol(k, positive=True, integer=True): v for k, v in self.sizes.items() if k != "SRAM"}
@@ -75,7 +76,13 @@ class Report:
             "pass": "forward+backward" if self.backward else "forward",
             "layers": layers,
             "total": self._row(self.total),
-        }
+        } | ({} if self.decode is None else {"decode": _decode_dict(self.decode, self)})
+
+
+def _decode_dict(decode, report: Report) -> dict:
+    from seqdsl.analysis.decode import decode_dict
+
+    return decode_dict(decode, report)
 
 
 def _json_number(v):

@@ -31,6 +31,31 @@ _LAYER = {
                    "candidates": {"type": "array", "items": _CANDIDATE}, "note": {"type": "string"}, **_COSTS},
 }
 
+_DECODE_COSTS = {
+    "flops": _EXPR, "state_bytes": _EXPR, "big_o": _BIG_O,
+    "values": {"type": "object", "required": ["flops", "state_bytes"],
+               "additionalProperties": {"type": "number"}},
+}
+# `--decode`: one generated token after a context of N (seqdsl.analysis.decode).
+_DECODE = {
+    "type": "object",
+    "required": ["can_decode", "reason", "layers", "total", "crossover"],
+    "properties": {
+        "can_decode": {"type": "boolean"}, "reason": {"type": "string"},
+        "layers": {"type": "array", "items": {
+            "type": "object", "required": ["name", "op", "state", *_DECODE_COSTS],
+            "properties": {"name": {"type": "string"}, "op": {"type": "string"}, "state": {"type": "string"},
+                           "refusal": {"type": "string"}, "note": {"type": "string"}, **_DECODE_COSTS}}},
+        "total": {"type": "object", "required": list(_DECODE_COSTS), "properties": _DECODE_COSTS},
+        "crossover": {"oneOf": [{"type": "null"}, {
+            "type": "object", "required": ["attention_flops", "rest_flops", "formula", "value", "layers"],
+            "properties": {"attention_flops": _EXPR, "rest_flops": _EXPR,
+                           "formula": {"oneOf": [{"type": "null"}, _EXPR]},
+                           "value": {"oneOf": [{"type": "null"}, {"type": "number"}]},
+                           "layers": {"type": "array", "items": {"type": "string"}}}}]},
+    },
+}
+
 REPORT_SCHEMA = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "title": "seqdsl analyze complexity report",
@@ -43,5 +68,6 @@ REPORT_SCHEMA = {
         "pass": {"enum": ["forward", "forward+backward"]},
         "layers": {"type": "array", "items": _LAYER},
         "total": {"type": "object", "required": list(_COSTS), "properties": _COSTS},
+        "decode": _DECODE,
     },
 }

@@ -1,0 +1,408 @@
+"""Decoding cost: what one generated token costs once the prompt is in the state.
+
+``seqdsl analyze complexity FILE --decode``. For every layer of the graph, the work of one
+step (one new token appended to a context of N tokens) and the bytes of the state a
+sequence carries between steps, both as formulas in N and the other sizes. Derived from
+the IR only — the mask, decay, feature map and kernel of each MixSpec, the op kind and
+attributes of every other node — never from a model's name:
+
+- decayed / gated linear attention, selective scan, retention, kernel (feature-map)
+  attention: a [F, Dv] state per head (F = Dk, or the feature count of φ), plus the
+  normaliser's [F] for ``norm = sum``: O(1) in N;
+- Toeplitz mixing by an SSM: the SSM state (complex where the kernel is: the conjugate half
+  of a diagonal kernel, the dense S×S system of DPLR), the shift register of a shift SSM,
+  Mega's real EMA state: O(1) in N; a short causal ``conv1d`` keeps its last width − 1 inputs;
+- an explicit convolution kernel (implicit filters, long convolutions) keeps the input
+  history: O(N) per token, stated;
+- softmax: a key/value cache of every key the next query can see — N (causal), min(N, W)
+  (``window(W)``, a ring buffer), the current block (``local(b)``); masks that let a
+  query see later tokens (no causal term, bidirectional kernels), data-dependent block
+  orders and ops that mix along the whole sequence (pooling, a sequence projection, a
+  reduction or softmax over it) cannot decode, and the report says which layer and why.
+
+Every other op runs on the new token alone: its step cost is the marginal cost of one
+more position of its forward formula, f(N) − f(N − 1) (zero for work that does not depend
+on N, e.g. a decay table computed once). Counting follows the forward report (a
+multiply-add is 2 FLOPs, elements of 4 bytes, 2 for fp16/bf16 mixes; complex states
+count two elements per entry).
+
+For a model with softmax layers and other layers, the *crossover* is the context length
+N* where the softmax layers' per-token cost (growing with N) overtakes all the rest:
+the root of attention(N) = rest(N), solved with sympy, as a formula and at the sizes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import sympy
+
+from seqdsl.analysis import mixers
+from seqdsl.analysis.ops import Context, op_estimates
+from seqdsl.ir import mix as M
+from seqdsl.ir.graph import Graph, Node, OpKind
+
+SKIP = (OpKind.INPUT, OpKind.PARAM, OpKind.BUFFER, OpKind.GET, OpKind.OUTPUT)
+# Ops whose output at one position may read every position of the sequence axis.
+SEQUENCE_OPS = (OpKind.REDUCE, OpKind.SOFTMAX, OpKind.POOL, OpKind.SEQ_PROJECT, OpKind.SORT_BLOCKS,
+                OpKind.MATMUL)
+ZERO = sympy.Integer(0)
+
+
+@dataclass(frozen=True)
+class DecodeRow:
+    """One layer's step: ``flops`` per generated token and ``state_bytes`` per batch, at a
+    context of N tokens; ``state`` names what is kept. ``grows`` marks a softmax cache
+    whose step cost grows with N (the "attention" side of the crossover)."""
+
+    name: str
+    op: str
+    state: str
+    flops: sympy.Expr
+    state_bytes: sympy.Expr
+    grows: bool = False
+    refusal: str | None = None
+    note: str = ""
+
+
+@dataclass
+class DecodeReport:
+    rows: list[DecodeRow]
+    n: sympy.Symbol | None
+    sizes: dict = field(default_factory=dict)
+
+    @property
+    def can_decode(self) -> tuple[bool, str]:
+        """(True, "") or (False, the first layer that refuses and why)."""
+        for r in self.rows:
+            if r.refusal is not None:
+                return False, f"{r.name}: {r.refusal}"
+        return True, ""
+
+    @property
+    def flops(self) -> sympy.Expr:
+        return sympy.expand(sum((r.flops for r in self.rows), ZERO))
+
+    @property
+    def state_bytes(self) -> sympy.Expr:
+        return sympy.expand(sum((r.state_bytes for r in self.rows), ZERO))
+
+    def crossover(self) -> dict | None:
+        """The context length where the growing softmax caches' step cost equals the rest's.
+
+        None when the model has no growing cache or nothing else. ``formula`` is sympy's
+        root in the other sizes (None if it finds none in closed form), ``value`` the
+        smallest positive root at the report's sizes (None when the softmax side never
+        overtakes)."""
+        attn = [r for r in self.rows if r.grows and r.refusal is None]
+        rest = [r for r in self.rows if not r.grows and r.refusal is None]
+        if not attn or not rest or self.n is None:
+            return None
+        a = sympy.expand(sum((r.flops for r in attn), ZERO))
+        b = sympy.expand(sum((r.flops for r in rest), ZERO))
+        n = self.n
+        n = next((s for s in (a - b).free_symbols if s.name == n.name), n)   # the graph's own N
+        formula = _positive_root(a - b, n)
+        at_sizes = {s: self.sizes[s.name] for s in (a - b).free_symbols if s.name != n.name and s.name in self.sizes}
+        value = _positive_root(sympy.expand((a - b).xreplace(at_sizes)), n)
+        return {"attention_flops": a, "rest_flops": b, "formula": formula,
+                "value": None if value is None else float(value),
+                "layers": [r.name for r in attn]}
+
+
+def _positive_root(expr: sympy.Expr, n: sympy.Symbol) -> sympy.Expr | None:
+    """The root of ``expr`` in n that is positive (the smallest, if sympy can order them)."""
+    x = sympy.Symbol(n.name, positive=True)   # a real unknown: the root need not be a whole number
+    expr = expr.xreplace({n: x})
+    expr = expr.rewrite(sympy.Piecewise) if expr.has(sympy.Min, sympy.Max) else expr
+    try:
+        roots = sympy.solve(sympy.Eq(expr, 0), x)
+    except (NotImplementedError, TypeError, ValueError):
+        return None
+    good = []
+    for r in roots:
+        r = r[0] if isinstance(r, tuple) else r
+        if r.is_positive is False or r.has(sympy.I):
+            continue
+        good.append(sympy.simplify(r).xreplace({x: n}))
+    numbers = [r for r in good if r.is_number]
+    if numbers:
+        return min(numbers, key=float)
+    return good[0] if good else None
+
+
+# ---- one row per node --------------------------------------------------------------------
+
+def _marginal(expr: sympy.Expr, n: sympy.Symbol | None) -> sympy.Expr:
+    """f(N) − f(N − 1): the work one more position adds."""
+    if n is None or not sympy.sympify(expr).has(n):
+        return ZERO
+    return sympy.expand(sympy.expand(expr) - sympy.expand(expr.xreplace({n: n - 1})))
+
+
+def _axis_has(node_type, axis: int, n: sympy.Symbol) -> bool:
+    try:
+        d = node_type.shape[axis]
+    except IndexError:
+        return False
+    return n in sympy.sympify(d).free_symbols
+
+
+def _mixes_sequence(g: Graph, node: Node, n: sympy.Symbol) -> bool:
+    """Does this op combine positions along a sequence axis (a dim that depends on N)?"""
+    x = g.type_of(node.inputs[0]) if node.inputs else None
+    if node.kind in (OpKind.REDUCE, OpKind.SOFTMAX):
+        axis = node.attr("axis")
+        if x is None or axis is None:
+            return True
+        return _axis_has(x, axis, n)
+    if node.kind == OpKind.MATMUL:   # contracts a's last axis with b's second to last
+        return x is not None and _axis_has(x, -1, n)
+    return True
+
+
+def _stateless(g: Graph, node: Node, n, ctx: Context) -> DecodeRow:
+    flops = _marginal(op_estimates(g, node, ctx).flops, n)
+    return DecodeRow(node.name, node.kind.value, "-", flops, ZERO)
+
+
+def node_row(g: Graph, node: Node, n: sympy.Symbol | None, ctx: Context) -> DecodeRow:
+    """The decoding row of one node (any kind)."""
+    if node.kind == OpKind.MIX:
+        return mix_row(g, node, n)
+    op = node.kind.value
+    if node.kind in SEQUENCE_OPS and n is not None and _mixes_sequence(g, node, n):
+        return DecodeRow(node.name, op, "-", ZERO, ZERO,
+                         refusal=f"{op} combines every position of the sequence (its output at one "
+                                 "position reads later ones)")
+    if node.kind == OpKind.CONV1D:
+        x = g.type_of(node.input("x"))
+        width = g.type_of(node.input("weight")).shape[-1]
+        if not node.attr("causal"):
+            return DecodeRow(node.name, op, "-", ZERO, ZERO,
+                             refusal="a non-causal convolution reads later positions")
+        rows = sympy.Mul(*x.shape[:-2]) if x.rank > 2 else sympy.Integer(1)
+        flops = rows * x.shape[-1] * (2 * width + (1 if node.input("bias") is not None else 0))
+        return DecodeRow(node.name, op, f"last {width} - 1 inputs", flops,
+                         4 * rows * x.shape[-1] * (width - 1))
+    if node.kind in (OpKind.RECURRENT, OpKind.FIXED_POINT):
+        return _body_row(g, node, n, ctx)
+    return _stateless(g, node, n, ctx)
+
+
+def _body_row(g: Graph, node: Node, n, ctx: Context) -> DecodeRow:
+    """A weight-tied body run over the whole sequence. A fixed point iterates the whole
+    sequence to convergence: a step would not reproduce it. A segment recurrence keeps the
+    carried state and the inputs of the current segment, and reruns the step on the
+    partial segment (its cost per token is at most one segment's)."""
+    op = node.kind.value
+    if node.kind == OpKind.FIXED_POINT:
+        return DecodeRow(node.name, op, "-", ZERO, ZERO,
+                         refusal="a fixed-point iteration runs over the whole sequence until it converges")
+    x = g.type_of(node.input("x"))
+    state = g.type_of(node.input("state"))
+    segment = node.attr("segment")
+    rows = sympy.Mul(*x.shape[:-2]) if x.rank > 2 else sympy.Integer(1)
+    body = ctx.analyse_body(node.attr("body"))
+    return DecodeRow(node.name, op, f"state {state} + the current segment's inputs", body.flops,
+                     4 * (state.numel() + rows * segment * x.shape[-1]),
+                     note="per token: the step rerun on the current segment (an upper bound)")
+
+
+def mix_row(g: Graph, node: Node, n: sympy.Symbol | None) -> DecodeRow:
+    """The step of one MIX node, by family (the module docstring lists the rules)."""
+    spec = node.spec
+    s = mixers.shapes_of(g, node)
+    fam = spec.family
+    op = f"mix/{fam}"
+    leaves = M.mask_leaves(spec.mask)
+    terms = M.conjuncts(spec.mask)
+
+    def refuse(why: str) -> DecodeRow:
+        return DecodeRow(node.name, op, "-", ZERO, ZERO, refusal=why)
+
+    if fam == "toeplitz":
+        kern = next(x for x in leaves if isinstance(x, M.Toeplitz))
+        if not kern.causal:
+            return refuse("a bidirectional convolution (a second pass runs backwards in time from the end)")
+        if len(leaves) > 1:
+            return refuse(f"a Toeplitz mix combined with other masks ({spec.mask}) has no derived state")
+        return _toeplitz_row(node.name, op, s, kern.kernel)
+    if not spec.causal:
+        return refuse(f"the mask {spec.mask} lets a query see later keys (no causal term)")
+    if any(isinstance(x, M.BlockMap) for x in leaves):
+        return refuse("the block order is computed from the whole sequence (block_map)")
+    if fam in ("linear", "decayed_linear"):
+        other = [t for t in terms if not isinstance(t, (M.Causal, M.Decay, M.Full))]
+        if other or any(isinstance(t, M.Causal) and t.offset != 0 for t in terms):
+            return refuse(f"linear attention with the mask {spec.mask} has no derived recurrent state")
+        return _linear_row(g, node, op, s)
+    return _softmax_row(g, node, op, s, terms, n)
+
+
+def _linear_row(g: Graph, node: Node, op: str, s: mixers.MixShapes) -> DecodeRow:
+    """S_t = a_t ⊙ S_{t−1} + φ(k_t) v_tᵀ, o_t = φ(q_t)ᵀ S_t (/ φ(q_t)·z_t with z_t = Σ φ(k)):
+    a [F, Dv] state per head (+ [F] for the normaliser); per token G·(4·F·Dv [+ F·Dv decay]
+    [+ 4F normaliser]) plus φ of one query and one key."""
+    spec = node.spec
+    f = mixers.feature_width(g, node, s)
+    one = mixers.MixShapes(s.g, sympy.Integer(1), sympy.Integer(1), s.dk, s.dv, s.e)
+    rec = mixers.linear_recurrent(g, node, one, f)   # one token of the recurrent algorithm
+    norm = spec.norm == "sum"
+    state = s.g * (f * s.dv + (f if norm else 0))
+    what = f"[{f}, {s.dv}] per head" + (f" + [{f}] normaliser" if norm else "")
+    return DecodeRow(node.name, op, what, sympy.expand(rec.flops), s.e * state)
+
+
+def _toeplitz_row(name: str, op: str, s: mixers.MixShapes, k) -> DecodeRow:
+    """y_t = C h_t, h_t = Ā h_{t−1} + B̄ u_t per channel (G·Dv channels)."""
+    channels = s.g * s.dv
+    if isinstance(k, M.ExplicitKernel):
+        return DecodeRow(name, op, "input history [N] per channel", 2 * channels * s.nq,
+                         s.e * channels * s.nq, note="an explicit kernel: O(N) per token, no recurrence")
+    S = k.state
+    if k.kind == "shift":   # the shift register (u_t, …, u_{t−S+1}); y_t = Σ taps · register
+        return DecodeRow(name, op, f"shift register [{S}] per channel", 2 * channels * S, s.e * channels * S)
+    if k.kind == "ema":     # a real diagonal state of S modes
+        return DecodeRow(name, op, f"real state [{S}] per channel", 4 * channels * S, s.e * channels * S)
+    if k.kind == "dplr":    # the dense S×S system (the conjugate half materialised): complex
+        return DecodeRow(name, op, f"complex state [{S}] per channel (dense Ā)",
+                         channels * (8 * S * S + 8 * S), 2 * s.e * channels * S)
+    modes = S / 2 if k.conj else S
+    if k.mimo:              # S5: one state of M modes shared by the channels
+        return DecodeRow(name, op, f"complex state [{modes}] (shared by the channels)",
+                         s.g * (8 * modes * s.dv + 8 * modes), 2 * s.e * s.g * modes)
+    return DecodeRow(name, op, f"complex state [{modes}] per channel", channels * 8 * modes,
+                     2 * s.e * channels * modes)
+
+
+def _softmax_row(g: Graph, node: Node, op: str, s: mixers.MixShapes, terms, n) -> DecodeRow:
+    """A key/value cache of the keys the next query can see: each step scores them (2·Dk),
+    takes the softmax (5) and the weighted sum (2·Dv) per cached key and head."""
+    spec = node.spec
+    kept, what, grows, note = s.nk, "KV cache of every key", True, ""
+    for t in terms:
+        if isinstance(t, M.Window) and t.block == 1:
+            kept, what, grows = sympy.Min(s.nk, t.size), f"KV ring buffer of the last {t.size} keys", False
+        elif isinstance(t, M.Local):
+            kept, what, grows = sympy.Min(s.nk, t.size), f"KV cache of the current block of {t.size}", False
+    if not any(isinstance(t, (M.Window, M.Local)) for t in terms) and any(
+            not isinstance(t, (M.Causal, M.Full)) for t in terms):
+        note = f"the mask {spec.mask} keeps fewer keys; counted as every key (an upper bound)"
+    k_port, v_port = node.input("k"), node.input("v")
+    v_type = g.type_of(v_port)
+    v_rows = sympy.Mul(*v_type.shape[:-2]) if v_type.rank > 2 else sympy.Integer(1)
+    if k_port is None:   # given scores (Synthesizer): only values are cached
+        per_key, cache = 2 * s.dv + mixers.SOFTMAX_ELEMENTWISE, v_rows * s.dv
+        what = what.replace("KV", "value")
+    else:
+        k_type = g.type_of(k_port)
+        k_rows = sympy.Mul(*k_type.shape[:-2]) if k_type.rank > 2 else sympy.Integer(1)
+        per_key = 2 * s.dk + 2 * s.dv + mixers.SOFTMAX_ELEMENTWISE
+        cache = k_rows * s.dk + v_rows * s.dv
+    if any(isinstance(x, M.Buckets) for x in M.mask_leaves(spec.mask)):
+        cache += v_rows   # the bucket id of every cached key
+    grows = grows and n is not None and sympy.sympify(kept).has(n)
+    return DecodeRow(node.name, op, what, sympy.expand(s.g * kept * per_key), sympy.expand(s.e * kept * cache),
+                     grows=grows, note=note)
+
+
+# ---- the whole graph -----------------------------------------------------------------------
+
+def analyze_decode(graph: Graph, report) -> DecodeReport:
+    """The decoding rows of every layer of ``graph``; ``report`` (its forward cost report)
+    gives the sizes and the machine model that bodies (segment steps) are analysed with."""
+    from seqdsl.analysis.estimates import Estimates
+    from seqdsl.analysis.report import _analyse
+
+    subs = report.subs()
+
+    def body_total(body: Graph) -> Estimates:
+        total = Estimates()
+        for lr in _analyse(body, subs, report.machine, False, {}):
+            total = total + lr.estimates
+        return total
+
+    n = report.n_symbol
+    rows = [node_row(graph, node, n, Context(body_total)) for node in graph.nodes() if node.kind not in SKIP]
+    return DecodeReport(rows, n, dict(report.sizes))
+
+
+def _compact(e: sympy.Expr) -> str:
+    """A formula kept in its solved (factored) form, written so that sympify parses it back."""
+    from seqdsl.analysis.report import _SYMPY_NAMES
+
+    e = sympy.factor(sympy.together(e))
+    clashes = {s: sympy.Symbol(f"Symbol('{s.name}')") for s in e.free_symbols if s.name in _SYMPY_NAMES}
+    return str(e.xreplace(clashes))
+
+
+def render_decode(d: dict, formulas: bool = True) -> str:
+    """The text of the ``"decode"`` section: one row per layer with a state or a refusal
+    (stateless layers are summed into one line), the total and the crossover."""
+    from seqdsl.analysis.table import _fmt, _name, _plain
+
+    lines = ["", "decoding: one generated token after a context of N (per sequence batch B)", ""]
+    header = f"{'layer':<40} {'op':<22} {'FLOPs/token':>11} {'state B':>9}  time  memory  state"
+    lines += [header, "-" * len(header)]
+    rest = {"flops": 0.0, "state_bytes": 0.0}
+    count = 0
+    for r in d["layers"]:
+        if r["state"] == "-" and "refusal" not in r:
+            count += 1
+            rest = {k: rest[k] + r["values"][k] for k in rest}
+            continue
+        v = r["values"]
+        lines.append(f"{_name(r['name'])} {r['op']:<22} {_fmt(v['flops']):>11} {_fmt(v['state_bytes']):>9}  "
+                     f"{r['big_o']['time']:<5} {r['big_o']['memory']:<7} {r['state']}")
+        if "refusal" in r:
+            lines.append(f"{'':<40}   cannot decode: {r['refusal']}")
+        if r.get("note"):
+            lines.append(f"{'':<40}   note: {r['note']}")
+    lines.append(f"{_name(f'{count} stateless layers (per token)')} {'':<22} {_fmt(rest['flops']):>11} "
+                 f"{_fmt(0.0):>9}")
+    t = d["total"]
+    lines.append("-" * len(header))
+    lines.append(f"{'total':<40} {'':<22} {_fmt(t['values']['flops']):>11} {_fmt(t['values']['state_bytes']):>9}  "
+                 f"{t['big_o']['time']:<5} {t['big_o']['memory']}")
+    if formulas:
+        lines += [f"  flops per token = {_plain(t['flops'])}", f"  state bytes     = {_plain(t['state_bytes'])}"]
+    if not d["can_decode"]:
+        lines.append(f"cannot decode: {d['reason']}")
+    c = d["crossover"]
+    if c is not None:
+        at = "never at these sizes" if c["value"] is None else f"N* = {c['value']:.6g}"
+        lines.append(f"crossover: the {len(c['layers'])} growing softmax cache(s) cost more per token than "
+                     f"everything else from {at}")
+        if formulas and c["formula"] is not None:
+            lines.append(f"  N* = {_plain(c['formula'])}")
+    return "\n".join(lines)
+
+
+def decode_dict(d: DecodeReport, report) -> dict:
+    """The ``"decode"`` section of the JSON: formulas as strings sympy parses back, their
+    values at the report's sizes, and the leading term in N of each."""
+    from seqdsl.analysis.report import _text, big_o
+
+    def costs(flops, state_bytes) -> dict:
+        return {"flops": _text(flops), "state_bytes": _text(state_bytes),
+                "big_o": {"time": big_o(flops, d.n), "memory": big_o(state_bytes, d.n)},
+                "values": {"flops": report.value(flops), "state_bytes": report.value(state_bytes)}}
+
+    layers = []
+    for r in d.rows:
+        row = {"name": r.name, "op": r.op, "state": r.state, **costs(r.flops, r.state_bytes)}
+        if r.refusal is not None:
+            row["refusal"] = r.refusal
+        if r.note:
+            row["note"] = r.note
+        layers.append(row)
+    ok, why = d.can_decode
+    out = {"can_decode": ok, "reason": why, "layers": layers, "total": costs(d.flops, d.state_bytes),
+           "crossover": None}
+    cross = d.crossover() if ok else None
+    if cross is not None:
+        out["crossover"] = {"attention_flops": _text(cross["attention_flops"]), "rest_flops": _text(cross["rest_flops"]),
+                            "formula": None if cross["formula"] is None else _compact(cross["formula"]),
+                            "value": cross["value"], "layers": cross["layers"]}
+    return out

@@ -1,0 +1,122 @@
+"""`analyze complexity --decode`: per-token FLOPs and state bytes, checked against the
+formulas of the papers (RetNet's H·Dk·Dv per layer, Mamba's D_inner·S + D_inner·(d_conv − 1),
+a Transformer's 2·N·D per layer, …), the refusals, the crossover and the JSON."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import sympy
+
+import seqdsl
+from seqdsl.analysis.schema import REPORT_SCHEMA
+
+jsonschema = pytest.importorskip("jsonschema", reason="jsonschema validates the report's JSON")
+
+E = 4   # bytes per fp32 element
+
+
+def decode(path: str, **sizes) -> dict:
+    return seqdsl.analyze(path, decode=True, **sizes).to_dict()["decode"]
+
+
+def value(d: dict, key: str = "state_bytes") -> float:
+    return d["total"]["values"][key]
+
+
+def stateful(d: dict) -> list[dict]:
+    return [r for r in d["layers"] if r["state"] != "-"]
+
+
+def test_retention_state_is_h_dk_dv():
+    """RetNet: one [Dk, Dv] state per head (Sun et al. 2023, eq. 1): 5·Dk·Dv FLOPs per token
+    and head (decay 1, kᵀv added 2, q·S 2)."""
+    d = decode("examples/mixers/retention.seq", B=3, H=4, Dh=16, N=1000)
+    assert d["can_decode"]
+    assert value(d) == E * 3 * 4 * 16 * 16
+    (row,) = stateful(d)
+    assert row["big_o"] == {"time": "O(1)", "memory": "O(1)"}
+    assert row["values"]["flops"] == 3 * 4 * 5 * 16 * 16
+
+
+def test_linear_attention_keeps_the_normaliser():
+    d = decode("examples/mixers/linear_attention.seq", B=1, H=2, Dh=8, N=100)
+    assert value(d) == E * 2 * (8 * 8 + 8)
+
+
+def test_mamba_state_is_inner_times_state_plus_conv_taps():
+    """Mamba (Gu & Dao 2023; mamba_ssm's inference cache): per layer a [D_inner, S] SSM state
+    and the last d_conv − 1 inputs of the depthwise convolution."""
+    D, L, S, W = 32, 3, 16, 4
+    d = decode("examples/models/mamba.seq", B=1, D=D, L=L, V=64, S=S, W=W, N=4096)
+    inner = 2 * D
+    assert d["can_decode"]
+    assert value(d) == E * L * (inner * S + inner * (W - 1))
+    assert d["total"]["big_o"] == {"time": "O(1)", "memory": "O(1)"}
+    assert d["crossover"] is None
+
+
+def test_transformer_kv_cache_and_crossover():
+    """A KV cache of 2·N·D elements per layer; the per-token cost grows as N, and the
+    crossover N* solves attention(N) = rest for N."""
+    D, H, L, F, V = 64, 4, 2, 128, 256
+    d = decode("examples/models/transformer_decoder.seq", B=1, D=D, H=H, L=L, F=F, V=V, N=512)
+    assert value(d) == E * L * 2 * 512 * D
+    assert d["total"]["big_o"] == {"time": "O(N)", "memory": "O(N)"}
+    c = d["crossover"]
+    attn = sympy.sympify(c["attention_flops"])
+    rest = sympy.sympify(c["rest_flops"])
+    n = next(s for s in attn.free_symbols if s.name == "N")
+    sizes = {s: {"B": 1, "D": D, "H": H, "F": F, "V": V}[s.name] for s in (attn + rest).free_symbols if s != n}
+    # per layer and token: q·K and p·V over N keys of width D, 5 elementwise per key and head
+    assert sympy.expand(attn.xreplace(sizes) - L * (4 * D + 5 * H) * n) == 0
+    star = c["value"]
+    assert star > 0
+    assert float((attn - rest).xreplace(sizes).xreplace({n: star})) == pytest.approx(0, abs=1e-6 * star)
+    formula = sympy.sympify(c["formula"])
+    assert float(formula.xreplace({s: sizes[s] for s in formula.free_symbols if s in sizes})) == pytest.approx(star)
+
+
+def test_sliding_window_keeps_w_keys():
+    d = decode("examples/mixers/sliding_window.seq", B=1, H=2, Dh=8, W=32, N=4096)
+    (row,) = stateful(d)
+    assert row["values"]["state_bytes"] == E * 2 * 32 * (8 + 8)
+    assert row["big_o"]["memory"] == "O(1)"
+    assert "ring buffer" in row["state"]
+    assert d["crossover"] is None
+
+
+def test_h3_shift_register_and_complex_state():
+    """H3: the shift SSM keeps its S last inputs per channel; the diagonal SSM S/2 complex
+    modes per channel (one of each conjugate pair): S reals."""
+    d = decode("examples/mixers/h3.seq", B=2, D=8, N=100, shift_state=4, diag_state=16)
+    shift, diag = stateful(d)
+    assert shift["values"]["state_bytes"] == E * 2 * 8 * 4
+    assert diag["values"]["state_bytes"] == E * 2 * 8 * 16
+    assert d["total"]["big_o"]["memory"] == "O(1)"
+
+
+@pytest.mark.parametrize("path, why", [
+    ("examples/mixers/softmax_attention.seq", "no causal term"),
+])
+def test_cannot_decode_says_why(path, why):
+    d = decode(path, causal=0)
+    assert not d["can_decode"] and why in d["reason"]
+
+
+def test_bidirectional_ssm_and_pooling_refuse():
+    d = decode("examples/models/s4d.seq", L=1, D=8, N=64)
+    assert not d["can_decode"]
+    refusals = [r["refusal"] for r in d["layers"] if "refusal" in r]
+    assert any("bidirectional" in r for r in refusals) and any("every position" in r for r in refusals)
+
+
+def test_json_keeps_every_key_and_validates():
+    plain = seqdsl.analyze("examples/mixers/retention.seq", N=256).to_dict()
+    with_decode = seqdsl.analyze("examples/mixers/retention.seq", N=256, decode=True).to_dict()
+    assert "decode" not in plain
+    assert {k: v for k, v in with_decode.items() if k != "decode"} == plain
+    jsonschema.validate(json.loads(json.dumps(with_decode)), REPORT_SCHEMA)
+    for row in with_decode["decode"]["layers"]:
+        sympy.sympify(row["flops"]), sympy.sympify(row["state_bytes"])
