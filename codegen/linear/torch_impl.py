@@ -36,11 +36,13 @@ import torch.nn.functional as F
 
 from codegen.linear.chunked import OuterGate, chunked
 from codegen.linear.features import feature_map, feature_width
+from codegen.torch.decode import stateful
 
 ALGORITHMS = ("quadratic", "recurrent", "chunked")
 NORMS = ("none", "sum")
 
 
+@stateful("linear")   # prefill / step: the recurrent state (linear/step.py)
 def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, feature: str = "identity",
                      projection: torch.Tensor | None = None, norm: str = "none", causal: bool = True,
                      decay: float | torch.Tensor | None = None, log_decay: bool = False, scale: float = 1.0,

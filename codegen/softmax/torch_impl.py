@@ -28,6 +28,7 @@ from codegen import masks as M
 from codegen.softmax import plan as P
 from codegen.softmax import tiled as T
 from codegen.softmax.scores import bias_heads, normalize_bias, positional_bias
+from codegen.torch.decode import stateful
 
 ALGORITHMS = ("materialized", "sdpa", "tiled")
 log = logging.getLogger("seqdsl.codegen.softmax")
@@ -41,6 +42,7 @@ def _note(reason: str) -> None:
         log.info(reason)
 
 
+@stateful("softmax")   # prefill / step: a KV cache (softmax/step.py)
 def softmax_attention(q: Tensor, k: Tensor, v: Tensor, mask: M.Mask | None = None, *, scale: float,
                       bias=None, cap: float | None = None, algorithm: str = "tiled", block: int = 64) -> Tensor:
     """softmax(mask ∘ (scale · q kᵀ + bias), capped by cap·tanh(·/cap)) @ v.

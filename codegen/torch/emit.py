@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 import sympy
 
 from codegen import fuse
+from codegen.decode.plan import DecodePlan, class_lines
+from codegen.decode.plan import plan as plan_decoding
 from codegen.source import RESERVED, comment, ident, literal
 from codegen.torch import scoped
 from codegen.torch.choice import Choice, Chooser
@@ -71,6 +73,7 @@ class _Writer(Chooser, scoped.ScopedWriter):
         self.extra_dims: list[str] = []
         self.cls_base = cls
         self.definitions: dict[str, str] = {}     # definition name -> mixer / block / model
+        self.decoding: DecodePlan | None = None  # what prefill / step keep (codegen/decode/plan.py)
 
     # ---- names
     def name_for(self, n: Node, index: int = 0) -> str:
@@ -157,6 +160,7 @@ class _Writer(Chooser, scoped.ScopedWriter):
         """The writer of a block used as a function (an expert, a DEQ cell, a recurrent step)."""
         sub = type(self)(body, self.sizes, name, self.machine.name, self.choices, self.classes, self.forced)
         sub.registry = self.registry
+        sub.decoding = self.decoding if body is self.g else None
         return sub
 
     def _size_checks(self, constraints) -> list[str]:
@@ -193,7 +197,8 @@ class _Writer(Chooser, scoped.ScopedWriter):
         if not any(parts):
             return ""
         last = max(i for i, p in enumerate(parts) if p)
-        return "[" + ", ".join(f":{p}" if p else ":" for p in parts[:last + 1]) + "]"
+        rows = (lambda p: f"rt.seq_rows({p})") if self._seq(n) else (lambda p: f":{p}")   # decoding: from t
+        return "[" + ", ".join(rows(p) if p else ":" for p in parts[:last + 1]) + "]"
 
     def op_buffer(self, n: Node) -> None:
         self.op_param(n, trainable=False)
@@ -261,7 +266,7 @@ class _Writer(Chooser, scoped.ScopedWriter):
         fn = n.attr("fn")
         if fn == "rotary":
             self.emit(n, f"rt.rotary({self.inp(n, 'x')}, {self.sizes.number(n.attr('fraction'))!r}, "
-                         f"{self.sizes.number(n.attr('base'))!r})")
+                         f"{self.sizes.number(n.attr('base'))!r}{self._seq(n)})")
         else:
             self.emit(n, f"rt.UNARY[{fn!r}]({self.inp(n, 'x')})")
 
@@ -325,9 +330,14 @@ class _Writer(Chooser, scoped.ScopedWriter):
 
     def op_positions(self, n: Node) -> None:
         if n.attr("fn") == "arange":
-            self.emit(n, f"rt.arange({self.sizes.code(n.out.shape[0])})")
+            self.emit(n, f"rt.arange({self.sizes.code(n.out.shape[0])}{self._seq(n)})")
         else:
-            self.emit(n, f"rt.sinusoidal({self.sizes.code(n.out.shape[0])}, {self.sizes.code(n.out.shape[1])})")
+            self.emit(n, f"rt.sinusoidal({self.sizes.code(n.out.shape[0])}, {self.sizes.code(n.out.shape[1])}"
+                         f"{self._seq(n)})")
+
+    def _seq(self, n: Node) -> str:
+        """``, seq=True`` where a node reads the absolute position (it starts at t in a step)."""
+        return ", seq=True" if self.decoding is not None and n.id in self.decoding.positional else ""
 
     def op_hash(self, n: Node) -> None:
         d = self.sizes.number(self.g.type_of(n.input("x")).shape[-1])
@@ -424,6 +434,7 @@ class _Writer(Chooser, scoped.ScopedWriter):
             if plan.bounds:
                 lines.append(f"    BOUNDS = {literal(plan.bounds)}   # largest size the position tables serve")
             lines.append(f"    DEFAULTS = {literal(plan.defaults)}")
+            lines += class_lines(self.decoding) if self.decoding is not None else []
             fixed = {d: why for d, why in plan.fixed_by.items() if any(
                 isinstance(a, tuple) and a[0] == d for _, _, shape in inputs for a in shape)}
             if fixed:
@@ -538,6 +549,7 @@ def emit_module(graph: Graph, entry: str, sizes: dict, source_name: str, machine
         raise ValueError(f"no mixer matches {', '.join(unknown)} (mixers: {listed or 'none'}; "
                          f"'*' matches any part of a path)")
     w = (writer or _Writer)(graph, sz, cls, machine, choices, classes, algorithms)
+    w.decoding = decoding = plan_decoding(graph, set(plan.runtime))
     flat_reason = None
     if structured:
         try:
@@ -550,6 +562,7 @@ def emit_module(graph: Graph, entry: str, sizes: dict, source_name: str, machine
             flat_reason = str(why)
             choices.clear()
             w = (writer or _Writer)(graph, sz, cls, machine, choices, classes, algorithms)
+            w.decoding = decoding
     if not structured or flat_reason is not None:
         w.run()
         main = w.source((), entry=entry, constraints=constraints)

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from codegen.torch import decode
 from seqdsl.errors import Pos, SeqError
 
 # ---- the module base class ------------------------------------------------------------
@@ -58,6 +59,20 @@ class SeqModule(nn.Module):
         """The weight or buffer at ``path``."""
         owner, leaf = path.rsplit(".", 1) if "." in path else ("", path)
         return getattr(self.get_submodule(owner), leaf)
+
+    # decoding (codegen/torch/decode.py): the entry class carries DECODE, its plan
+    def prefill(self, *inputs: torch.Tensor):
+        """(the forward's output over the prompt, the state after it): the usual algorithms."""
+        return decode.prefill(self, *inputs)
+
+    def step(self, token: torch.Tensor, state):
+        """(the output at the next position — [B, V] for a [B, N, V] model —, the new state)."""
+        return decode.step(self, token, state)
+
+    @property
+    def can_decode(self) -> tuple[bool, str]:
+        """(True, what is kept) or (False, why not: the layer and its place in the .seq file)."""
+        return decode.can_decode(self)
 
     def example_inputs(self, **sizes) -> tuple:
         """Random tensors that fit the declared inputs (ints for token ids); ``sizes`` gives
@@ -136,7 +151,7 @@ def by_length(n: int, table: tuple) -> str:
 def require(ok: bool, message: str, file: str = "<unknown>", line: int = 0, col: int = 0) -> None:
     """A ``require`` of the file (or a slice bound) at the sizes of this call; the error
     points at the requirement in the ``.seq`` file."""
-    if not ok:
+    if not ok and not decode.running():    # decoding binds N to the call's length: whole-sequence rules wait
         raise SeqError(message, Pos(file, line, col))
 
 
@@ -230,6 +245,7 @@ def mlp(x, w1, b1, w2, b2, act: str, gated: bool, w1_mask=None, w2_mask=None):
     return linear(h, w2, b2, w2_mask)
 
 
+@decode.stateful("conv1d")   # prefill / step: the last width − 1 inputs (decode_families.py)
 def conv1d(x, weight, bias=None, causal: bool = True):
     """Depthwise convolution along the sequence of x [.., N, C] with weight [C, width]."""
     lead, n, c = x.shape[:-2], x.shape[-2], x.shape[-1]
@@ -252,13 +268,15 @@ def reduce(x, fn: str, axis: int, keep: bool):
     return getattr(x, fn)(axis, keepdim=keep)
 
 
-def rotary(x, fraction: float = 1.0, base: float = 10000.0):
-    """RoFormer's rotation of feature pairs by position (axis −2)."""
+def rotary(x, fraction: float = 1.0, base: float = 10000.0, seq: bool = False):
+    """RoFormer's rotation of feature pairs by position (axis −2; ``seq``: the positions of
+    the sequence, which in a decoding step start at the token's position)."""
     n, d = x.shape[-2], x.shape[-1]
     rot = int(d * fraction) // 2 * 2
     half = rot // 2
     freq = base ** (-torch.arange(half, dtype=torch.float32, device=x.device) / half)
-    angle = torch.arange(n, dtype=torch.float32, device=x.device)[:, None] * freq
+    start = decode.offset() if seq else 0
+    angle = torch.arange(start, start + n, dtype=torch.float32, device=x.device)[:, None] * freq
     cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
     x1, x2, rest = x[..., :half], x[..., half:rot], x[..., rot:]
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos, rest], dim=-1)
@@ -277,13 +295,24 @@ def rearrange(x, pattern: str, **sizes):
     return einops.rearrange(x, pattern, **sizes)
 
 
-def arange(n: int, device=None):
-    return torch.arange(n, dtype=torch.float32, device=device)
+def arange(n: int, device=None, seq: bool = False):
+    """0 … n−1 as floats; ``seq``: the positions of the sequence (from the token's position in
+    a decoding step)."""
+    start = decode.offset() if seq else 0
+    return torch.arange(start, start + n, dtype=torch.float32, device=device)
 
 
-def sinusoidal(n: int, dim: int, device=None):
-    """The Transformer's fixed encodings [n, dim]: sin on even, cos on odd features."""
-    pos = torch.arange(n, dtype=torch.float32, device=device)[:, None]
+def seq_rows(n: int) -> slice:
+    """The rows of a position table for the n positions of this call."""
+    start = decode.offset()
+    return slice(start, start + n)
+
+
+def sinusoidal(n: int, dim: int, device=None, seq: bool = False):
+    """The Transformer's fixed encodings [n, dim]: sin on even, cos on odd features
+    (``seq``: positions from the token's position in a decoding step)."""
+    start = decode.offset() if seq else 0
+    pos = torch.arange(start, start + n, dtype=torch.float32, device=device)[:, None]
     i = torch.arange(0, dim, 2, dtype=torch.float32, device=device)
     angle = pos / (10000.0 ** (i / dim))
     out = torch.zeros(n, dim, device=device)

@@ -1,0 +1,269 @@
+"""Which layers of a graph keep a state when the model generates token by token (issue 13).
+
+Read from the IR alone, never per model. Every node gets one decoding class:
+
+- **position-wise**: computes each position from that position only (projections, norms over
+  features, elementwise work, embeddings, LSH ids): no state;
+- **positional**: reads the absolute position — ``arange(N)``, ``sinusoidal(N, D)``, rotary,
+  a learned position table sliced to N. In a step these see the position t of the token
+  (the generated code passes ``seq=True`` / ``rt.seq_rows(N)``, see :func:`positional`);
+- **stateful**: a causal sequence mixer or a causal short convolution; its state is one
+  slot of the :class:`codegen.torch.decode.DecodeState` (what each family keeps: the
+  family's ``step.py``);
+- anything else that reads across the sequence (pooling, a reduction or softmax over N, a
+  slice, concat or reshape of the sequence axis, a bidirectional or N-fixed mixer, the
+  length N used as a number) means the model **cannot decode**; the reason names the layer
+  and its position in the ``.seq`` file.
+
+The sequence dim is the second axis of the entry's first input (``tokens: int[B, N]``); it
+must be read from the inputs at each call (a module that fixes N cannot take one token).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sympy
+
+from seqdsl.ir import mix as M
+from seqdsl.ir.graph import Graph, Node, OpKind
+
+#: the families whose state the step functions know (codegen/<family>/step.py)
+STATEFUL = ("softmax", "linear", "toeplitz", "conv1d")
+#: ops that act on each position alone as long as they do not act along the sequence axis
+_LAST_AXIS = {OpKind.LINEAR, OpKind.MLP, OpKind.HASH}
+_ELEMENTWISE = {OpKind.UNARY, OpKind.BINARY, OpKind.DROPOUT, OpKind.GET, OpKind.EMBED, OpKind.INPUT}
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One stateful call of the forward, in call order: the layer path and the family."""
+
+    path: str
+    kind: str            # softmax | linear | toeplitz | conv1d
+    detail: str = ""     # toeplitz: "lag" when an explicit kernel's taps run over N (one new tap per step)
+
+
+@dataclass(frozen=True)
+class DecodePlan:
+    seq: str | None                      # the sequence dim's name
+    slots: tuple[Slot, ...] = ()
+    positional: frozenset[int] = frozenset()   # node ids that read the absolute position
+    reason: str | None = None            # why the model cannot decode (None: it can)
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is None
+
+
+class _Refuse(Exception):
+    pass
+
+
+def _where(n: Node) -> str:
+    return f"{n.pos}: " if n.pos.line else ""
+
+
+def _refuse(n: Node, why: str) -> _Refuse:
+    return _Refuse(f"{_where(n)}{n.name} ({n.kind.value}): {why}")
+
+
+def seq_dim(g: Graph) -> sympy.Symbol | None:
+    """The sequence dim: axis 1 of the entry's first input, when it is a plain dim."""
+    inputs = g.inputs
+    if not inputs or inputs[0].out.rank < 2:
+        return None
+    d = sympy.sympify(inputs[0].out.shape[1])
+    return d if d.is_Symbol else None
+
+
+def _axes(shape, n: sympy.Symbol) -> list[int]:
+    return [i for i, d in enumerate(shape) if sympy.sympify(d) == n]
+
+
+def _uses(expr, n: sympy.Symbol) -> bool:
+    return n in sympy.sympify(expr).free_symbols if expr is not None else False
+
+
+def plan(g: Graph, runtime: set[str] | frozenset[str]) -> DecodePlan:
+    """The decoding plan of ``g``; ``runtime``: the dims the module reads at each call."""
+    n = seq_dim(g)
+    if n is None:
+        return DecodePlan(None, reason="the entry's first input has no sequence axis (expected [B, N, ...])")
+    if n.name not in runtime:
+        return DecodePlan(n.name, reason=f"the module fixes {n.name} (given to load, or a weight's shape uses it); "
+                                         f"decoding reads {n.name} from the inputs: load the model without {n.name}")
+    if len(g.inputs) != 1:
+        return DecodePlan(n.name, reason=f"decoding feeds one input a position at a time; the entry takes "
+                                         f"{len(g.inputs)} ({', '.join(i.name for i in g.inputs)})")
+    slots, positional = [], set()
+    try:
+        for node in g.nodes():
+            kind = _classify(g, node, n)
+            if kind in STATEFUL:
+                slots.append(Slot(node.name, kind, _detail(g, node, n)))
+            elif kind == "positional":
+                positional.add(node.id)
+        for p in g.outputs:
+            t = g.type_of(p)
+            if not _axes(t.shape, n):
+                raise _refuse(g.node(p.node), f"the output {t} has no {n} axis: nothing to generate")
+    except _Refuse as why:
+        return DecodePlan(n.name, reason=str(why))
+    return DecodePlan(n.name, tuple(slots), frozenset(positional))
+
+
+def _detail(g: Graph, node: Node, n: sympy.Symbol) -> str:
+    if node.kind != OpKind.MIX:
+        return ""
+    t = next((x for x in M.mask_leaves(node.spec.mask) if isinstance(x, M.Toeplitz)), None)
+    if t is not None and isinstance(t.kernel, M.ExplicitKernel):
+        length = g.type_of(node.input(t.kernel.kernel.role)).shape[0]
+        return "lag" if sympy.sympify(length) == n else ""
+    return ""
+
+
+def _classify(g: Graph, node: Node, n: sympy.Symbol) -> str:
+    """'none', 'positional' or a STATEFUL family; raises _Refuse."""
+    ins = [g.type_of(p) for p in node.inputs]
+    outs = list(node.outs)
+    for t in ins + outs:
+        for d in t.shape:
+            d = sympy.sympify(d)
+            if d != n and _uses(d, n):
+                raise _refuse(node, f"an axis of size {d} depends on the sequence length {n}")
+    on_seq = any(_axes(t.shape, n) for t in ins + outs)
+    k = node.kind
+    if k in (OpKind.PARAM, OpKind.BUFFER):
+        return "positional" if on_seq else "none"      # a table sliced to N (a weight fixing N is refused earlier)
+    if k == OpKind.POSITIONS:
+        if _uses(node.out.shape[0], n):
+            return "positional"
+        return "none"
+    if not on_seq:
+        if k == OpKind.MIX:
+            raise _refuse(node, f"a token mixer that does not mix along {n}")
+        return "none"
+    if k == OpKind.BINARY and _uses(node.attr("scalar"), n):
+        raise _refuse(node, f"uses the length {n} as a number: the output at a position depends on the whole length")
+    if k in _ELEMENTWISE:
+        if k == OpKind.UNARY and node.attr("fn") == "rotary":
+            return "positional"
+        return "none"
+    if k == OpKind.OUTPUT:
+        return "none"
+    x = ins[0] if ins else None
+    axis_last = x is not None and x.rank - 1 in _axes(x.shape, n)
+    if k in _LAST_AXIS:
+        if axis_last:
+            raise _refuse(node, f"acts along the {n} axis")
+        return "none"
+    if k == OpKind.NORM:
+        if node.attr("fn") == "batchnorm":
+            raise _refuse(node, "batch norm takes its statistics over the whole sequence")
+        if axis_last:
+            raise _refuse(node, f"normalises along the {n} axis")
+        return "none"
+    if k in (OpKind.SOFTMAX, OpKind.REDUCE):
+        axis = node.attr("axis") % x.rank
+        if axis in _axes(x.shape, n):
+            raise _refuse(node, f"{node.attr('fn') or 'softmax'} over the {n} axis reads every position")
+        return "none"
+    if k == OpKind.MATMUL:
+        a, b = ins[0], ins[1]
+        if a.rank - 1 in _axes(a.shape, n) or (b.rank >= 2 and b.rank - 2 in _axes(b.shape, n)):
+            raise _refuse(node, f"a matrix product that sums over the {n} axis")
+        return "none"
+    if k == OpKind.REARRANGE:
+        if len(_axes(x.shape, n)) != 1 or len(_axes(node.out.shape, n)) != 1:
+            raise _refuse(node, f"reshapes the {n} axis")
+        return "none"
+    if k == OpKind.SLICE:
+        return _slice(node, x, n)
+    if k == OpKind.CONCAT:
+        axis = node.attr("axis") % node.out.rank
+        if axis in _axes(node.out.shape, n):
+            raise _refuse(node, f"concatenates along the {n} axis (tokens before the sequence)")
+        return "none"
+    if k == OpKind.CONV1D:
+        if not node.attr("causal"):
+            raise _refuse(node, "a centred (non-causal) convolution reads later positions")
+        return "conv1d"
+    if k == OpKind.MIX:
+        return _mix(g, node, n)
+    why = {
+        OpKind.POOL: f"pools windows of the {n} axis",
+        OpKind.SEQ_PROJECT: f"a learned projection along {n} mixes every position",
+        OpKind.SORT_BLOCKS: "sorts blocks of the whole sequence",
+        OpKind.MOE: "routes with a capacity that depends on every token of the batch",
+        OpKind.FIXED_POINT: "its stopping test reads the whole sequence",
+        OpKind.RECURRENT: "runs segment by segment; stepping inside a segment is not derived",
+    }.get(k, f"no decoding rule for {k.value}")
+    raise _refuse(node, why)
+
+
+def _slice(node: Node, x, n: sympy.Symbol) -> str:
+    shape = iter(x.shape)
+    for item in node.attr("index"):
+        if item[0] == "new":
+            continue
+        d = sympy.sympify(next(shape))
+        if d != n:
+            continue
+        if item[0] == "index" or sympy.sympify(item[1]) != 0 or sympy.simplify(sympy.sympify(item[2]) - n) != 0:
+            raise _refuse(node, f"takes part of the {n} axis (which positions depends on the length)")
+    return "none"
+
+
+def _mix(g: Graph, node: Node, n: sympy.Symbol) -> str:
+    spec = node.spec
+    for role in ("q", "k", "v"):
+        p = node.input(role)
+        if p is not None and sympy.sympify(g.type_of(p).shape[-2]) != n:
+            raise _refuse(node, f"its {role} runs over {g.type_of(p).shape[-2]}, not over the sequence {n}")
+    if not spec.causal:
+        raise _refuse(node, f"the mask {spec.mask} lets a position see later ones (not causal)")
+    fam = spec.family
+    leaves = M.mask_leaves(spec.mask)
+    if fam == "toeplitz":
+        t = next(x for x in leaves if isinstance(x, M.Toeplitz))
+        if len(leaves) > 1:
+            raise _refuse(node, f"a Toeplitz mix with another mask term ({spec.mask})")
+        if isinstance(t.kernel, M.SSMKernel) and t.kernel.disc == "dss":
+            raise _refuse(node, f"DSS normalises its kernel over the length {n}: earlier outputs change with {n}")
+        return "toeplitz"
+    if fam in ("linear", "decayed_linear"):
+        if any(not isinstance(x, (M.Causal, M.Decay)) for x in M.conjuncts(spec.mask)) or \
+                any(isinstance(x, M.Causal) and x.offset != 0 for x in leaves):
+            raise _refuse(node, f"a linear mixer's state is derived for causal() & decay(...) masks, not {spec.mask}")
+        return "linear"
+    if fam in ("softmax", "content_sparse"):
+        causal = [x for x in M.conjuncts(spec.mask) if isinstance(x, M.Causal)]
+        if not causal or any(x.offset != 0 for x in causal):
+            raise _refuse(node, f"the KV cache is derived for masks with causal() as a term, not {spec.mask}")
+        for leaf in leaves:
+            if isinstance(leaf, M.RandomBlocks):
+                raise _refuse(node, f"{leaf}: the draw depends on the number of blocks in {n}")
+            if isinstance(leaf, M.BlockMap):
+                raise _refuse(node, f"{leaf}: the block map is computed from the whole sequence")
+            if isinstance(leaf, M.KeyRange) and leaf.stop is None:
+                raise _refuse(node, f"{leaf}: keys up to the last position")
+            for f in ("size", "block", "stride", "count", "start", "stop"):
+                if _uses(getattr(leaf, f, None), n):
+                    raise _refuse(node, f"{leaf}: the mask depends on the length {n}")
+        if isinstance(spec.score, M.Dot) and spec.score.bias is not None and _uses(spec.score.bias.buckets, n):
+            raise _refuse(node, f"the relative bias has {n} buckets")
+        return "softmax"
+    raise _refuse(node, f"no decoding state is derived for the {fam} family")
+
+
+def class_lines(p: DecodePlan) -> list[str]:
+    """The ``DECODE`` attribute of the entry class: the reason it cannot decode, or the
+    sequence dim and each stateful call in call order (path, family, detail)."""
+    from codegen.source import literal
+
+    if not p.ok:
+        return [f"    DECODE = {literal(p.reason)}   # why prefill / step refuse"]
+    lines = [f"    DECODE = ({literal(p.seq)}, (   # prefill / step: the sequence dim; each stateful call, in order"]
+    lines += [f"        ({literal(s.path)}, {literal(s.kind)}, {literal(s.detail)})," for s in p.slots]
+    return lines + ["    ))"]

@@ -1,0 +1,63 @@
+"""Decoding for the Toeplitz family: an SSM's state, or the input history (issue 13).
+
+State of one mixer:
+
+- an SSM kernel (``diag``, ``dplr``, ``ema``, MIMO ``diag``): ``h``, the state of
+  ``state.py`` after the last token — [..., C, M] complex for diagonal kernels (real for
+  Mega's EMA), [..., M] for S5's MIMO state, [..., C, S] for DPLR's dense one; a shift SSM:
+  ``h`` [..., C, S], the register of its last S inputs. Prefill runs the mix's own
+  algorithm (FFT, chunked FFT or scan) and returns the final state; a step is one step of
+  the recurrence h_t = Ā h_{t−1} + B̄ u_t, y_t = Re(c h_t) (run as the ``direct`` algorithm
+  over one token from ``h``): O(C · state) per token.
+- an explicit kernel (Hyena's implicit filters, long convolutions): ``u`` [..., T, C], the
+  inputs so far, and, when the kernel's taps run over N (one tap per position, computed by
+  the same graph at the step's position), ``K`` [T, C], the taps so far. A step is
+  y_t = Σ_{j ≤ t} K[t − j] u_j: O(t · C) per token — stated, not hidden. A fixed kernel
+  of L taps keeps only the last L − 1 inputs.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from torch import Tensor
+
+from codegen.toeplitz.torch_impl import toeplitz_mix
+
+_SIG = inspect.signature(toeplitz_mix)
+
+
+def _bind(args: tuple, kw: dict) -> dict:
+    a = _SIG.bind(*args, **kw)
+    a.apply_defaults()
+    return dict(a.arguments)
+
+
+def prefill(fn, args: tuple, kw: dict, detail: str = "") -> tuple[Tensor, dict[str, Tensor]]:
+    a = _bind(args, kw)
+    v, K = a["v"], a["explicit_kernel"]
+    if K is None:
+        a["return_state"] = True
+        out, h = fn(**a)
+        return out, {"h": h}
+    out = fn(**a)
+    if detail == "lag":
+        return out, {"u": v, "K": K[: v.shape[-2]]}
+    return out, {"u": v[..., max(0, v.shape[-2] - K.shape[0] + 1):, :]}
+
+
+def step(fn, args: tuple, kw: dict, state: dict[str, Tensor], t: int, detail: str = "") -> tuple[Tensor, dict]:
+    a = _bind(args, kw)
+    v, K = a["v"], a["explicit_kernel"]
+    if K is None:
+        a.update(initial_state=state["h"], return_state=True, algorithm="direct")
+        out, h = fn(**a)
+        return out, {"h": h}
+    u = torch.cat([state["u"], v], dim=-2)                                 # [..., T, C]
+    if detail == "lag":                                                    # this position's tap arrives now
+        K = torch.cat([state["K"], K[:1]], dim=0)
+    m = min(K.shape[0], u.shape[-2])
+    y = (u[..., u.shape[-2] - m:, :] * K[:m].flip(0).to(u.dtype)).sum(-2, keepdim=True)
+    new = {"u": u, "K": K} if detail == "lag" else {"u": u[..., u.shape[-2] - K.shape[0] + 1:, :]}
+    return y.to(v.dtype), new

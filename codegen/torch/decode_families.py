@@ -1,0 +1,50 @@
+"""Each stateful kind's prefill and step (the families' ``step.py``; conv1d here, since the
+ordinary layers live in runtime.py). Signatures:
+
+    prefill(fn, args, kw, detail) -> (output, state dict)
+    step(fn, args, kw, state dict, position, detail) -> (output, state dict)
+
+``fn(*args, **kw)`` is the runtime call the generated code made.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from torch import Tensor
+
+from codegen.linear import step as linear_step
+from codegen.softmax import step as softmax_step
+from codegen.toeplitz import step as toeplitz_step
+
+
+def _conv_args(fn, args: tuple, kw: dict) -> dict:
+    a = inspect.signature(fn).bind(*args, **kw)
+    a.apply_defaults()
+    return dict(a.arguments)
+
+
+def conv1d_prefill(fn, args: tuple, kw: dict, detail: str = "") -> tuple[Tensor, dict[str, Tensor]]:
+    """A causal depthwise convolution of width W keeps its last W − 1 inputs (zeros before
+    the first token): a ring buffer of the taps, O(W · C) per token."""
+    a = _conv_args(fn, args, kw)
+    x, width = a["x"], a["weight"].shape[-1]
+    pad = torch.zeros(*x.shape[:-2], max(0, width - 1 - x.shape[-2]), x.shape[-1], dtype=x.dtype, device=x.device)
+    return fn(**a), {"x": torch.cat([pad, x], dim=-2)[..., x.shape[-2] + pad.shape[-2] - (width - 1):, :]}
+
+
+def conv1d_step(fn, args: tuple, kw: dict, state: dict[str, Tensor], t: int, detail: str = "") -> tuple:
+    a = _conv_args(fn, args, kw)
+    x, w, b = a["x"], a["weight"], a["bias"]
+    window = torch.cat([state["x"], x], dim=-2)                           # [..., W, C], oldest first
+    y = torch.einsum("...wc,cw->...c", window, w)[..., None, :]
+    if b is not None:
+        y = y + b
+    return y, {"x": window[..., 1:, :]}
+
+
+PREFILL = {"softmax": softmax_step.prefill, "linear": linear_step.prefill, "toeplitz": toeplitz_step.prefill,
+           "conv1d": conv1d_prefill}
+STEP = {"softmax": softmax_step.step, "linear": linear_step.step, "toeplitz": toeplitz_step.step,
+        "conv1d": conv1d_step}
