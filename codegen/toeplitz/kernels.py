@@ -84,6 +84,10 @@ class DiagSSM:
     c: Tensor
     scale: float
     mimo: bool = False
+    # DSS with Re A free: modes with Re(log λ) > 0 grow, so their b holds B̄·λ^{L−1} and their
+    # taps are evaluated from the end of the length-L kernel: K_l = Re(c b λ^{−(L−1−l)}).
+    from_end: Tensor | None = None
+    length: int | None = None
 
     @property
     def channels(self) -> int:
@@ -129,21 +133,37 @@ def _cplx(re: Tensor, im: Tensor) -> Tensor:
     return torch.complex(re, im)
 
 
-def _diag_disc(A: Tensor, dt: Tensor | None, disc: str, length: int | None) -> tuple[Tensor, Tensor]:
-    """(log λ, B̄) of a diagonal continuous-time A under ``disc`` (see the module docstring)."""
+def _diag_disc(A: Tensor, dt: Tensor | None, disc: str, length: int | None,
+               dtA: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(log λ, B̄, from_end) of a diagonal continuous-time A under ``disc`` (see the module
+    docstring). ``dtA`` overrides Δ·A (DSS's separate Δ for Re A and Im A)."""
     if disc == "none":
-        return A, torch.ones_like(A)
-    dtA = dt * A
+        return A, torch.ones_like(A), None
+    dtA = dt * A if dtA is None else dtA
     if disc == "zoh":
-        return dtA, torch.expm1(dtA) / A
+        return dtA, torch.expm1(dtA) / A, None
     if disc == "bilinear":
         half = dtA / 2
-        return torch.log1p(half) - torch.log1p(-half), dt / (1 - half)
+        return torch.log1p(half) - torch.log1p(-half), dt / (1 - half), None
     if disc == "dss":
         if length is None:
             raise ValueError("disc=dss normalises the kernel over its length L: pass the length")
-        return dtA, torch.expm1(dtA) / (A * torch.expm1(dtA * length))
+        grow = dtA.real > 0          # DSS: evaluate these from the end, B̄·λ^{L−1} = (1 − e^{−x})/(A(1 − e^{−xL}))
+        if not bool(grow.any()):
+            return dtA, torch.expm1(dtA) / (A * torch.expm1(dtA * length)), None
+        x = torch.where(grow, -dtA, dtA)
+        return dtA, torch.expm1(x) / (A * torch.expm1(x * length)), grow
     raise ValueError(f"unknown discretisation {disc!r}; expected one of {', '.join(DISCS)}")
+
+
+def _per_channel(x: Tensor, channels: int) -> Tensor:
+    """A parameter shared by channel groups ([G, ...], S4's n_ssm) for all ``channels``:
+    channel c uses row c mod G (S4's ``repeat(x, 't n -> (v t) n')``)."""
+    if x.shape[0] == channels:
+        return x
+    if channels % x.shape[0]:
+        raise ValueError(f"an SSM parameter shared by {x.shape[0]} groups does not divide {channels} channels")
+    return x.repeat(channels // x.shape[0], *([1] * (x.dim() - 1)))
 
 
 def discretize(kind: str, params: dict[str, Tensor], *, disc: str, conj: bool = True, mimo: bool = False,
@@ -163,26 +183,36 @@ def discretize(kind: str, params: dict[str, Tensor], *, disc: str, conj: bool = 
         return DiagSSM(torch.log1p(-alpha * delta), alpha * beta, _need(params, "C_re", kind, disc), 1.0)
     if disc not in DISCS:
         raise ValueError(f"unknown discretisation {disc!r}; expected one of {', '.join(DISCS)}")
-    A = _cplx(-torch.exp(_need(params, "log_A_real", kind, disc)), _need(params, "A_imag", kind, disc))
+    # Re A: −exp(log_A_real) (S4, S4D, S5) or a free A_real (DSS, kept bounded by disc = dss)
+    re = params["A_real"] if "A_real" in params else -torch.exp(_need(params, "log_A_real", kind, disc))
+    A = _cplx(re, _need(params, "A_imag", kind, disc))
     c = _cplx(_need(params, "C_re", kind, disc), _need(params, "C_im", kind, disc))
     dt = None if disc == "none" else torch.exp(_need(params, "log_dt", kind, disc))
     if kind == "diag":
         scale = 2.0 if conj else 1.0
         if mimo:   # S5: Δ per state, B [M, C_in]
-            log_lam, bbar = _diag_disc(A, dt, disc, length)
+            log_lam, bbar, _ = _diag_disc(A, dt, disc, length)
             b = _cplx(_need(params, "B_re", kind, disc), _need(params, "B_im", kind, disc))
             return DiagSSM(log_lam, bbar[:, None] * b, c, scale, mimo=True)
-        log_lam, bbar = _diag_disc(A, None if dt is None else dt[:, None], disc, length)
-        return DiagSSM(log_lam, bbar, c, scale)
+        A = _per_channel(A, c.shape[0])
+        dtA = None
+        if dt is not None and dt.dim() == 2:   # DSS: Δ_re·Re A + i·Δ_im·Im A
+            dtA = torch.complex(dt[:, :1] * A.real, dt[:, 1:] * A.imag)
+            dt = None
+        log_lam, bbar, grow = _diag_disc(A, None if dt is None else dt[:, None], disc, length, dtA)
+        return DiagSSM(log_lam, bbar, c, scale, from_end=grow, length=length if grow is not None else None)
     # dplr
     if disc == "dss":
         raise ValueError("disc=dss is DSS's normalisation of a diagonal kernel; a DPLR kernel takes zoh, "
                          "bilinear or none")
     p = _cplx(_need(params, "P_re", kind, disc), _need(params, "P_im", kind, disc))
     b = _cplx(_need(params, "B_re", kind, disc), _need(params, "B_im", kind, disc))
+    channels = c.shape[0]
+    A, b = _per_channel(A, channels), _per_channel(b, channels)
+    p = _per_channel(p, channels) if p.dim() == 2 else p.expand(channels, -1)   # [half]: one P for all
     if conj:   # materialise the conjugate half: the rank-one term couples the two halves
         A, p, b, c = (torch.cat([x, x.conj()], dim=-1) for x in (A, p, b, c))
-    full = torch.diag_embed(A) - p[:, None] * p.conj()[None, :]          # [C, S, S]
+    full = torch.diag_embed(A) - p[:, :, None] * p.conj()[:, None, :]    # [C, S, S]  Λ − P P*
     eye = torch.eye(full.shape[-1], dtype=full.dtype)
     if disc == "none":
         return DenseSSM(torch.linalg.matrix_exp(full), b, c)
@@ -301,7 +331,17 @@ def system_kernel(sys: System, length: int) -> Tensor:
         ls = torch.arange(length, dtype=sys.c.real.dtype)
         V = exp_flushed(sys.log_lam[None, :] * ls[:, None])                # [L, M]
         return sys.scale * torch.einsum("lm,om,mi->loi", V, sys.c, sys.b).real
-    return vandermonde(sys.scale * sys.c * sys.b, sys.log_lam, length).transpose(0, 1)
+    w = sys.scale * sys.c * sys.b
+    if sys.from_end is None:
+        return vandermonde(w, sys.log_lam, length).transpose(0, 1)
+    if length > sys.length:
+        raise ValueError(f"a DSS mode with Re(ΔΛ) > 0 grows: its kernel is defined up to the normalisation "
+                         f"length {sys.length}, not {length} taps")
+    fe = sys.from_end
+    z = torch.where(fe, -sys.log_lam, sys.log_lam)                          # Re z ≤ 0 for every mode
+    K = vandermonde(torch.where(fe, 0, w), z, length)
+    K_end = vandermonde(torch.where(fe, w, 0), z, sys.length).flip(-1)[:, :length]   # λ^{−(L−1−l)}
+    return (K + K_end).transpose(0, 1)
 
 
 def ssm_kernel(kind: str, params: dict[str, Tensor], length: int, *, disc: str, conj: bool = True,
@@ -374,13 +414,18 @@ def _A_init(init: str, name: str, shape, g) -> Tensor:
     return half * _uniform(shape, 0.0, 1.0, g)   # random: S4's random imaginary parts, (S/2)·U[0, 1)
 
 
-def _init_one(kind: str, init: str, name: str, shape: tuple[int, ...], g) -> Tensor:
+def _init_one(kind: str, init: str, name: str, shape: tuple[int, ...], g,
+              dt_range: tuple[float, float] | None = None) -> Tensor:
     if name == "log_dt":
-        return _uniform(shape, math.log(DT_MIN), math.log(DT_MAX), g)
+        lo, hi = dt_range or (DT_MIN, DT_MAX)
+        if len(shape) == 2 and shape[-1] == 2:   # DSS's separate Δ (re, im): one draw per channel, tiled
+            return _uniform(shape[:1], math.log(lo), math.log(hi), g)[:, None].expand(shape).clone()
+        return _uniform(shape, math.log(lo), math.log(hi), g)
     if kind == "shift":
         if name != "C_re":
             raise ValueError(f"ssm(shift) has no parameter {name!r}")
-        return _normal(shape, 1.0, g)                       # H3's shift kernel: C ~ N(0, 1)
+        # H3's shift kernel: kaiming_uniform_(a=√5) of C [H, 1, S], i.e. U(±1/√S)
+        return _uniform(shape, -1.0, 1.0, g) / math.sqrt(shape[-1])
     if kind == "ema":                                        # Mega's MultiHeadEMA.reset_parameters
         if name in ("alpha", "delta"):
             return _normal(shape, 0.2, g)
@@ -390,6 +435,8 @@ def _init_one(kind: str, init: str, name: str, shape: tuple[int, ...], g) -> Ten
         if name == "C_re":
             return _normal(shape, shape[-1] ** -0.5, g)      # γ ~ N(0, 1) times Mega's 1/√ndim
         raise ValueError(f"ssm(ema) has no parameter {name!r}")
+    if name == "A_real":   # Re A stored as it is (DSS): the negative of exp(log_A_real)'s init
+        return -torch.exp(_A_init(init, "log_A_real", shape, g))
     if name in ("log_A_real", "A_imag"):
         return _A_init(init, name, shape, g)
     if name in ("C_re", "C_im"):
@@ -411,13 +458,16 @@ def _init_one(kind: str, init: str, name: str, shape: tuple[int, ...], g) -> Ten
 
 
 def init_ssm_params(kind: str, init: str, shapes: dict[str, tuple[int, ...]], generator: torch.Generator | None = None,
-                    dtype: torch.dtype = torch.float32) -> dict[str, Tensor]:
+                    dtype: torch.dtype = torch.float32,
+                    dt_range: tuple[float, float] | None = None) -> dict[str, Tensor]:
     """Initial values of SSM parameters, one tensor per name in ``shapes``.
 
     Each parameter is a function of its own name and shape (the backend creates them one by
     one): the last axis indexes the modes (M = S/2 with conjugate symmetry).
 
-    - log_dt: log-uniform Δ in [1e-3, 1e-1].
+    - log_dt: log-uniform Δ in ``dt_range`` (default [1e-3, 1e-1]); [C, 2] (DSS's separate Δ for
+      Re A and Im A): one draw per channel for both, as DSS.
+    - A_real (Re A free, DSS): the real parts of the init below (−1/2 for dss/legs).
     - s4d_lin: A = −1/2 + iπn;  s4d_inv: A = −1/2 + i(S/π)(S/(2n+1) − 1);  s4d_real: A = −(n+1)
       (Gu et al. 2022, S4D).
     - legs: Λ, P, B of HiPPO-LegS in S4's normal-plus-low-rank form (:func:`legs_nplr`); for a
@@ -425,7 +475,8 @@ def init_ssm_params(kind: str, init: str, shapes: dict[str, tuple[int, ...]], ge
     - dss: Λ from the normal part of HiPPO-LegS, as DSS (the same Λ as legs).
     - dlr: λ = exp(−Δ/2 + 2πi n/M), Δ log-uniform in [1e-4, 1e-1]: on a ring just inside the unit
       circle, phases spread over the whole circle (Gupta, Mehta & Berant 2022); C scaled by 1/M.
-    - random: diagonal Λ = −1/2 + i·(S/2)·U[0, 1) (S4's random imaginary parts); shift: C ~ N(0, 1);
+    - random: diagonal Λ = −1/2 + i·(S/2)·U[0, 1) (S4's random imaginary parts); shift: C ~ U(±1/√S)
+      (H3's kaiming_uniform_(a=√5));
       ema: as Mega (α, δ ~ N(0, 0.2); β = ±1 + N(0, 0.02); C ~ N(0, 1)/√ndim).
     - C: complex N(0, 1); S5's B: complex N(0, 1/C_in); DPLR's B and P: LegS's (legs) or B = 1, P = 0.
     """
@@ -435,5 +486,5 @@ def init_ssm_params(kind: str, init: str, shapes: dict[str, tuple[int, ...]], ge
         init = {"shift": "random", "diag": "s4d_lin", "dplr": "legs", "ema": "random"}[kind]
     if init not in INITS:
         raise ValueError(f"unknown SSM initialisation {init!r}; expected one of {', '.join(INITS)}")
-    return {name: _init_one(kind, init, name, tuple(int(d) for d in shape), generator).to(dtype)
+    return {name: _init_one(kind, init, name, tuple(int(d) for d in shape), generator, dt_range).to(dtype)
             for name, shape in shapes.items()}

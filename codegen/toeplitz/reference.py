@@ -36,12 +36,19 @@ def dense_system(kind: str, params: dict[str, Tensor], *, disc: str, conj: bool 
     if kind == "ema":
         alpha, delta = torch.sigmoid(params["alpha"]), torch.sigmoid(params["delta"])
         return torch.diag_embed(1 - alpha * delta), alpha * params["beta"], params["C_re"]
-    lam = _pairs(torch.complex(-torch.exp(params["log_A_real"]), params["A_imag"]), conj)
+    re = params["A_real"] if "A_real" in params else -torch.exp(params["log_A_real"])   # DSS: Re A free
     C = _pairs(_c(params, "C"), conj)
+    n_ch = C.shape[0]
+
+    def rows(x: Tensor) -> Tensor:   # a parameter of G channel groups: channel c reads row c mod G
+        return x if mimo or x.dim() == 1 or x.shape[0] == n_ch else x[torch.arange(n_ch) % x.shape[0]]
+
+    lam = _pairs(rows(torch.complex(re, params["A_imag"])), conj)
     if kind == "dplr":
         P = _pairs(_c(params, "P"), conj)
-        A = torch.diag_embed(lam) - torch.outer(P, P.conj())           # Λ − P P*
-        B = _pairs(_c(params, "B"), conj)
+        P = P.expand(n_ch, -1) if P.dim() == 1 else rows(P)
+        A = torch.diag_embed(lam) - P[:, :, None] * P.conj()[:, None, :]   # Λ − P P* per channel
+        B = _pairs(rows(_c(params, "B")), conj)
     elif mimo:
         A = torch.diag(lam)
         B = _pairs(_c(params, "B").transpose(0, 1), conj).transpose(0, 1)   # [S, C_in]
@@ -56,12 +63,20 @@ def dense_system(kind: str, params: dict[str, Tensor], *, disc: str, conj: bool 
     if mimo:
         dA = dt[:, None] * A                      # Δ per state: Δ·A row-scaled
         Bm = dt[:, None] * B
+    elif dt.dim() == 2:                           # DSS: Δ_re·Re A + i·Δ_im·Im A (diagonal A)
+        d = torch.diagonal(A, dim1=-2, dim2=-1)
+        dA = torch.diag_embed(torch.complex(dt[:, :1].real * d.real, dt[:, 1:].real * d.imag))
+        Bm = None
     else:
         dA = dt[:, None, None] * A
         Bm = dt[:, None] * B
     if disc == "zoh":
         Abar = torch.linalg.matrix_exp(dA)
+        if Bm is None:    # separate Δ: B̄ = A⁻¹(Ā − I)B
+            return Abar, _solve(A, _mv(Abar - eye, B, mimo), mimo), C
         return Abar, _solve(dA, _mv(Abar - eye, Bm, mimo), mimo), C
+    if disc == "bilinear" and Bm is None:
+        raise ValueError("the bilinear discretisation needs one Δ per channel")
     if disc == "bilinear":
         back = eye - dA / 2
         return torch.linalg.solve(back, eye + dA / 2), _solve(back, Bm, mimo), C

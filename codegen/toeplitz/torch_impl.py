@@ -20,8 +20,9 @@ A shift SSM is a finite filter of S taps: every algorithm but ``fft`` runs it as
 convolution, which is exactly its shift-register recurrence.
 
 Bidirectional (``causal=False``): y = conv(u, K) + flip(conv(flip(u), K_rev)), K_rev from
-``reverse_params`` with its tap 0 left out so that the diagonal counts once; an explicit
-kernel mirrors itself.
+``reverse_params`` with its tap 0 left out so that the diagonal counts once (``diagonal``:
+"shift" delays the backward pass by one token instead, as S4's FFT layout; "twice" keeps
+both, as S5's two scans); an explicit kernel mirrors itself.
 """
 
 from __future__ import annotations
@@ -40,7 +41,6 @@ from codegen.toeplitz.kernels import (
     discretize,
     system_kernel,
 )
-from codegen.torch.decode import stateful
 
 ALGORITHMS = ("direct", "fft", "chunked_fft", "scan")
 GROUP_TOKENS = 1 << 15     # tokens per vectorised group of chunks (bounds the working set)
@@ -283,6 +283,10 @@ def _run(u: Tensor, sys: System, algorithm: str, chunk: int, scan_block: int, h0
     if isinstance(sys, ShiftSSM):
         y, h = _shift_run(u, sys, algorithm, h0)
         return y, h
+    if isinstance(sys, DiagSSM) and sys.from_end is not None and (algorithm not in ("direct", "fft")
+                                                                 or h0 is not None or want_state):
+        raise ValueError(f"a DSS mode with Re(ΔΛ) > 0 grows along the sequence: only its normalised kernel "
+                         f"is bounded, so it runs with 'direct' or 'fft' and carries no state (not {algorithm!r})")
     if algorithm in ("direct", "fft"):
         K = system_kernel(sys, u.shape[1])
         y = direct_conv(u, K) if algorithm == "direct" else fft_conv(u, K)
@@ -311,11 +315,10 @@ def _tap0(sys: System) -> Tensor:
     return system_kernel(sys, 1)[0]
 
 
-@stateful("toeplitz")   # prefill / step: the SSM state or the input history (toeplitz/step.py)
 def toeplitz_mix(v: Tensor, *, kind: str | None = None, params: dict[str, Tensor] | None = None,
                  reverse_params: dict[str, Tensor] | None = None, explicit_kernel: Tensor | None = None,
                  causal: bool = True, disc: str | None = None, conj: bool = True, mimo: bool = False,
-                 algorithm: str = "fft", chunk: int = 4096, scan_block: int = 64,
+                 diagonal: str = "once", algorithm: str = "fft", chunk: int = 4096, scan_block: int = 64,
                  initial_state: Tensor | None = None, return_state: bool = False,
                  kernel_length: int | None = None) -> Tensor | tuple[Tensor, Tensor]:
     """Toeplitz mixing of v [..., N, C] → [..., N, C] (MIMO: C_out channels).
@@ -326,7 +329,9 @@ def toeplitz_mix(v: Tensor, *, kind: str | None = None, params: dict[str, Tensor
     ``chunk`` is chunked_fft's FFT chunk, ``scan_block`` the scan's block. Causal SSMs carry a
     state: ``initial_state`` [..., C, M] (see ``state.py`` for each kind's layout) and
     ``return_state=True`` returns (y, final state). ``kernel_length`` is DSS's normalisation
-    length (default N)."""
+    length (default N). ``diagonal`` (bidirectional SSMs): "once" — the backward kernel's tap 0
+    left out; "shift" — M_ij = K_rev[j − i − 1] for j > i (S4's FFT layout); "twice" — both
+    directions read u_i (S5's two scans)."""
     if algorithm not in ALGORITHMS:
         raise ValueError(f"unknown Toeplitz algorithm {algorithm!r}; expected one of {', '.join(ALGORITHMS)}")
     lead, (N, C) = v.shape[:-2], v.shape[-2:]
@@ -360,8 +365,13 @@ def toeplitz_mix(v: Tensor, *, kind: str | None = None, params: dict[str, Tensor
         rsys = discretize(kind, reverse_params, disc=disc, conj=conj, mimo=mimo, length=length)
         ur = u.flip(1)
         yr, _ = _run(ur, rsys, algorithm, chunk, scan_block, None, False, graph)
-        k0 = _tap0(rsys)
-        yr = yr - (ur * k0 if k0.dim() == 1 else ur @ k0.transpose(0, 1))  # the diagonal counts once
+        if diagonal == "once":
+            k0 = _tap0(rsys)
+            yr = yr - (ur * k0 if k0.dim() == 1 else ur @ k0.transpose(0, 1))  # the diagonal counts once
+        elif diagonal == "shift":   # backward time: token t sees K_rev[t − 1 − s] u_s for s < t
+            yr = torch.cat([torch.zeros_like(yr[:, :1]), yr[:, :-1]], dim=1)
+        elif diagonal != "twice":
+            raise ValueError(f"unknown diagonal {diagonal!r}; expected once, shift or twice")
         y = y + yr.flip(1)
     y = y.to(v.dtype).reshape(*lead, N, y.shape[-1])
     if return_state:
@@ -396,6 +406,9 @@ def recurrent_step(state: Tensor | None, u_t: Tensor, *, kind: str | None = None
     discretisation at every step; ``kernel_length`` is DSS's L."""
     sys = system if system is not None else discretize(kind, params, disc=disc, conj=conj, mimo=mimo,
                                                        length=kernel_length)
+    if isinstance(sys, DiagSSM) and sys.from_end is not None:
+        raise ValueError("a DSS mode with Re(ΔΛ) > 0 grows along the sequence: it has no bounded recurrent "
+                         "state to step (its normalised kernel runs with 'direct' or 'fft')")
     lead = u_t.shape[:-1]
     x = u_t.reshape(-1, u_t.shape[-1])
     h = st.zero_state(sys, x.shape[0], x.dtype) if state is None else state.reshape(x.shape[0], *state.shape[len(lead):])

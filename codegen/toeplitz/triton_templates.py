@@ -425,6 +425,9 @@ def ${name}_parts(sys, length):
     """(taps [L, C], z, b, c) of a discretised system: its first ``length`` taps and, for a
     diagonal SSM, λ = exp(z), B̄ = b and the output weights c = scale·C (a dense one: Ā for z)."""
     from codegen.toeplitz.kernels import system_kernel  # [modes]
+    if sys.from_end is not None:  # [diagonal]
+        raise ValueError("a DSS mode with Re(ΔΛ) > 0 grows along the sequence: the chunked scan cannot "  # [diagonal]
+                         "carry it; run this mixer with the torch backend (algorithm fft)")  # [diagonal]
     return system_kernel(sys, length), sys.log_lam, sys.b, sys.scale * sys.c  # [diagonal]
     return system_kernel(sys, length), sys.A, sys.b, sys.scale * sys.c  # [dense]
     return sys.taps.transpose(0, 1), None, None, sys.taps    # a shift SSM: K[k] = taps[:, k], k < S  # [shift]
@@ -432,12 +435,13 @@ def ${name}_parts(sys, length):
 
 def $name(
     v, params=None, reverse_params=None, explicit_kernel=None, *, pre=None, skip=None, post=None,
-    initial_state=None, return_state=False, kernel_length=None,
+    initial_state=None, return_state=False, kernel_length=None, diagonal="once",
 ):
     """$what.
     v [..., N, C] → y [..., N, C] = post ⊙ (K ∗ (pre ⊙ v) + skip ⊙ pre ⊙ v), K the SSM's kernel
-    (toeplitz_mix's semantics). pre / post broadcast to v's shape, skip [C]. A causal mix carries
-    the SSM's state: ``initial_state`` [..., C, M] in, ``return_state=True`` → (y, final state)."""
+    (toeplitz_mix's semantics, ``diagonal`` too). pre / post broadcast to v's shape, skip [C]. A
+    causal mix carries the SSM's state: ``initial_state`` [..., C, M] in, ``return_state=True``
+    → (y, final state)."""
 $wrapper_start
     T = ${name}_CHUNK
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in [*params.values(), *(reverse_params or {}).values()])
@@ -452,10 +456,14 @@ $wrapper_start
         h0 = h0.to(z.dtype if z is not None else rd)
     y, hN = tzs.SSMMix.apply(${name}_launch, T, False, bool(return_state), u, pre, skip, post, taps, z, b, c, h0)  # [causal]
     y, _ = tzs.SSMMix.apply(${name}_launch, T, False, False, u, pre, skip, None, taps, z, b, c, None)  # [bidir]
-    # the reverse direction: the reverse SSM read backwards, its tap 0 taken out (the diagonal counts once)  # [bidir]
+    # the reverse direction: the reverse SSM read backwards; diagonal "once": its tap 0 taken out  # [bidir]
+    # through the skip; "twice": kept; "shift": the pass read one token later (S4's layout)  # [bidir]
     rsys = discretize($kind, {k: t.to(rd) for k, t in reverse_params.items()}, disc=$disc, conj=$conj, length=kernel_length or N)  # [bidir]
     rtaps, rz, rb, rc = ${name}_parts(rsys, length)  # [bidir]
-    yr, _ = tzs.SSMMix.apply(${name}_launch, T, True, False, u, pre, -rtaps[0], None, rtaps, rz, rb, rc, None)  # [bidir]
+    rskip = -rtaps[0] if diagonal == "once" else None  # [bidir]
+    yr, _ = tzs.SSMMix.apply(${name}_launch, T, True, False, u, pre, rskip, None, rtaps, rz, rb, rc, None)  # [bidir]
+    if diagonal == "shift":  # token i: Σ_{j>i} K_rev[j − i − 1] u_j  # [bidir]
+        yr = torch.cat([yr[:, 1:], torch.zeros_like(yr[:, :1])], dim=1)  # [bidir]
     y = (y + yr) * post if post is not None else y + yr  # [bidir]
     y = y.reshape(*lead, N, C)
     if return_state:  # [causal]

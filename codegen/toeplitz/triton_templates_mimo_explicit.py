@@ -168,7 +168,7 @@ _MIMO_WRAPPER = '''
 
 def $name(
     v, params=None, reverse_params=None, explicit_kernel=None, *, pre=None, skip=None, post=None,
-    initial_state=None, return_state=False, kernel_length=None,
+    initial_state=None, return_state=False, kernel_length=None, diagonal="once",
 ):
     """$what.
     v [..., N, C] → y [..., N, C] = post ⊙ (K ∗ (pre ⊙ v) + skip ⊙ pre ⊙ v), K_l = scale·Re(C λ^l B̄)
@@ -189,9 +189,13 @@ $wrapper_start
                       length=kernel_length or N)  # [bidir]
     rc = rsys.scale * rsys.c  # [bidir]
     yr, _ = tzs.MIMOMix.apply(${name}_launch, True, False, u, pre, None, None, rsys.log_lam, rsys.b, rc, None)  # [bidir]
-    k0 = (rc @ rsys.b).real                            # K_rev[0] = scale·Re(C B̄)  # [bidir]
-    x = u * pre if pre is not None else u  # [bidir]
-    y = y + yr - (x.to(rd) @ k0.transpose(0, 1)).to(y.dtype)  # [bidir]
+    if diagonal == "once":  # its tap 0 (a [C, C] matrix) taken out  # [bidir]
+        k0 = (rc @ rsys.b).real                            # K_rev[0] = scale·Re(C B̄)  # [bidir]
+        x = u * pre if pre is not None else u  # [bidir]
+        yr = yr - (x.to(rd) @ k0.transpose(0, 1)).to(y.dtype)  # [bidir]
+    elif diagonal == "shift":  # token i: Σ_{j>i} K_rev[j − i − 1] u_j (S4's layout)  # [bidir]
+        yr = torch.cat([yr[:, 1:], torch.zeros_like(yr[:, :1])], dim=1)  # [bidir]
+    y = y + yr  # [bidir]
     y = y * post if post is not None else y  # [bidir]
     y = y.reshape(*lead, N, y.shape[-1])
     if return_state:  # [causal]

@@ -180,8 +180,9 @@ class _Writer(Chooser, scoped.ScopedWriter):
             raise SeqError(f"parameter {n.name}: {err}", n.pos) from None
         if kind.startswith("ssm_"):
             ssm_kind = _kernel_kind(self.g, n)
+            dt = f", dt=({', '.join(repr(float(self.sizes.number(a))) for a in args)})" if args else ""
             self.init.append(f"        self.add_weight({self.rel(n.name)!r}, rt_ssm_init({ssm_kind!r}, {kind[4:]!r}, "
-                             f"{n.name.rsplit('.', 1)[-1]!r}, ({shape},), gen), {trainable})")
+                             f"{n.name.rsplit('.', 1)[-1]!r}, ({shape},), gen{dt}), {trainable})")
         else:
             args_text = ", ".join(repr(float(self.sizes.number(a))) for a in args)
             self.init.append(f"        self.add_weight({self.rel(n.name)!r}, rt.init_tensor({kind!r}, ({shape},), "

@@ -147,6 +147,8 @@ def _toeplitz(w, n, spec: M.MixSpec, roles, algorithm) -> str:
         if k.disc == "dss":    # DSS normalises its kernel over the declared length, also when streaming
             args.append(f"kernel_length={w.sizes.code(w.g.type_of(n.input('v')).shape[-2])}")
     args.append(f"causal={t.causal}")
+    if t.diagonal != "once":
+        args.append(f"diagonal={t.diagonal!r}")
     args.append(f"algorithm={algorithm.code}")
     if "chunked_fft" in algorithm:
         args.append(f"chunk={int(w.sizes.number(spec.hint('chunk') or 4096))}")
@@ -157,7 +159,8 @@ def ssm_init_factory():
     """``init(kind, init, name, shape, generator)`` for the weights of SSM kernels."""
     from codegen.toeplitz.kernels import init_ssm_params
 
-    def init(kind: str, init_name: str, name: str, shape: tuple, generator=None):
-        return init_ssm_params(kind, init_name, {name: tuple(shape)}, generator)[name]
+    def init(kind: str, init_name: str, name: str, shape: tuple, generator=None,
+             dt: tuple[float, float] | None = None):
+        return init_ssm_params(kind, init_name, {name: tuple(shape)}, generator, dt_range=dt)[name]
 
     return init

@@ -246,6 +246,8 @@ class TritonWriter(torch_emit._Writer):
             if disc == "dss":
                 length = self.g.type_of(n.input("v")).shape[-2]
                 args.append(f"kernel_length={self.sizes.code(length)}")
+            if not t.causal and t.diagonal != "once":
+                args.append(f"diagonal={t.diagonal!r}")
         for role in ("pre", "skip", "post"):
             if role in parts:
                 args.append(f"{role}={self.ref(parts[role])}")

@@ -235,10 +235,27 @@ def decay(ctx, rate, log):
     raise ctx.error(f"decay() needs a number or a tensor, got {describe(value)}")
 
 
-@builtin("mask", P("kernel", "kernel"), P("causal", "bool", True))
-def toeplitz(ctx, kernel, causal):
-    """M_ij = K[i − j]: a long convolution with the kernel from ssm(...) or kernel(K)."""
-    return _mask(M.Toeplitz(kernel.obj, causal), kernel.tensors, kernel.pending)
+TOEPLITZ_DIAGONAL = ("once", "shift", "twice")
+
+
+@builtin("mask", P("kernel", "kernel"), P("causal", "bool", True), P("share", "bool", True),
+         P("diagonal", "choice", "once", choices=TOEPLITZ_DIAGONAL))
+def toeplitz(ctx, kernel, causal, share, diagonal):
+    """M_ij = K[i − j]: a long convolution with the kernel from ssm(...) or kernel(K).
+
+    Bidirectional (``causal = false``) adds M_ij = K'[j − i] for j > i, K' from a backward SSM
+    that shares every parameter but C with the forward one (``share = true``, as the released
+    S4, S4D, DSS, DLR and S5) or is a second SSM of its own (``share = false``, Mega's EMA).
+    ``diagonal``: "once" (K' loses its tap 0), "shift" (S4's FFT layout: M_ij = K'[j − i − 1]),
+    "twice" (S5's two scans: both directions read u_i)."""
+    if causal and (diagonal != "once" or not share):
+        raise ctx.error("share and diagonal describe the backward direction of a bidirectional "
+                        "convolution; add causal = false or leave them out")
+    if isinstance(kernel.obj, M.ExplicitKernel) and (diagonal != "once" or not share):
+        raise ctx.error("an explicit kernel is mirrored (M_ij = K[|i − j|]); share and diagonal apply to "
+                        "SSM kernels")
+    pending = tuple(item + (share,) if item[0] == "ssm" else item for item in kernel.pending)
+    return _mask(M.Toeplitz(kernel.obj, causal, diagonal), kernel.tensors, pending)
 
 
 @builtin("mask", P("ids", "tensor"), P("block", "dim"))
@@ -338,18 +355,50 @@ def spectral(ctx, features):
 SSM_KINDS = ("shift", "diag", "dplr", "ema")
 SSM_INITS = ("default", "s4d_lin", "s4d_inv", "s4d_real", "legs", "dss", "dlr", "random")
 SSM_DISC = ("zoh", "bilinear", "dss", "none")
-SSM_TENSORS = ("log_dt", "log_A_real", "A_imag", "B_re", "B_im", "C_re", "C_im", "P_re", "P_im",
+SSM_TENSORS = ("log_dt", "log_A_real", "A_real", "A_imag", "B_re", "B_im", "C_re", "C_im", "P_re", "P_im",
                "alpha", "delta", "beta")
+SSM_A_REAL = ("negative", "free")
 
 
 @builtin("kernel", P("kind", "choice", choices=SSM_KINDS), P("state", "dim", 64),
          P("init", "choice", "default", choices=SSM_INITS),
          P("disc", "choice", "zoh", choices=SSM_DISC), P("mimo", "bool", False),
-         P("conj", "bool", True),
+         P("conj", "bool", True), P("groups", "dim", None, optional=True),
+         P("dt_min", "scalar", None, optional=True), P("dt_max", "scalar", None, optional=True),
+         P("a_real", "choice", "negative", choices=SSM_A_REAL), P("dt_split", "bool", False),
          *[P(n, "tensor", None) for n in SSM_TENSORS])
-def ssm(ctx, kind, state, init, disc, mimo, conj, **tensors):
+def ssm(ctx, kind, state, init, disc, mimo, conj, groups, dt_min, dt_max, a_real, dt_split, **tensors):
     """A state-space kernel K_l = C Ā^l B̄ (shift, diagonal S4D/DSS/DLR, DPLR S4, Mega's EMA).
-    Its parameters are created for the channels of the mix, or given as tensors."""
+    Its parameters are created for the channels of the mix, or given as tensors.
+
+    ``groups`` (S4's n_ssm): A (and DPLR's P and B) shared by channel groups, channel c using
+    set c mod groups (default: one set per channel); ``dt_min``/``dt_max``: the range of Δ's
+    log-uniform initialisation (default 1e-3, 1e-1); ``a_real = free``: Re A a free parameter
+    A_real (DSS; default ``negative``, Re A = −exp(log_A_real)); ``dt_split``: separate Δ for
+    the real and imaginary parts of A (DSS), log_dt [channels, 2]."""
+    if kind in ("shift", "ema") and (groups is not None or a_real != "negative" or dt_split
+                                     or dt_min is not None or dt_max is not None):
+        raise ctx.error(f"groups, a_real, dt_split, dt_min and dt_max describe a diagonal or DPLR SSM; "
+                        f"a {kind} SSM takes none of them")
+    if mimo and (groups is not None or dt_split):
+        raise ctx.error("a MIMO SSM (S5) has one A for all channels: groups and dt_split do not apply")
+    if (dt_split or dt_min is not None or dt_max is not None) and disc == "none":
+        raise ctx.error("disc = none has no step Δ: dt_min, dt_max and dt_split do not apply")
+    if kind == "dplr" and (a_real != "negative" or dt_split):
+        raise ctx.error("a_real = free and dt_split are DSS's parameterisation of a diagonal SSM (kind = diag)")
+    if a_real == "free" and disc != "dss":
+        raise ctx.error("a_real = free lets Re A grow positive, which only DSS's normalised kernel "
+                        "(disc = dss) keeps bounded", hint="add disc = dss, or leave a_real out")
+    if dt_split and disc not in ("dss", "zoh"):
+        raise ctx.error("dt_split scales Re A and Im A by their own Δ: it applies to disc = dss or zoh, "
+                        f"whose B̄ depends on Δ·A alone, not to disc = {disc}")
+    dt_range = None
+    if dt_min is not None or dt_max is not None:
+        lo = sympy.sympify(dt_min) if dt_min is not None else sympy.Rational(1, 1000)
+        hi = sympy.sympify(dt_max) if dt_max is not None else sympy.Rational(1, 10)
+        if lo.is_number and hi.is_number and not (0 < lo <= hi):
+            raise ctx.error(f"ssm(): need 0 < dt_min ≤ dt_max, got dt_min = {lo}, dt_max = {hi}")
+        dt_range = (lo, hi)
     if init == "default":
         init = {"shift": "random", "diag": "s4d_lin", "dplr": "legs", "ema": "random"}[kind]
     given_ = {k: v for k, v in tensors.items() if v is not None}
@@ -366,7 +415,8 @@ def ssm(ctx, kind, state, init, disc, mimo, conj, **tensors):
                         "bilinear or none", hint="use kind = diag for DSS, or disc = zoh")
     if kind == "ema":
         disc = "none"   # Mega's damped EMA is defined in discrete time
-    obj = M.SSMKernel(kind, state, init, disc if kind != "shift" else "none", tuple(refs), mimo, conj)
+    obj = M.SSMKernel(kind, state, init, disc if kind != "shift" else "none", tuple(refs), mimo, conj,
+                      groups=groups, a_real=a_real, dt_split=dt_split, dt_range=dt_range)
     return Struct("kernel", obj, tuple(pairs), (("ssm", obj, ctx.pos),))
 
 

@@ -10,6 +10,7 @@ import sympy
 from seqdsl.check.builtins import REGISTRY, Ctx, builtin, full
 from seqdsl.check.signature import P
 from seqdsl.check.values import Init, Struct, Tensor
+from seqdsl.errors import SeqError
 from seqdsl.ir import mix as M
 from seqdsl.ir.graph import OpKind
 from seqdsl.ir.types import TensorType, broadcast, same_dim, show_dim
@@ -207,15 +208,21 @@ def _resolve_decay(ctx: Ctx, m, inputs, batch, n_q, d_k):
     return dataclasses.replace(m, granularity=gran)
 
 
-def _ssm_shapes(kind: str, state, channels, mimo: bool, conj: bool, disc: str = "zoh") -> dict[str, tuple]:
-    """The parameters of an SSM kernel generator for ``channels`` channels."""
-    shapes = _ssm_shapes_all(kind, state, channels, mimo, conj)
+def _ssm_shapes(kind: str, state, channels, mimo: bool, conj: bool, disc: str = "zoh", groups=None,
+                a_real: str = "negative", dt_split: bool = False) -> dict[str, tuple]:
+    """The parameters of an SSM kernel generator for ``channels`` channels: A (and DPLR's P, B)
+    per channel group (``groups``, default one per channel), C and Δ per channel."""
+    shapes = _ssm_shapes_all(kind, state, channels, mimo, conj, channels if groups is None else groups)
+    if a_real == "free":   # DSS: Re A unconstrained, stored as it is
+        shapes = {("A_real" if k == "log_A_real" else k): v for k, v in shapes.items()}
+    if dt_split and "log_dt" in shapes:
+        shapes["log_dt"] = shapes["log_dt"] + (2,)   # Δ for Re A, Δ for Im A
     if disc == "none":
         shapes.pop("log_dt", None)   # no discretisation step (DLR, Mega's EMA)
     return shapes
 
 
-def _ssm_shapes_all(kind: str, state, channels, mimo: bool, conj: bool) -> dict[str, tuple]:
+def _ssm_shapes_all(kind: str, state, channels, mimo: bool, conj: bool, groups) -> dict[str, tuple]:
     half = state / 2 if conj and kind in ("diag", "dplr") else state
     if kind == "shift":
         return {"C_re": (channels, state)}
@@ -226,18 +233,19 @@ def _ssm_shapes_all(kind: str, state, channels, mimo: bool, conj: bool) -> dict[
         shapes = {"log_dt": (half,), "log_A_real": (half,), "A_imag": (half,), "B_re": (half, channels),
                   "B_im": (half, channels), "C_re": (channels, half), "C_im": (channels, half)}
     else:
-        shapes = {"log_dt": (channels,), "log_A_real": (channels, half), "A_imag": (channels, half),
+        shapes = {"log_dt": (channels,), "log_A_real": (groups, half), "A_imag": (groups, half),
                   "C_re": (channels, half), "C_im": (channels, half)}
     if kind == "dplr":
-        shapes.update({"P_re": (half,), "P_im": (half,), "B_re": (channels, half), "B_im": (channels, half)})
+        shapes.update({"P_re": (groups, half), "P_im": (groups, half), "B_re": (groups, half),
+                       "B_im": (groups, half)})
     return shapes
 
 
 def _create_pending(ctx: Ctx, item, inputs, v, q, batch, feature_obj, mask_obj):
     tag = item[0]
     if tag == "ssm":
-        _, obj, pos = item
-        return feature_obj, _complete_ssm(ctx, obj, pos, inputs, v, mask_obj)
+        _, obj, pos, *share = item
+        return feature_obj, _complete_ssm(ctx, obj, pos, inputs, v, mask_obj, share[0] if share else True)
     if tag == "favor":
         _, m, orthogonal, seed = item
         t = ctx.param("features", (m, q.type.shape[-1]),
@@ -254,9 +262,15 @@ def _create_pending(ctx: Ctx, item, inputs, v, q, batch, feature_obj, mask_obj):
     raise AssertionError(tag)
 
 
-def _complete_ssm(ctx: Ctx, obj: M.SSMKernel, pos, inputs, v, mask_obj):
+def _complete_ssm(ctx: Ctx, obj: M.SSMKernel, pos, inputs, v, mask_obj, share: bool = True):
     channels = v.type.shape[-1]
-    want = _ssm_shapes(obj.kind, obj.state, channels, obj.mimo, obj.conj, obj.disc)
+    if obj.groups is not None:
+        ratio = sympy.simplify(channels / obj.groups)
+        if ratio.is_number and not ratio.is_integer:
+            raise SeqError(f"ssm(): groups = {show_dim(obj.groups)} must divide the {show_dim(channels)} "
+                           "channels of the mix", pos)
+    want = _ssm_shapes(obj.kind, obj.state, channels, obj.mimo, obj.conj, obj.disc, obj.groups, obj.a_real,
+                       obj.dt_split)
     have = dict(obj.params)
     given = dict(inputs)
     for name, ref in have.items():
@@ -268,23 +282,27 @@ def _complete_ssm(ctx: Ctx, obj: M.SSMKernel, pos, inputs, v, mask_obj):
             text = "[" + ", ".join(show_dim(d) for d in shape) + "]"
             raise ctx.error(f"ssm({obj.kind}): {name} must have shape {text} for {show_dim(channels)} "
                             f"channels and state {show_dim(obj.state)}, got {t.type}")
+    args = () if obj.dt_range is None else tuple(obj.dt_range)
     refs = dict(have)
     for name, shape in want.items():
         if name not in have:
-            refs[name] = _kernel_param(ctx, inputs, f"kernel.{name}", shape, obj.init)
+            refs[name] = _kernel_param(ctx, inputs, f"kernel.{name}", shape, obj.init, args)
     reverse = ()
     if not _is_causal(mask_obj, obj):
-        # The backward direction is a second SSM with its own weights (given tensors, if
-        # any, serve both directions).
+        # The backward direction: its own C, the rest shared (share = true, as the released
+        # S4/S4D/DSS/DLR/S5), or a second SSM with its own weights. Given tensors, if any,
+        # serve both directions.
+        own = {"C_re", "C_im"} if share and obj.kind != "shift" else set(want)
         reverse = tuple(sorted(
-            (name, refs[name] if name in have else _kernel_param(ctx, inputs, f"kernel_rev.{name}", shape, obj.init))
+            (name, refs[name] if name in have or name not in own
+             else _kernel_param(ctx, inputs, f"kernel_rev.{name}", shape, obj.init, args))
             for name, shape in want.items()))
     new = dataclasses.replace(obj, params=tuple(sorted(refs.items())), reverse=reverse)
     return _replace_kernel(mask_obj, obj, new)
 
 
-def _kernel_param(ctx: Ctx, inputs, path: str, shape, init: str) -> M.Ref:
-    t = ctx.param(path, shape, Init(f"ssm_{init}", (), True))
+def _kernel_param(ctx: Ctx, inputs, path: str, shape, init: str, args: tuple = ()) -> M.Ref:
+    t = ctx.param(path, shape, Init(f"ssm_{init}", args, True))
     role = ctx.el.new_role(path + ".")
     inputs.append((role, t))
     return M.Ref(role)
