@@ -287,6 +287,32 @@ def _fits_in_memory(file: Path, entry: str | None, sizes: dict, device: str) -> 
                        f"{free / 2**30:.3g} GiB of {device} memory is free", hint="run at smaller sizes (--set)")
 
 
+@app.command(name="generate")
+@guarded
+def generate_cmd(
+    file: FileArg,
+    prompt: Annotated[str, typer.Option("--prompt", "-p", help="Text (a byte-level vocabulary, V ≥ 256) or "
+                                        "token ids separated by spaces.")],
+    tokens: Annotated[int, typer.Option("--tokens", "-n", help="How many tokens to generate.")] = 200,
+    checkpoint: Annotated[
+        Optional[Path], typer.Option("--checkpoint", help="A state_dict saved with torch.save.")
+    ] = None,
+    temperature: Annotated[float, typer.Option("--temperature", help="0: greedy.")] = 1.0,
+    top_k: Annotated[Optional[int], typer.Option("--top-k", help="Sample among the k most likely.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seeds the initial weights and the sampling.")] = 0,
+    entry: EntryOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Generate text after a prompt: the prompt runs once (prefill), then one step per token
+    from the model's state; prints the text, tokens/s of each phase and the state's memory."""
+    from seqdsl.generate import generate
+
+    result = generate(file, prompt, tokens, entry=entry, checkpoint=checkpoint, temperature=temperature,
+                      top_k=top_k, seed=seed, **parse_sets(set_))
+    typer.echo(result.text)
+    typer.echo(result.summary(), err=True)
+
+
 analyze_app = typer.Typer(help="Cost analysis.", no_args_is_help=True)
 app.add_typer(analyze_app, name="analyze")
 
