@@ -187,6 +187,8 @@ def generate(source: str | Path, prompt: str | list[int], tokens: int = 200, *, 
 
     if tokens < 0:
         raise SeqError(f"--tokens must be ≥ 0, got {tokens}")
+    if checkpoint is not None and not Path(checkpoint).is_file():   # before the (slower) model
+        raise SeqError(f"--checkpoint {checkpoint}: no such file")
     vocab = _signature(source, entry, dims)
     ids, byte_level = encode_prompt(prompt, vocab)
     torch.manual_seed(seed)
