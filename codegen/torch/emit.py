@@ -379,7 +379,8 @@ class _Writer(Chooser, scoped.ScopedWriter):
         path = f"{self.rel(n.name)}.cell"
         self.init.append(f"        self.add_module_at({path!r}, {cls}())")
         self.emit(n, f"rt.fixed_point(self.module_at({path!r}), {self.inp(n, 'z')}, {self.inp(n, 'x')}, "
-                     f"iters={int(n.attr('iters'))}, tol={self.sizes.number(n.attr('tol'))!r})")
+                     f"iters={int(n.attr('iters'))}, tol={self.sizes.number(n.attr('tol'))!r}, "
+                     f"solver={literal(n.attr('solver'))})")
 
     def op_recurrent(self, n: Node) -> None:
         cls = self._body_class(n, "step")

@@ -368,19 +368,11 @@ def moe(x, router, experts: nn.ModuleList, top_k: int, capacity: float, owner: n
     return out.reshape(*shape[:-1], out.shape[-1])
 
 
-def fixed_point(cell: nn.Module, z, x, iters: int, tol: float):
-    """Deep equilibrium: iterate z ← cell(z, x) without gradients until the relative change
-    is below ``tol`` (at most ``iters`` steps), then one step with gradients (the
-    one-step "phantom" gradient of implicit differentiation)."""
-    args = () if x is None else (x,)
-    with torch.no_grad():
-        for _ in range(iters):
-            nxt = cell(z, *args)
-            done = (nxt - z).norm() <= tol * (z.norm() + 1e-12)
-            z = nxt
-            if done:
-                break
-    return cell(z.detach(), *args)
+def fixed_point(cell: nn.Module, z, x, iters: int, tol: float, solver: str = "anderson"):
+    """Deep equilibrium: z* = cell(z*, x) by ``solver`` (anderson, broyden, picard), with the
+    implicit gradient; see :mod:`codegen.torch.equilibrium`."""
+    from codegen.torch.equilibrium import fixed_point as solve_fixed_point
+    return solve_fixed_point(cell, z, x, iters, tol, solver)
 
 
 def recurrent(step: nn.Module, x, state, segment: int):

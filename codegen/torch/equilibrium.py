@@ -1,0 +1,224 @@
+"""Deep-equilibrium layers: root finding for z* = f(z*, x) and its implicit gradient.
+
+What ``fixed_point(cell, z, x, iters, tol, solver)`` of a .seq file runs (Bai, Kolter &
+Koltun 2019, "Deep Equilibrium Models"; the solvers follow the facts of locuslab/deq,
+``lib/solvers.py``):
+
+- **residual**: ‖f(z) − z‖ / (‖f(z)‖ + 1e-9) over the whole batch (locuslab/deq's "rel" stop
+  mode); a solver stops as soon as it is below ``tol``, after at most ``iters`` applications
+  of f (the initial ones included), and returns the iterate with the lowest residual seen.
+- **anderson**: Anderson acceleration with memory m = 6, regularisation λ = 1e-4 and mixing
+  β = 1 (locuslab/deq's defaults), one least-squares solve per batch element: minimise
+  ‖Σ_i α_i G_i‖² + λ‖α‖² subject to Σ α_i = 1, where G_i = f(X_i) − X_i over the last m
+  iterates; the next iterate is β Σ α_i f(X_i) + (1 − β) Σ α_i X_i.
+- **broyden**: Broyden's "good" method on g(z) = f(z) − z, starting from the inverse Jacobian
+  −I, with a rank-one update per step kept in low-rank form (memory: every step, as the
+  reference keeps ``threshold`` of them), no line search (the reference's default ``ls=False``).
+- **picard**: z ← f(z).
+
+**Backward** (implicit differentiation, the paper's Theorem 1): with J = ∂f/∂z at z*, the
+gradient of the loss through z* is uᵀ ∂f/∂(θ, x) where u solves the adjoint fixed point
+uᵀ = gᵀ + uᵀJ; u is found by the *same* solver on h(u) = Jᵀu + g from u = 0, each application
+of h one vector–Jacobian product through one application of f at z* (no iterate is stored).
+
+After a forward, the cell module carries ``residual`` and ``steps`` (the forward solve) and,
+after a backward, ``backward_residual`` and ``backward_steps``. A residual above ``tol``
+issues a :class:`EquilibriumWarning`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+Fn = Callable[[torch.Tensor], torch.Tensor]
+
+ANDERSON_MEMORY = 6      # locuslab/deq anderson(m=6)
+ANDERSON_LAMBDA = 1e-4   # anderson(lam=1e-4)
+ANDERSON_BETA = 1.0      # anderson(beta=1.0)
+
+
+class EquilibriumWarning(UserWarning):
+    """A fixed-point solve ended above its tolerance."""
+
+
+def _residual(fz: torch.Tensor, z: torch.Tensor) -> float:
+    return float((fz - z).norm() / (fz.norm() + 1e-9))
+
+
+class _Best:
+    """The iterate with the lowest residual seen so far (what every solver returns)."""
+
+    def __init__(self) -> None:
+        self.z: torch.Tensor | None = None
+        self.residual = float("inf")
+        self.steps = 0
+
+    def see(self, z: torch.Tensor, fz: torch.Tensor, steps: int) -> float:
+        r = _residual(fz, z)
+        if r < self.residual or self.z is None:
+            self.z, self.residual, self.steps = z, r, steps
+        return r
+
+
+def picard(f: Fn, z0: torch.Tensor, iters: int, tol: float) -> _Best:
+    """z ← f(z) until the residual is below ``tol`` (at most ``iters`` applications)."""
+    best, z = _Best(), z0
+    for step in range(1, iters + 1):
+        fz = f(z)
+        if best.see(z, fz, step) < tol:
+            break
+        z = fz
+    return best
+
+
+def anderson(f: Fn, z0: torch.Tensor, iters: int, tol: float, m: int = ANDERSON_MEMORY,
+             lam: float = ANDERSON_LAMBDA, beta: float = ANDERSON_BETA) -> _Best:
+    """Anderson acceleration (type II), one set of mixing weights per batch element."""
+    bsz = z0.shape[0]
+    shape = z0.shape
+    X = z0.new_zeros(bsz, m, z0[0].numel())   # past iterates
+    F = torch.zeros_like(X)                   # f of each
+    best = _Best()
+    X[:, 0] = z0.reshape(bsz, -1)
+    F[:, 0] = f(z0).reshape(bsz, -1)
+    if best.see(X[:, 0].clone().reshape(shape), F[:, 0].reshape(shape), 1) < tol or iters < 2:
+        return best
+    X[:, 1] = F[:, 0]
+    F[:, 1] = f(F[:, 0].reshape(shape)).reshape(bsz, -1)
+    if best.see(X[:, 1].clone().reshape(shape), F[:, 1].reshape(shape), 2) < tol:
+        return best
+    # the bordered system [[0, 1ᵀ], [1, GGᵀ + λI]] [ν, α] = [1, 0] of the constrained least squares
+    H = z0.new_zeros(bsz, m + 1, m + 1)
+    H[:, 0, 1:] = H[:, 1:, 0] = 1
+    rhs = z0.new_zeros(bsz, m + 1, 1)
+    rhs[:, 0] = 1
+    for k in range(2, iters):
+        n = min(k, m)
+        G = F[:, :n] - X[:, :n]
+        H[:, 1:n + 1, 1:n + 1] = G @ G.transpose(1, 2) + lam * torch.eye(n, dtype=z0.dtype, device=z0.device)
+        alpha = torch.linalg.solve(H[:, :n + 1, :n + 1], rhs[:, :n + 1])[:, 1:n + 1, 0]   # [bsz, n]
+        i = k % m
+        X[:, i] = beta * (alpha[:, None] @ F[:, :n])[:, 0] + (1 - beta) * (alpha[:, None] @ X[:, :n])[:, 0]
+        F[:, i] = f(X[:, i].reshape(shape)).reshape(bsz, -1)
+        if best.see(X[:, i].clone().reshape(shape), F[:, i].reshape(shape), k + 1) < tol:
+            break
+    return best
+
+
+def broyden(f: Fn, z0: torch.Tensor, iters: int, tol: float) -> _Best:
+    """Broyden's good method on g(z) = f(z) − z, per batch element, inverse Jacobian
+    approximated as −I + Σ u_i v_iᵀ (rank one per step), full step (no line search)."""
+    bsz = z0.shape[0]
+    shape = z0.shape
+
+    def flat(t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(bsz, -1)
+
+    z = flat(z0)
+    fz = flat(f(z0))
+    gz = fz - z
+    best = _Best()
+    if best.see(z.reshape(shape), fz.reshape(shape), 1) < tol:
+        return best
+    Us = z.new_zeros(bsz, iters, z.shape[1])   # u_i
+    Vs = z.new_zeros(bsz, iters, z.shape[1])   # v_i
+    count = 0
+
+    def inv_jac(x: torch.Tensor) -> torch.Tensor:            # (−I + U Vᵀ) x
+        if count == 0:
+            return -x
+        return -x + torch.einsum("bk,bkd->bd", torch.einsum("bkd,bd->bk", Vs[:, :count], x), Us[:, :count])
+
+    def inv_jac_t(x: torch.Tensor) -> torch.Tensor:          # xᵀ (−I + U Vᵀ)
+        if count == 0:
+            return -x
+        return -x + torch.einsum("bk,bkd->bd", torch.einsum("bkd,bd->bk", Us[:, :count], x), Vs[:, :count])
+
+    update = -inv_jac(gz)
+    for step in range(2, iters + 1):
+        z_new = z + update
+        fz_new = flat(f(z_new.reshape(shape)))
+        g_new = fz_new - z_new
+        if best.see(z_new.reshape(shape), fz_new.reshape(shape), step) < tol:
+            break
+        dz, dg = z_new - z, g_new - gz
+        z, gz = z_new, g_new
+        # good Broyden: J⁻¹ ← J⁻¹ + (Δz − J⁻¹Δg)(Δzᵀ J⁻¹) / (Δzᵀ J⁻¹ Δg)
+        vT = inv_jac_t(dz)
+        denom = (vT * dg).sum(-1, keepdim=True)
+        u = (dz - inv_jac(dg)) / torch.where(denom == 0, torch.ones_like(denom), denom)
+        Vs[:, count] = torch.nan_to_num(vT)
+        Us[:, count] = torch.nan_to_num(u)
+        count += 1
+        update = -inv_jac(gz)
+    return best
+
+
+SOLVERS: dict[str, Callable[[Fn, torch.Tensor, int, float], _Best]] = {
+    "anderson": anderson, "broyden": broyden, "picard": picard,
+}
+
+
+def solve(f: Fn, z0: torch.Tensor, iters: int, tol: float, solver: str) -> _Best:
+    """The root of f(z) − z from z0 with the named solver (see the module docstring)."""
+    try:
+        fn = SOLVERS[solver]
+    except KeyError:
+        raise ValueError(f"unknown fixed-point solver {solver!r}; one of {', '.join(SOLVERS)}") from None
+    return fn(f, z0, iters, tol)
+
+
+class _ImplicitBackward(torch.autograd.Function):
+    """Identity forward on f(z*); its backward turns the incoming gradient g into the
+    solution u of u = g + Jᵀu (J = ∂f/∂z at z*), which autograd then sends on through
+    f(z*) to the weights and to x."""
+
+    @staticmethod
+    def forward(ctx, fz: torch.Tensor, z: torch.Tensor, cell: nn.Module, iters: int, tol: float,
+                solver: str) -> torch.Tensor:
+        ctx.fz, ctx.z = fz, z
+        ctx.cell, ctx.iters, ctx.tol, ctx.solver = cell, iters, tol, solver
+        return fz.clone()
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        fz, z = ctx.fz, ctx.z
+
+        def h(u: torch.Tensor) -> torch.Tensor:                  # Jᵀu + g: one VJP through f at z*
+            (vjp,) = torch.autograd.grad(fz, z, u, retain_graph=True)
+            return vjp + g
+
+        with torch.enable_grad():
+            best = solve(h, torch.zeros_like(g), ctx.iters, ctx.tol, ctx.solver)
+        ctx.cell.backward_residual, ctx.cell.backward_steps = best.residual, best.steps
+        if best.residual > ctx.tol:
+            warnings.warn(f"fixed_point backward ({ctx.solver}): adjoint residual {best.residual:.3g} is above "
+                          f"tol = {ctx.tol:g} after {best.steps} steps", EquilibriumWarning, stacklevel=2)
+        ctx.fz = ctx.z = ctx.cell = None
+        return best.z, None, None, None, None, None
+
+
+def fixed_point(cell: nn.Module, z: torch.Tensor, x: torch.Tensor | None, iters: int, tol: float,
+                solver: str = "anderson") -> torch.Tensor:
+    """z* = cell(z*, x) from the initial z by ``solver``; returns cell(z*, x), whose gradient
+    is the implicit one (see the module docstring). ``cell.residual``/``cell.steps`` tell how
+    the forward solve ended."""
+    args = () if x is None else (x,)
+    with torch.no_grad():
+        best = solve(lambda t: cell(t, *args), z.detach(), iters, tol, solver)
+    cell.residual, cell.steps = best.residual, best.steps
+    if best.residual > tol:
+        warnings.warn(f"fixed_point ({solver}): residual {best.residual:.3g} is above tol = {tol:g} after "
+                      f"{best.steps} of {iters} steps", EquilibriumWarning, stacklevel=3)
+    z_star = best.z.detach()
+    if not torch.is_grad_enabled():
+        return cell(z_star, *args)
+    z_star.requires_grad_(True)
+    fz = cell(z_star, *args)
+    if not fz.requires_grad:
+        return fz
+    return _ImplicitBackward.apply(fz, z_star, cell, iters, tol, solver)
