@@ -21,13 +21,20 @@ from codegen.distributed.context import SequenceParallel
 from codegen.distributed.layout import Layout, _split
 
 
+def all_gather_into(out: Tensor, x: Tensor, group) -> None:
+    """``out`` [P, *x.shape] (contiguous) ← every rank's ``x`` (all_gather_single where this
+    torch has it, on flat views: it concatenates along dim 0 where the older call stacked)."""
+    fn = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    fn(out.view(-1), x.contiguous().view(-1), group=group)
+
+
 class _AllGather(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, sp: SequenceParallel) -> Tensor:
         ctx.sp = sp
         x = x.contiguous()
         out = x.new_empty(sp.size, *x.shape)
-        dist.all_gather_into_tensor(out, x, group=sp.group)          # send |x|, receive P·|x|
+        all_gather_into(out, x, sp.group)          # send |x|, receive P·|x|
         return out
 
     @staticmethod
@@ -43,6 +50,25 @@ def all_gather(x: Tensor, sp: SequenceParallel) -> Tensor:
     if x.is_complex():
         return torch.view_as_complex(_AllGather.apply(torch.view_as_real(x), sp))
     return _AllGather.apply(x, sp)
+
+
+class _Tie(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, y: Tensor, *xs: Tensor) -> Tensor:
+        ctx.likes = [(x.shape, x.dtype, x.device) for x in xs]
+        return y.view_as(y)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        return (g, *(torch.zeros(s, dtype=d, device=dev) for s, d, dev in ctx.likes))
+
+
+def tie(y: Tensor, *xs: Tensor) -> Tensor:
+    """``y``, with a backward that also reaches ``xs`` (zero gradients). A rank whose output does
+    not depend on a gathered tensor (the first rank never reads the states before it) must
+    still run that gather's backward, a collective the other ranks wait in."""
+    xs = tuple(x for x in xs if x.requires_grad)
+    return _Tie.apply(y, *xs) if xs and torch.is_grad_enabled() else y
 
 
 def _a2a(pieces: list[Tensor], recv_numel: list[int], sp: SequenceParallel, like: Tensor) -> list[Tensor]:
@@ -136,7 +162,7 @@ class _GatherSequence(torch.autograd.Function):
         pad = xm.new_zeros(width, *xm.shape[1:])
         pad[: xm.shape[0]] = xm
         out = pad.new_empty(sp.size, *pad.shape)
-        dist.all_gather_into_tensor(out, pad, group=sp.group)
+        all_gather_into(out, pad, sp.group)
         rows = torch.cat([out[s, : layout.size(s)] for s in range(sp.size)])
         return rows.index_select(0, layout.natural(x.device)).movedim(0, dim)
 

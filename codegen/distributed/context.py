@@ -53,7 +53,9 @@ class SequenceParallel:
         of the local lengths: every rank must call it, in the same order)."""
         mine = torch.tensor([n_local], dtype=torch.long)
         sizes = torch.empty(self.size, dtype=torch.long)
-        dist.all_gather_into_tensor(sizes, mine, group=self.group)
+        from codegen.distributed.comm import all_gather_into
+
+        all_gather_into(sizes, mine, self.group)
         return from_sizes([int(s) for s in sizes], self.layout)
 
 

@@ -73,14 +73,8 @@ class Layout:
                          or [torch.zeros(0, dtype=torch.long, device=device)])
 
     def order(self) -> list[tuple[int, int, int, int]]:
-        """Every segment in global order: (start, stop, rank, offset in the rank's local rows)."""
-        out = []
-        for r in range(self.parts):
-            off = 0
-            for a, b in self._segments[r]:
-                out.append((a, b, r, off))
-                off += b - a
-        return sorted(out)
+        """Every segment in global order: (start, stop, rank, its index among the rank's segments)."""
+        return sorted((a, b, r, i) for r in range(self.parts) for i, (a, b) in enumerate(self._segments[r]))
 
     def natural(self, device=None) -> torch.Tensor:
         """The permutation p with (rows of every rank concatenated in rank order)[p] = the

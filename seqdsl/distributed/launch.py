@@ -61,7 +61,7 @@ def _worker(rank: int, nproc: int, port: int, target: str, args: tuple, out_dir:
     torch.set_num_threads(threads)
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(nproc), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=nproc, timeout=datetime.timedelta(seconds=300))
+    dist.init_process_group("gloo", rank=rank, world_size=nproc, timeout=datetime.timedelta(seconds=float(os.environ.get("SEQDSL_DIST_TIMEOUT", "300"))))
     try:
         result = resolve(target)(*args)
         with open(os.path.join(out_dir, f"rank{rank}.pkl"), "wb") as f:

