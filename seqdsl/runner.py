@@ -122,6 +122,9 @@ def _step(model, inputs, backward: bool) -> tuple:
         out = model(*inputs)
         outs = out if isinstance(out, tuple) else (out,)
         loss = sum(o.float().square().mean() for o in outs if o.is_floating_point())
+        aux = getattr(model, "aux_loss", None)
+        if callable(aux):        # the layers' auxiliary losses (MoE balance, z-loss) of this forward
+            loss = loss + aux()
         if not isinstance(loss, torch.Tensor) or not loss.requires_grad:
             raise SeqError("the outputs do not depend on anything differentiable: run with --no-backward")
         loss.backward()

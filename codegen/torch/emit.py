@@ -372,7 +372,8 @@ class _Writer(Chooser, scoped.ScopedWriter):
         path = f"{self.rel(n.name)}.experts"
         self.init.append(f"        self.add_module_at({path!r}, nn.ModuleList([{cls}() for _ in range({count})]))")
         self.emit(n, f"rt.moe({self.inp(n, 'x')}, {self.inp(n, 'router')}, self.module_at({path!r}), "
-                     f"top_k={int(n.attr('top_k'))}, capacity={self.sizes.number(n.attr('capacity'))!r}, owner=self)")
+                     f"top_k={int(n.attr('top_k'))}, capacity={self.sizes.number(n.attr('capacity'))!r}, owner=self, "
+                     f"balance={self.sizes.number(n.attr('balance'))!r}, router_z={self.sizes.number(n.attr('z_loss'))!r})")
 
     def op_fixed_point(self, n: Node) -> None:
         cls = self._body_class(n, "cell")

@@ -74,6 +74,19 @@ class SeqModule(nn.Module):
         """(True, what is kept) or (False, why not: the layer and its place in the .seq file)."""
         return decode.can_decode(self)
 
+    def aux_loss(self) -> torch.Tensor:
+        """The auxiliary losses the layers left in this module's last forward, summed: each
+        MoE layer's α · E · Σ_e f_e · P_e (and its router z-loss); 0 when there are none.
+        A training loop adds it to the task loss (``seqdsl run`` does)."""
+        total = torch.zeros(())
+        serial = getattr(self, "_forward_serial", None)
+        for m in self.modules():
+            mark, losses = getattr(m, "_aux_losses", (None, ()))
+            if mark == serial:
+                for loss in losses:
+                    total = total + loss
+        return total
+
     def example_inputs(self, **sizes) -> tuple:
         """Random tensors that fit the declared inputs (ints for token ids); ``sizes`` gives
         the dims read from the inputs (default: the file's defaults, B = 2)."""
@@ -95,12 +108,26 @@ class SeqModule(nn.Module):
 
 # ---- sizes bound at call time (see codegen/torch/sizes.py) -----------------------------------
 
+_FORWARDS = [0]   # forwards of entry modules so far (each bind_sizes call is one)
+
+
+def record_aux_loss(owner: nn.Module, loss: torch.Tensor) -> None:
+    """Keep ``loss`` on ``owner`` for the current forward (read by ``SeqModule.aux_loss``)."""
+    mark, losses = getattr(owner, "_aux_losses", (None, None))
+    if mark != _FORWARDS[0]:
+        losses = []
+        owner._aux_losses = (_FORWARDS[0], losses)
+    losses.append(loss)
+
+
 def bind_sizes(module: nn.Module, *inputs: torch.Tensor) -> tuple[int, ...]:
     """The values of ``module.RUNTIME`` read from ``inputs``, after checking every axis
     against ``module.INPUTS``: an int (or a ``(name, int)``) is a size the weights or the
     structure fixed; a name is a dim read from the first input that has it, which every
     later input must match; ``module.BOUNDS`` caps some (position tables)."""
     entry = module.ENTRY
+    _FORWARDS[0] += 1                    # a new forward: aux losses of earlier ones are stale
+    module._forward_serial = _FORWARDS[0]
     found: dict[str, tuple[int, str]] = {}
     for (name, _dtype, shape), x in zip(module.INPUTS, inputs):
         if not isinstance(x, torch.Tensor):
@@ -341,31 +368,12 @@ def sinkhorn_sort(x, weight, block: int, iters: int):
 
 # ---- blocks used as functions ------------------------------------------------------------
 
-def moe(x, router, experts: nn.ModuleList, top_k: int, capacity: float, owner: nn.Module):
-    """Switch-style routing: each token goes to its top-k experts (weighted by the router's
-    probability); tokens beyond an expert's capacity pass through unchanged. The
-    load-balancing loss (Fedus et al.: E · Σ_e f_e · p_e) is left in ``owner.aux_loss``."""
-    shape = x.shape
-    tokens = x.reshape(-1, shape[-1])
-    probs = torch.softmax(tokens @ router.T, dim=-1)
-    weight, index = probs.topk(top_k, dim=-1)
-    n_exp = len(experts)
-    cap = max(1, int(math.ceil(capacity * tokens.shape[0] * top_k / n_exp)))
-    out = None
-    for e, expert in enumerate(experts):
-        rows, slot = (index == e).nonzero(as_tuple=True)
-        rows, slot = rows[:cap], slot[:cap]
-        if rows.numel() == 0:
-            continue
-        y = expert(tokens[rows].unsqueeze(0)).squeeze(0)
-        if out is None:
-            out = torch.zeros(tokens.shape[0], y.shape[-1], dtype=y.dtype, device=y.device)
-        out = out.index_add(0, rows, y * weight[rows, slot].unsqueeze(-1))
-    if out is None:
-        out = torch.zeros_like(tokens)
-    fraction = torch.stack([(index == e).any(-1).float().mean() for e in range(n_exp)])
-    owner.aux_loss = n_exp * (fraction * probs.mean(0)).sum()
-    return out.reshape(*shape[:-1], out.shape[-1])
+def moe(x, router, experts: nn.ModuleList, top_k: int, capacity: float, owner: nn.Module,
+        balance: float = 0.0, router_z: float = 0.0):
+    """Switch-style routing with capacity; the balance loss (α · E · Σ_e f_e · P_e) and the
+    router z-loss are left for ``aux_loss()``; see :mod:`codegen.torch.moe`."""
+    from codegen.torch.moe import moe as route_moe
+    return route_moe(x, router, experts, top_k, capacity, owner, balance, router_z)
 
 
 def fixed_point(cell: nn.Module, z, x, iters: int, tol: float, solver: str = "anderson"):

@@ -537,10 +537,12 @@ def sinkhorn_sort(ctx: Ctx, x, block, iters):
 # ======================================================================================
 
 @builtin("layer", P("x", "tensor"), P("expert", "func"), P("experts", "dim"), P("top_k", "int", 1),
-         P("capacity", "scalar", sympy.Rational(5, 4)), P("balance", "scalar", sympy.Rational(1, 100)))
-def moe(ctx: Ctx, x, expert, experts, top_k, capacity, balance):
+         P("capacity", "scalar", sympy.Rational(5, 4)), P("balance", "scalar", sympy.Rational(1, 100)),
+         P("z_loss", "scalar", 0), P("router_init", "init", None))
+def moe(ctx: Ctx, x, expert, experts, top_k, capacity, balance, z_loss, router_init):
     """Mixture of experts: a learned router sends each token to its ``top_k`` of ``experts``
-    copies of the ``expert`` block (Switch: top_k = 1), with a load-balancing loss."""
+    copies of the ``expert`` block (Switch: top_k = 1), at most ``capacity``·T·top_k/E tokens
+    each; the module's ``aux_loss()`` holds ``balance``·E·Σ f_e·P_e and ``z_loss``·mean(lse²)."""
     _need_float(ctx, x, "moe()")
     if top_k < 1:
         raise ctx.error("moe(): top_k must be at least 1")
@@ -551,9 +553,10 @@ def moe(ctx: Ctx, x, expert, experts, top_k, capacity, balance):
     if len(outs) != 1 or outs[0].rank != x.type.rank or not all(
             same_dim(a, b) for a, b in zip(outs[0].shape[:-1], x.type.shape[:-1])):
         raise ctx.error(f"moe(): the expert must map {x.type} to [.., D'], it returns {', '.join(map(str, outs))}")
-    router = ctx.param("router", (experts, x.type.shape[-1]), default_init())
+    router = ctx.param("router", (experts, x.type.shape[-1]), router_init.obj if router_init else default_init())
     return ctx.node(OpKind.MOE, [("x", x), ("router", router)], outs[0],
-                    {"body": body, "copies": experts, "top_k": top_k, "capacity": capacity, "balance": balance})
+                    {"body": body, "copies": experts, "top_k": top_k, "capacity": capacity, "balance": balance,
+                     "z_loss": z_loss})
 
 
 @builtin("layer", P("cell", "func"), P("z", "tensor"), P("x", "tensor", None), P("iters", "int", 30),
