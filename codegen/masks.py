@@ -16,7 +16,7 @@ prefix sums (random blocks, butterfly). ``&`` and ``|`` combine the classificati
 only cells they cannot decide exactly (two partial tiles meeting) are marked *uncertain*
 and, within a budget of element evaluations, settled by evaluating the predicate on those
 tiles alone; beyond it they stay listed as partial (always correct, maybe slower).
-Data-dependent masks (``Buckets``, ``BlockMap``) have no static schedule: ``blocks``
+Data-dependent masks (``Buckets``, ``Document``, ``BlockMap``) have no static schedule: ``blocks``
 returns None and the caller picks another path (the tiled softmax sorts by bucket).
 
 Conventions (as in ``seqdsl.analysis.masks``): i is the query index, j the key index,
@@ -40,7 +40,7 @@ from codegen.tiles import bounds as _bounds
 from codegen.tiles import coarse_tiles as _coarse_tiles
 
 __all__ = ["Mask", "Full", "Causal", "Window", "Local", "Strided", "Global", "RandomBlocks", "KeyRange",
-           "Butterfly", "Buckets", "BlockMap", "And", "Or", "BlockSchedule", "TileGrid", "from_ir",
+           "Butterfly", "Buckets", "Document", "BlockMap", "And", "Or", "BlockSchedule", "TileGrid", "from_ir",
            "conjuncts", "REFINE_BUDGET"]
 
 REFINE_BUDGET = 1 << 24   # element pairs evaluated to settle uncertain tiles of a composition
@@ -345,6 +345,46 @@ class Buckets(Mask):
 
 
 @dataclass(frozen=True, eq=False)
+class Document(Mask):
+    """Same document: ids_i == ids_j, ids [..., N] the document of every position of a packed
+    row (``codegen.varlen``). Unlike bucket ids, document ids are runs along the sequence, so
+    the tiles come from each block's first and last id without sorting: exact (whole tiles
+    across documents skipped, tiles inside one document unmasked) when the ids are consecutive
+    and non-decreasing, as ``codegen.varlen.Documents`` numbers them; a safe bound otherwise."""
+
+    ids: Tensor
+    static: ClassVar[bool] = False
+
+    def __repr__(self) -> str:
+        return f"Document(ids[{', '.join(map(str, self.ids.shape))}])"
+
+    def lead(self, heads=None):
+        return tuple(self.ids.shape[:-1])
+
+    def _check(self, nq: int, nk: int) -> None:
+        n = self.ids.shape[-1]
+        if not nq == nk == n:
+            raise ValueError(f"document: ids cover {n} positions but the attention is {nq} × {nk}; "
+                             "a document mask is for self-attention over the packed sequence")
+
+    def keep(self, i, j, nq, nk, heads=None):
+        self._check(nq, nk)
+        return self.ids[..., i] == self.ids[..., j]
+
+    def tiles(self, nq, nk, bq, bk, heads=None, device=None):
+        self._check(nq, nk)
+        buckets = Buckets(self.ids)
+        qlo, qhi = buckets.ranges(bq)
+        klo, khi = buckets.ranges(bk)
+        any_ = (qlo[..., :, None] <= khi[..., None, :]) & (klo[..., None, :] <= qhi[..., :, None])
+        all_ = (qlo == qhi)[..., :, None] & (klo == khi)[..., None, :] & (qlo[..., :, None] == klo[..., None, :])
+        step = self.ids[..., 1:] - self.ids[..., :-1]
+        if bool(((step == 0) | (step == 1)).all()):      # runs of consecutive ids: the bounds are exact
+            return TileGrid.exact(any_, all_)
+        return TileGrid(any_, all_, any_ & ~all_)
+
+
+@dataclass(frozen=True, eq=False)
 class BlockMap(Mask):
     """Query block ⌊i/block⌋ sees key block ids[⌊i/block⌋]; ids [..., nblocks] is data."""
 
@@ -489,6 +529,8 @@ def from_ir(mask_ir, sizes: dict[str, int], tensors: dict[str, Tensor] | None = 
                 return Buckets(ref(r))
             case M.BlockMap(ids=r, block=b):
                 return BlockMap(ref(r), num(b))
+            case M.Document(ids=r):
+                return Document(ref(r))
             case M.And(left=a, right=b):
                 return And(go(a), go(b))
             case M.Or(left=a, right=b):

@@ -8,7 +8,8 @@ decay, kernel and normalisation), checks every shape, and reports what it is mad
 from seqdsl.api import Checked, analyze, check, compile, load, parse  # noqa: A004
 from seqdsl.errors import SeqError
 from seqdsl.generate import generate
+from seqdsl.packing import pack
 
 __version__ = "0.1.0"
 
-__all__ = ["Checked", "SeqError", "__version__", "analyze", "check", "compile", "generate", "load", "parse"]
+__all__ = ["Checked", "SeqError", "__version__", "analyze", "check", "compile", "generate", "load", "pack", "parse"]

@@ -47,9 +47,13 @@ def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, featu
                      projection: torch.Tensor | None = None, norm: str = "none", causal: bool = True,
                      decay: float | torch.Tensor | None = None, log_decay: bool = False, scale: float = 1.0,
                      algorithm: str = "chunked", chunk: int = 64, initial_state: torch.Tensor | None = None,
-                     return_state: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                     return_state: bool = False, docs=None,
+                     doc_ids: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Kernel / decayed linear attention. q, k: [..., N, Dk]; v: [..., N, Dv] -> [..., N, Dv]
-    (and the final state [..., F, Dv(+1)] with ``return_state``). See the module docstring."""
+    (and the final state [..., F, Dv(+1)] with ``return_state``). See the module docstring.
+    Packed rows: ``docs`` (the call's ``codegen.varlen.Documents``, q laid out [B, …, N, Dk])
+    and/or ``doc_ids`` [..., N] (a ``document(ids)`` mask) reset the state at every document
+    start (``varlen.py``)."""
     if algorithm not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {algorithm!r}; expected one of {', '.join(ALGORITHMS)}")
     if norm not in NORMS:
@@ -94,7 +98,16 @@ def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, featu
     else:
         state = initial_state.to(dtype).expand(state_shape)
 
-    if causal and n == 0:
+    ids = None
+    if docs is not None or doc_ids is not None:
+        from codegen.varlen import mixer_ids
+        ids = mixer_ids(docs, q, "linear attention", doc_ids)
+        batch = torch.broadcast_shapes(batch, ids.shape[:-1])
+        state = state.expand(*batch, *state.shape[-2:])
+    if ids is not None and n > 0:
+        from codegen.linear.varlen import varlen_linear
+        o, state = varlen_linear(fq, fk, v, lg, kind, ids, state, algorithm, chunk, causal)
+    elif causal and n == 0:
         o = fq.new_zeros(*batch, 0, v.shape[-1])
     elif not causal:
         o, state = _global(fq, fk, v, state, algorithm)

@@ -44,17 +44,28 @@ def _note(reason: str) -> None:
 
 @stateful("softmax")   # prefill / step: a KV cache (softmax/step.py)
 def softmax_attention(q: Tensor, k: Tensor, v: Tensor, mask: M.Mask | None = None, *, scale: float,
-                      bias=None, cap: float | None = None, algorithm: str = "tiled", block: int = 64) -> Tensor:
+                      bias=None, cap: float | None = None, algorithm: str = "tiled", block: int = 64,
+                      docs=None) -> Tensor:
     """softmax(mask ∘ (scale · q kᵀ + bias), capped by cap·tanh(·/cap)) @ v.
 
     ``mask``: a :mod:`codegen.masks` mask (None: full). ``bias``: None, ``(kind, table)`` with
     kind ``alibi`` (table: slopes [H] or None) or ``relative`` (table [H, buckets]).
     ``algorithm``: materialized | sdpa | tiled; ``block``: the tile size of ``tiled``.
-    Returns [..., Nq, Dv]; query rows with no kept key are 0.
+    Returns [..., Nq, Dv]; query rows with no kept key are 0. ``docs``: the documents of a
+    packed call (``codegen.varlen.Documents``; q laid out [B, …, N, Dk]): the mask is
+    intersected with ``M.Document`` (tiles across documents skipped; SDPA gets the dense mask).
     """
     if algorithm not in ALGORITHMS:
         raise ValueError(f"unknown softmax algorithm {algorithm!r} (known: {', '.join(ALGORITHMS)})")
     mask = M.Full() if mask is None else M.simplify(mask)
+    if docs is not None:
+        from codegen.varlen import mixer_ids
+        if q.shape[-2] != k.shape[-2]:
+            raise ValueError(f"packed rows: attention of {q.shape[-2]} queries to {k.shape[-2]} keys cannot keep "
+                             "documents apart (a document mask is for self-attention)")
+        mask = M.simplify(M.And(mask, M.Document(mixer_ids(docs, q, "softmax attention"))))
+        if algorithm == "sdpa":
+            return _sdpa_documents(q, k, v, mask, scale, bias, cap)
     bias = normalize_bias(bias)
     batch = tuple(torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2]))
     heads = batch[-1] if batch else 1
@@ -148,6 +159,20 @@ def _sdpa(q, k, v, mask, scale, bias, cap):
     if reason is not None:
         raise ValueError(reason)
     return F.scaled_dot_product_attention(q, k, v, is_causal=isinstance(mask, M.Causal), scale=scale)
+
+
+def _sdpa_documents(q, k, v, mask, scale, bias, cap):
+    """SDPA over packed rows: the documents (and a causal mask) as SDPA's dense boolean mask
+    (O(N²) booleans; the tiled algorithm skips the tiles instead)."""
+    rest: M.Mask = M.Full()
+    for t in M.conjuncts(mask):
+        rest = rest if isinstance(t, M.Document) else M.simplify(M.And(rest, t))
+    reason = sdpa_refusal(rest, q.shape[-2], k.shape[-2], bias, cap)
+    if reason is not None:
+        raise ValueError(reason)
+    batch = tuple(torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2]))
+    keep = mask.dense(q.shape[-2], k.shape[-2], device=q.device, heads=batch[-1] if batch else 1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=keep, scale=scale)   # every row keeps its diagonal
 
 
 def _tiled(q, k, v, mask, scale, bias, cap, batch, block):

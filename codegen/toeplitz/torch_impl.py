@@ -320,7 +320,8 @@ def toeplitz_mix(v: Tensor, *, kind: str | None = None, params: dict[str, Tensor
                  causal: bool = True, disc: str | None = None, conj: bool = True, mimo: bool = False,
                  diagonal: str = "once", algorithm: str = "fft", chunk: int = 4096, scan_block: int = 64,
                  initial_state: Tensor | None = None, return_state: bool = False,
-                 kernel_length: int | None = None) -> Tensor | tuple[Tensor, Tensor]:
+                 kernel_length: int | None = None, docs=None,
+                 doc_ids: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
     """Toeplitz mixing of v [..., N, C] → [..., N, C] (MIMO: C_out channels).
 
     Either an SSM (``kind``, ``params``, ``disc``, ``conj``, ``mimo``; ``reverse_params`` for the
@@ -331,9 +332,16 @@ def toeplitz_mix(v: Tensor, *, kind: str | None = None, params: dict[str, Tensor
     ``return_state=True`` returns (y, final state). ``kernel_length`` is DSS's normalisation
     length (default N). ``diagonal`` (bidirectional SSMs): "once" — the backward kernel's tap 0
     left out; "shift" — M_ij = K_rev[j − i − 1] for j > i (S4's FFT layout); "twice" — both
-    directions read u_i (S5's two scans)."""
+    directions read u_i (S5's two scans). Packed rows: ``docs`` (the call's
+    ``codegen.varlen.Documents``, v laid out [B, …, N, C]) and/or ``doc_ids`` [..., N] (a
+    ``document(ids)`` mask): see :func:`_per_document`."""
     if algorithm not in ALGORITHMS:
         raise ValueError(f"unknown Toeplitz algorithm {algorithm!r}; expected one of {', '.join(ALGORITHMS)}")
+    if docs is not None or doc_ids is not None:
+        return _per_document(v, docs, doc_ids, dict(
+            kind=kind, params=params, reverse_params=reverse_params, explicit_kernel=explicit_kernel, causal=causal,
+            disc=disc, conj=conj, mimo=mimo, diagonal=diagonal, algorithm=algorithm, chunk=chunk,
+            scan_block=scan_block, kernel_length=kernel_length or v.shape[-2]), initial_state, return_state)
     lead, (N, C) = v.shape[:-2], v.shape[-2:]
     if explicit_kernel is not None:
         rd = _compute_dtype(v, explicit_kernel)
@@ -377,6 +385,27 @@ def toeplitz_mix(v: Tensor, *, kind: str | None = None, params: dict[str, Tensor
     if return_state:
         return y, h.reshape(*lead, *h.shape[1:])
     return y
+
+
+def _per_document(v: Tensor, docs, doc_ids: Tensor | None, args: dict, initial_state, return_state: bool) -> Tensor:
+    """Packed rows, the stated fallback for every Toeplitz algorithm: the documents are gathered
+    into a [documents, longest, C] batch (zeros after each document's end), mixed by the
+    unchanged algorithm, and scattered back. A document then starts from a zero state and no
+    convolution history, and a bidirectional mix does not read past its end: exactly the
+    cross-document terms of M dropped. Cost: the algorithm's at (documents × longest) instead
+    of (B × N); DSS keeps its normalisation length (the row's N unless given)."""
+    from codegen.varlen import Documents, mixer_ids
+
+    if initial_state is not None or return_state:
+        raise ValueError("packed rows: a Toeplitz mix over documents takes no initial state and returns none "
+                         "(each document starts from zero)")
+    lead, (N, C) = v.shape[:-2], v.shape[-2:]
+    ids = mixer_ids(docs, v, "toeplitz mix", doc_ids)
+    batch = torch.broadcast_shapes(lead, ids.shape[:-1])
+    d = Documents(ids.expand(*batch, N).reshape(-1, N))
+    u = d.to_padded(v.expand(*batch, N, C).reshape(-1, N, C), axis=1)
+    y = toeplitz_mix(u, **args)
+    return d.from_padded(y, axis=1).reshape(*batch, N, y.shape[-1])
 
 
 def _explicit(u: Tensor, K: Tensor, causal: bool, algorithm: str) -> Tensor:

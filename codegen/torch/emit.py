@@ -22,7 +22,7 @@ from codegen import fuse
 from codegen.decode.plan import DecodePlan, class_lines
 from codegen.decode.plan import plan as plan_decoding
 from codegen.source import RESERVED, comment, ident, literal
-from codegen.torch import scoped
+from codegen.torch import packing, scoped
 from codegen.torch.choice import Choice, Chooser
 from codegen.torch.sizes import SizeCode, plan_sizes, runtime_dims, shape_spec, size_check_lines, value_of
 from codegen.torch.structure import Scope, build
@@ -105,6 +105,7 @@ class _Writer(Chooser, scoped.ScopedWriter):
         return self.ref(n.input(role))
 
     def emit(self, n: Node, expr: str) -> None:
+        expr = packing.rewrite(self, n, expr)      # packed rows: the layers that honour documents
         out = self.name_for(n)
         shapes = ", ".join(str(t) for t in n.outs)
         self.body.append(f"        {out} = {expr}  # {self.rel(n.name)}: {shapes}")
@@ -124,7 +125,9 @@ class _Writer(Chooser, scoped.ScopedWriter):
         handler = getattr(self, f"op_{n.kind.value}", None)
         if handler is None:
             raise NotImplementedError(f"the torch backend has no lowering for {n.kind.value} ({n.name})")
+        packing.before(self, n)
         handler(n)
+        packing.after(self, n)
 
     def mix_nodes(self) -> list[Node]:
         """The MIX nodes this writer writes (those of its scope)."""
@@ -159,7 +162,7 @@ class _Writer(Chooser, scoped.ScopedWriter):
     def child(self, body: Graph, name: str) -> _Writer:
         """The writer of a block used as a function (an expert, a DEQ cell, a recurrent step)."""
         sub = type(self)(body, self.sizes, name, self.machine.name, self.choices, self.classes, self.forced)
-        sub.registry = self.registry
+        sub.registry, sub.packing_plan = self.registry, packing.plan_of(self)
         sub.decoding = self.decoding if body is self.g else None
         return sub
 
@@ -449,7 +452,7 @@ class _Writer(Chooser, scoped.ScopedWriter):
         lines += self.init or ["        pass"]
         lines.append("")
         args = ", ".join(self.var[(i.id, 0)] for i in self.g.inputs)
-        lines.append(f"    def forward(self, {args}):")
+        lines += packing.entry_forward(self, args) if entry is not None else [f"    def forward(self, {args}):"]
         if entry is not None:
             names = [self.sizes.pyname[d] for d in plan.runtime]
             if names:

@@ -48,6 +48,8 @@ def mask_source(w, mask, tensors: dict[str, str]) -> str:
             return f"M.Buckets({tensors[r.role]})"
         case M.BlockMap(ids=r, block=b):
             return f"M.BlockMap({tensors[r.role]}, block={num(b)})"
+        case M.Document(ids=r):
+            return f"M.Document({tensors[r.role]})"
         case M.And(left=a, right=b):
             return f"M.And({mask_source(w, a, tensors)}, {mask_source(w, b, tensors)})"
         case M.Or(left=a, right=b):
@@ -123,6 +125,7 @@ def _linear(w, n, spec: M.MixSpec, roles, algorithm) -> str:
         args.append(f"log_decay={decay.log}")
     scale = spec.score.scale if isinstance(spec.score, M.Dot) else 1
     args.append(f"scale={w.sizes.scalar(scale)}")
+    args += _document_ids(spec, roles)
     args.append(f"algorithm={algorithm.code}")
     if "chunked" in algorithm:
         args.append(f"chunk={int(w.sizes.number(spec.hint('chunk') or 64))}")
@@ -147,12 +150,27 @@ def _toeplitz(w, n, spec: M.MixSpec, roles, algorithm) -> str:
         if k.disc == "dss":    # DSS normalises its kernel over the declared length, also when streaming
             args.append(f"kernel_length={w.sizes.code(w.g.type_of(n.input('v')).shape[-2])}")
     args.append(f"causal={t.causal}")
+    args += _document_ids(spec, roles)
     if t.diagonal != "once":
         args.append(f"diagonal={t.diagonal!r}")
     args.append(f"algorithm={algorithm.code}")
     if "chunked_fft" in algorithm:
         args.append(f"chunk={int(w.sizes.number(spec.hint('chunk') or 4096))}")
     return f"toeplitz_mix({', '.join(args)})"
+
+
+def _document_ids(spec: M.MixSpec, roles) -> list[str]:
+    """``doc_ids=`` for a ``document(ids)`` term of a linear or Toeplitz mixer's mask (state
+    resets); any other boolean term there is not honoured by those families."""
+    docs = [x for x in M.mask_leaves(spec.mask) if isinstance(x, M.Document)]
+    if not docs:
+        return []
+    others = [x for x in M.conjuncts(spec.mask) if isinstance(x, M.BOOLEAN_MASKS)
+              and not isinstance(x, (M.Document, M.Causal, M.Full))]
+    if len(docs) > 1 or others or isinstance(spec.mask, M.Or):
+        raise ValueError(f"a {spec.family} mixer takes document(ids) as one term of an intersection with "
+                         f"causal() / decay / toeplitz, not {spec.mask}")
+    return [f"doc_ids={roles[docs[0].ids.role]}"]
 
 
 def ssm_init_factory():

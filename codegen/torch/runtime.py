@@ -15,6 +15,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from codegen.torch import decode
+from codegen.torch.packed import (  # noqa: F401  (packed rows: what generated modules call)
+    by_position,
+    conv1d_by_document,
+    documents,
+    packing,
+    rotary_by_position,
+    unpacked,
+)
 from seqdsl.errors import Pos, SeqError
 
 # ---- the module base class ------------------------------------------------------------

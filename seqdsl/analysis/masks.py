@@ -2,7 +2,7 @@
 
 Two answers for every mask: a closed form in the sizes where one exists (full, causal,
 window, local, strided, global tokens, random blocks, key ranges, butterfly, buckets in
-expectation, and intersections of causal with one of those), and an exact count at
+expectation, documents of a given length, and intersections of causal with one of those), and an exact count at
 concrete sizes by evaluating the mask on the block grid (numpy), used for unions and
 other compositions. ``pairs`` counts elements; ``tiles`` counts Br×Bc blocks that hold
 at least one kept pair (a tiled kernel visits exactly those).
@@ -75,6 +75,10 @@ def closed_pairs(mask, nq: sympy.Expr, nk: sympy.Expr, bucket_count=None) -> sym
             return full if c is None else full / 2
         case M.BlockMap(block=b):
             return nq * b
+        case M.Document(length=ld):
+            # documents of ``length`` Ld each (default: one per row): N·Ld pairs, causal N·(Ld+1)/2
+            ld = n if ld is None else ld
+            return n * ld if c is None else n * (ld + 1) / 2
     return None
 
 
@@ -128,6 +132,9 @@ def leaf_tiles(mask, nq, nk, block, bucket_count=None) -> sympy.Expr | None:
             return None if pairs is None else pairs / block ** 2 + tq
         case M.BlockMap(block=b):
             return tq * sympy.Max(1, b / block)
+        case M.Document(length=ld) if ld is not None:
+            # a document of Ld spans Ld/block key tiles per query tile, one more at its edges
+            return tq * (ld / block + 1)
     return None
 
 

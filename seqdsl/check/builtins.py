@@ -217,6 +217,19 @@ def buckets(ctx, ids):
     return _mask(M.Buckets(M.Ref(role)), [(role, ids)])
 
 
+@builtin("mask", P("ids", "tensor"), P("length", "scalar", None))
+def document(ctx, ids, length):
+    """Packed rows: i sees j when both are in the same document, ids [.., N] the document of
+    every position (a new document wherever the id changes). Softmax mixers skip the tiles
+    across documents; linear, decayed and Toeplitz mixers reset their state and convolution
+    history at every boundary. ``length``: the typical document length, for the cost
+    analysis only (default: one document per row)."""
+    if ids.type.dtype != "int":
+        raise ctx.error(f"document() needs integer document ids [.., N], got {ids.type}")
+    role = ctx.el.new_role("documents")
+    return _mask(M.Document(M.Ref(role), None if length is None else sympy.sympify(length)), [(role, ids)])
+
+
 @builtin("mask", P("rate", "any", None), P("log", "any", None))
 def decay(ctx, rate, log):
     """A decay weight L_ij = Π_{t=j+1..i} a_t: give ``rate`` (a_t) or ``log`` (log a_t) — a

@@ -252,6 +252,20 @@ class Butterfly:
 
 
 @dataclass(frozen=True)
+class Document:
+    """Packed rows: ids_i == ids_j, with ids [.., N] the document of every position (the
+    ``cu_seqlens`` of FlashAttention as a mask). In softmax mixers a mask term; every mixer
+    whose sequence axis is a model's packed axis also gets it from the call's ``doc_ids``
+    (``codegen/varlen.py``), as a mask term or as state resets."""
+
+    ids: Ref
+    length: Scalar | None = None      # the typical document length (cost analysis only)
+
+    def __str__(self) -> str:
+        return f"document({self.ids})" if self.length is None else f"document({self.ids}, length={self.length})"
+
+
+@dataclass(frozen=True)
 class BlockMap:
     """Query block b sees key block ids[b] (Sinkhorn-sorted blocks); ids are data."""
 
@@ -315,10 +329,10 @@ class Or:
 
 
 Mask = (Full | Causal | Window | Local | Strided | Global | RandomBlocks | KeyRange | Butterfly | Buckets
-        | BlockMap | Decay | Toeplitz | And | Or)
+        | Document | BlockMap | Decay | Toeplitz | And | Or)
 
 BOOLEAN_MASKS = (Full, Causal, Window, Local, Strided, Global, RandomBlocks, KeyRange, Butterfly, Buckets,
-                 BlockMap)
+                 Document, BlockMap)
 STATIC_MASKS = (Full, Causal, Window, Local, Strided, Global, RandomBlocks, KeyRange, Butterfly)
 
 

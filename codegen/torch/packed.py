@@ -1,0 +1,98 @@
+"""What generated modules call for packed rows (``codegen/torch/packing.py`` decides where).
+
+``packing`` makes a call's documents current (``codegen.varlen``); ``documents()`` reads
+them (None for an ordinary call, and then every function here is the plain layer);
+``unpacked`` refuses, by layer path, a layer that cannot honour document boundaries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from codegen import varlen
+from seqdsl.errors import SeqError
+
+
+@contextlib.contextmanager
+def packing(doc_ids: Tensor | None, batch: int, length: int) -> Iterator[None]:
+    """The documents of this call: ``doc_ids`` [batch, length] (or [length]: every row alike)."""
+    if doc_ids is None:
+        with varlen.packing(None):
+            yield
+        return
+    if not isinstance(doc_ids, Tensor) or doc_ids.dtype.is_floating_point or doc_ids.dtype == torch.bool:
+        raise SeqError(f"doc_ids must be an integer tensor [B, N] (the document of every position), "
+                       f"got {type(doc_ids).__name__}{'' if not isinstance(doc_ids, Tensor) else ' ' + str(doc_ids.dtype)}")
+    ids = doc_ids.reshape(1, -1).expand(batch, -1) if doc_ids.dim() == 1 else doc_ids
+    if tuple(ids.shape) != (batch, length):
+        raise SeqError(f"doc_ids are {list(doc_ids.shape)}, the input is [B={batch}, N={length}]")
+    with varlen.packing(varlen.Documents.from_ids(ids)):
+        yield
+
+
+def documents() -> varlen.Documents | None:
+    """The documents of the call being run (None: one sequence per row)."""
+    return varlen.current()
+
+
+def unpacked(path: str, why: str) -> None:
+    """Refuse packed rows at the layer ``path`` (a no-op for ordinary calls)."""
+    if varlen.current() is not None:
+        raise SeqError(f"{path}: cannot keep the documents of packed rows apart (doc_ids): {why}; "
+                       "run the documents as separate rows (padded) instead")
+
+
+def by_position(table: Tensor, docs: varlen.Documents | None) -> Tensor:
+    """Rows of a table over positions 0 … N−1 (arange, sinusoidal encodings, a learned position
+    table), read at each position's index inside its document: [N, …] → [B, N, …]."""
+    if docs is None:
+        return table
+    return table[docs.positions.to(table.device)]
+
+
+def rotary_by_position(x: Tensor, fraction: float, base: float, docs: varlen.Documents | None,
+                       seq: bool = False) -> Tensor:
+    """RoFormer's rotation (as ``rt.rotary``) by each position's index inside its document;
+    x [B, …, N, D]."""
+    from codegen.torch import runtime as rt
+
+    if docs is None:
+        return rt.rotary(x, fraction, base, seq)       # seq: positions from t in a decoding step
+    docs.check(x.shape[0], x.shape[-2], "rotary")
+    d = x.shape[-1]
+    rot = int(d * fraction) // 2 * 2
+    half = rot // 2
+    freq = base ** (-torch.arange(half, dtype=torch.float32, device=x.device) / half)
+    pos = docs.view(x.dim()).to(x.device)                                    # [B, 1…, N]
+    angle = docs.positions.to(x.device).reshape(pos.shape).float()[..., None] * freq
+    cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
+    x1, x2, rest = x[..., :half], x[..., half:rot], x[..., rot:]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos, rest], dim=-1)
+
+
+def conv1d_by_document(x: Tensor, weight: Tensor, bias: Tensor | None = None, causal: bool = True,
+                       docs: varlen.Documents | None = None) -> Tensor:
+    """The depthwise convolution of ``rt.conv1d`` (x [B, …, N, C], weight [C, width]) with no tap
+    across a document boundary: each document is convolved as if alone (zero history)."""
+    from codegen.torch import runtime as rt
+
+    if docs is None:
+        return rt.conv1d(x, weight, bias, causal)
+    docs.check(x.shape[0], x.shape[-2], "conv1d")
+    lead, n, c = x.shape[:-2], x.shape[-2], x.shape[-1]
+    width = weight.shape[-1]
+    pad = (width - 1, 0) if causal else ((width - 1) // 2, width // 2)
+    ids = docs.view(x.dim()).to(x.device).expand(*lead, n).reshape(-1, n)       # [R, N]
+    u = x.reshape(-1, n, c).transpose(1, 2)                                      # [R, C, N]
+    win = F.pad(u, pad).unfold(-1, width, 1)                                     # [R, C, N, width]
+    idw = F.pad(ids, pad, value=-1).unfold(-1, width, 1)                         # [R, N, width]
+    keep = (idw == ids[..., None]).to(x.dtype)                                   # taps inside the document
+    y = torch.einsum("rcnw,rnw,cw->rnc", win, keep, weight)
+    if bias is not None:
+        y = y + bias
+    return y.reshape(*lead, n, c)
