@@ -96,3 +96,22 @@ def conv1d_by_document(x: Tensor, weight: Tensor, bias: Tensor | None = None, ca
     if bias is not None:
         y = y + bias
     return y.reshape(*lead, n, c)
+
+
+def attention_by_document(kernel, q: Tensor, k: Tensor, v: Tensor, *args, docs: varlen.Documents | None = None):
+    """A generated Triton softmax kernel over packed rows: q, k, v [B, H, N, D] become the
+    kernel's varlen layout [H, B·N, D] with FlashAttention's ``cu_seqlens`` at every document
+    start (its mask then counts positions from each document's start), and back."""
+    if docs is None:
+        return kernel(q, k, v, *args)
+    b, n = q.shape[0], q.shape[-2]
+    docs.check(b, n, "softmax attention (Triton)")
+    if q.dim() != 4 or k.shape[-2] != n:
+        raise SeqError("packed rows: the Triton softmax kernel takes q, k, v [B, H, N, D] over the packed sequence")
+    row, start, length, _ = docs._layout
+    cu = torch.cat([(row * n + start), row.new_tensor([b * n])]).to(torch.int32)
+
+    def flat(x: Tensor) -> Tensor:
+        return x.expand(b, *x.shape[1:]).permute(1, 0, 2, 3).reshape(x.shape[1], b * n, x.shape[-1])
+    out = kernel(flat(q), flat(k), flat(v), *args, cu_seqlens=cu)
+    return out.reshape(out.shape[0], b, n, out.shape[-1]).permute(1, 0, 2, 3)

@@ -234,9 +234,21 @@ def rewrite(w, n: Node, expr: str) -> str:
     if n.kind == OpKind.CONV1D:
         return f"rt.conv1d_by_document({w.inp(n, 'x')}, {w.inp(n, 'weight')}, {w.inp(n, 'bias')}, " \
                f"causal={bool(n.attr('causal'))}, docs=rt.documents())"
-    if n.kind == OpKind.MIX and expr.endswith(")"):
-        return expr[:-1] + ", docs=rt.documents())"
+    if n.kind == OpKind.MIX:
+        if expr.startswith(_RUNTIME_MIXERS) and expr.endswith(")"):
+            return expr[:-1] + ", docs=rt.documents())"
+        if n.spec.family == "softmax" and expr.startswith("mix_") and expr.endswith(")"):
+            # the generated softmax kernel takes FlashAttention's cu_seqlens: documents as sequences
+            name, args = expr.split("(", 1)
+            return f"rt.attention_by_document({name}, {args[:-1]}, docs=rt.documents())"
+        # a generated Triton kernel: its kernels take no document ids yet, so packed calls are refused
+        w.body.append(f"        rt.unpacked({literal(w.rel(n.name))}, "
+                      f"{literal('a generated Triton kernel, without document boundaries (use the torch backend)')})"
+                      "  # packed rows: refused here")
     return expr
+
+
+_RUNTIME_MIXERS = ("softmax_attention(", "given_attention(", "linear_attention(", "toeplitz_mix(")
 
 
 def entry_forward(w, args: str) -> list[str]:
