@@ -16,6 +16,7 @@ from torch import nn
 
 from codegen.torch import decode
 from codegen.torch.packed import (  # noqa: F401  (packed rows: what generated modules call)
+    attention_by_document,
     by_position,
     conv1d_by_document,
     documents,
