@@ -76,8 +76,14 @@ def launch(target: str, nproc: int, *args: Any, threads: int = 1) -> list[Any]:
     if nproc < 1:
         raise ValueError(f"nproc must be at least 1, got {nproc}")
     with tempfile.TemporaryDirectory(prefix="seqdsl-launch-") as out:
+        # forkserver: one fresh server process imports torch and the algorithms once, then
+        # forks the ranks (spawning imports torch in each; forking this process could
+        # inherit its OpenMP thread pool, which does not survive a fork)
+        import multiprocessing
+        multiprocessing.set_forkserver_preload(["torch", "seqdsl.distributed", "codegen.distributed.softmax",
+                                                "codegen.distributed.linear", "codegen.distributed.toeplitz"])
         mp.start_processes(_worker, args=(nproc, _free_port(), target, args, out, threads), nprocs=nproc,
-                           join=True, start_method="spawn")
+                           join=True, start_method="forkserver")
         results = []
         for r in range(nproc):
             with open(os.path.join(out, f"rank{r}.pkl"), "rb") as f:
