@@ -44,6 +44,9 @@ class Checked:
     param_count: sympy.Expr
     constraints: list
     concretized: set = field(default_factory=set)   # dims the graph's structure depends on
+    # weights stored, dense (a sparse layer's masked entries included); param_count counts the
+    # trained non-zeros only (seqdsl/analysis/params.py)
+    stored_param_count: sympy.Expr | None = None
 
     def value(self, expr: sympy.Expr) -> sympy.Basic:
         """``expr`` (e.g. ``param_count``) at the sizes this entry was checked at."""
@@ -200,6 +203,6 @@ def check(source: str | Path | Program, entry: str | None = None, **sizes) -> Ch
         raise SeqError("the program is nested too deeply to check", Pos(prog.file, 0, 0)) from None
     verify(el.graph)
     graph = run_pipeline(el.graph)
-    from seqdsl.ir.graph import param_count
-    return Checked(prog, el.entry.name, el.entry.kind, graph, el.sizes, param_count(graph), el.constraints,
-                   el.concretized)
+    from seqdsl.analysis.params import nonzero_param_count, stored_param_count
+    return Checked(prog, el.entry.name, el.entry.kind, graph, el.sizes, nonzero_param_count(graph), el.constraints,
+                   el.concretized, stored_param_count(graph))

@@ -50,6 +50,10 @@ def check_report(c: Checked, expand: bool = False) -> str:
     value = c.param_count.subs(subs)
     count = _expr(c.param_count)
     lines.append(f"parameters: {count}" + (f" = {value}" if value.is_number and str(value) != count else ""))
+    stored = c.stored_param_count
+    if stored is not None and sympy.expand(stored - c.param_count) != 0:
+        lines.append(f"  (the trained non-zeros; stored dense with the sparsity masks' zeros: {_expr(stored)}"
+                     f"{at_sizes(stored)})")
     if c.constraints:
         lines.append("constraints (checked when sizes are set):")
         for cond, msg, _pos in c.constraints:

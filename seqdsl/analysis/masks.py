@@ -67,7 +67,9 @@ def closed_pairs(mask, nq: sympy.Expr, nk: sympy.Expr, bucket_count=None) -> sym
             width = (nk if stop is None else stop) - a
             return nq * width
         case M.Butterfly(block=b):
-            return n * b * (1 + sympy.log(n / b, 2))
+            # block row a meets the block columns a XOR t, t ∈ {0, 1, 2, 4, …} below the longer
+            # side's block count: min(nq, nk) · b · (1 + log2(max(nq, nk) / b)) (powers of two)
+            return sympy.Min(nq, nk) * b * (1 + sympy.log(sympy.Max(nq, nk) / b, 2))
         case M.Buckets():
             if bucket_count is None:
                 return None

@@ -36,6 +36,7 @@ class Report:
     machine: Machine
     backward: bool
     decode: object = None      # a DecodeReport when asked for (--decode): the "decode" section
+    stored_params: sympy.Expr | None = None   # dense weights stored (param_count: trained non-zeros)
 
     def subs(self) -> dict:
         out = {sympy.Symbol(k, positive=True, integer=True): v for k, v in self.sizes.items() if k != "SRAM"}
@@ -75,8 +76,17 @@ class Report:
             "machine": self.machine.name,
             "pass": "forward+backward" if self.backward else "forward",
             "layers": layers,
-            "total": self._row(self.total),
+            "total": self._total_row(),
         } | ({} if self.decode is None else {"decode": _decode_dict(self.decode, self)})
+
+    def _total_row(self) -> dict:
+        """The total; ``param_count_stored``: the weights stored dense, when a fixed sparsity
+        pattern makes them more than ``param_count`` (the trained non-zeros)."""
+        row = self._row(self.total)
+        if self.stored_params is not None:
+            row["param_count_stored"] = _text(self.stored_params)
+            row["values"]["param_count_stored"] = self.value(self.stored_params)
+        return row
 
 
 def _decode_dict(decode, report: Report) -> dict:
@@ -216,7 +226,8 @@ def analyze_graph(graph: Graph, model: str, sizes: dict, backward: bool = False,
         total = total + lr.estimates
     total = _simplify(total)
     n_symbol = sympy.Symbol("N", positive=True, integer=True) if "N" in all_sizes else None
-    return Report(model, all_sizes, layers, total, n_symbol, m, backward)
+    from seqdsl.analysis.params import stored_param_count
+    return Report(model, all_sizes, layers, total, n_symbol, m, backward, stored_params=stored_param_count(graph))
 
 
 def _free_dims(graph: Graph) -> set[str]:
