@@ -38,14 +38,12 @@ from dataclasses import dataclass, field
 import sympy
 
 from seqdsl.analysis import mixers
+from seqdsl.analysis.decode_rules import entry_refusal, refusal, seq_dim
 from seqdsl.analysis.ops import Context, op_estimates
 from seqdsl.ir import mix as M
 from seqdsl.ir.graph import Graph, Node, OpKind
 
 SKIP = (OpKind.INPUT, OpKind.PARAM, OpKind.BUFFER, OpKind.GET, OpKind.OUTPUT)
-# Ops whose output at one position may read every position of the sequence axis.
-SEQUENCE_OPS = (OpKind.REDUCE, OpKind.SOFTMAX, OpKind.POOL, OpKind.SEQ_PROJECT, OpKind.SORT_BLOCKS,
-                OpKind.MATMUL)
 ZERO = sympy.Integer(0)
 
 
@@ -70,10 +68,13 @@ class DecodeReport:
     rows: list[DecodeRow]
     n: sympy.Symbol | None
     sizes: dict = field(default_factory=dict)
+    refusal: str | None = None      # the entry's own (its inputs or outputs), before any layer's
 
     @property
     def can_decode(self) -> tuple[bool, str]:
         """(True, "") or (False, the first layer that refuses and why)."""
+        if self.refusal is not None:
+            return False, self.refusal
         for r in self.rows:
             if r.refusal is not None:
                 return False, f"{r.name}: {r.refusal}"
@@ -140,104 +141,44 @@ def _marginal(expr: sympy.Expr, n: sympy.Symbol | None) -> sympy.Expr:
     return sympy.expand(sympy.expand(expr) - sympy.expand(expr.xreplace({n: n - 1})))
 
 
-def _axis_has(node_type, axis: int, n: sympy.Symbol) -> bool:
-    try:
-        d = node_type.shape[axis]
-    except IndexError:
-        return False
-    return n in sympy.sympify(d).free_symbols
-
-
-def _mixes_sequence(g: Graph, node: Node, n: sympy.Symbol) -> bool:
-    """Does this op combine positions along a sequence axis (a dim that depends on N)?"""
-    x = g.type_of(node.inputs[0]) if node.inputs else None
-    if node.kind in (OpKind.REDUCE, OpKind.SOFTMAX):
-        axis = node.attr("axis")
-        if x is None or axis is None:
-            return True
-        return _axis_has(x, axis, n)
-    if node.kind == OpKind.MATMUL:   # contracts a's last axis with b's second to last
-        return x is not None and _axis_has(x, -1, n)
-    return True
-
-
 def _stateless(g: Graph, node: Node, n, ctx: Context) -> DecodeRow:
     flops = _marginal(op_estimates(g, node, ctx).flops, n)
     return DecodeRow(node.name, node.kind.value, "-", flops, ZERO)
 
 
-def node_row(g: Graph, node: Node, n: sympy.Symbol | None, ctx: Context) -> DecodeRow:
-    """The decoding row of one node (any kind)."""
+def node_row(g: Graph, node: Node, n: sympy.Symbol | None, ctx: Context, seq: sympy.Symbol) -> DecodeRow:
+    """The decoding row of one node (any kind); ``seq`` is the entry's sequence dim."""
+    why = refusal(g, node, seq)
+    op = f"mix/{node.spec.family}" if node.kind == OpKind.MIX else node.kind.value
+    if why is not None:
+        return DecodeRow(node.name, op, "-", ZERO, ZERO, refusal=why)
     if node.kind == OpKind.MIX:
         return mix_row(g, node, n)
-    op = node.kind.value
-    if node.kind in SEQUENCE_OPS and n is not None and _mixes_sequence(g, node, n):
-        return DecodeRow(node.name, op, "-", ZERO, ZERO,
-                         refusal=f"{op} combines every position of the sequence (its output at one "
-                                 "position reads later ones)")
-    if node.kind == OpKind.CONV1D:
+    if node.kind == OpKind.CONV1D:   # causal (refused otherwise): the last width − 1 inputs
         x = g.type_of(node.input("x"))
         width = g.type_of(node.input("weight")).shape[-1]
-        if not node.attr("causal"):
-            return DecodeRow(node.name, op, "-", ZERO, ZERO,
-                             refusal="a non-causal convolution reads later positions")
         rows = sympy.Mul(*x.shape[:-2]) if x.rank > 2 else sympy.Integer(1)
         flops = rows * x.shape[-1] * (2 * width + (1 if node.input("bias") is not None else 0))
-        return DecodeRow(node.name, op, f"last {width} - 1 inputs", flops,
-                         4 * rows * x.shape[-1] * (width - 1))
-    if node.kind in (OpKind.RECURRENT, OpKind.FIXED_POINT):
-        return _body_row(g, node, n, ctx)
+        return DecodeRow(node.name, op, f"last {width} - 1 inputs", flops, 4 * rows * x.shape[-1] * (width - 1))
     return _stateless(g, node, n, ctx)
 
 
-def _body_row(g: Graph, node: Node, n, ctx: Context) -> DecodeRow:
-    """A weight-tied body run over the whole sequence. A fixed point iterates the whole
-    sequence to convergence: a step would not reproduce it. A segment recurrence keeps the
-    carried state and the inputs of the current segment, and reruns the step on the
-    partial segment (its cost per token is at most one segment's)."""
-    op = node.kind.value
-    if node.kind == OpKind.FIXED_POINT:
-        return DecodeRow(node.name, op, "-", ZERO, ZERO,
-                         refusal="a fixed-point iteration runs over the whole sequence until it converges")
-    x = g.type_of(node.input("x"))
-    state = g.type_of(node.input("state"))
-    segment = node.attr("segment")
-    rows = sympy.Mul(*x.shape[:-2]) if x.rank > 2 else sympy.Integer(1)
-    body = ctx.analyse_body(node.attr("body"))
-    return DecodeRow(node.name, op, f"state {state} + the current segment's inputs", body.flops,
-                     4 * (state.numel() + rows * segment * x.shape[-1]),
-                     note="per token: the step rerun on the current segment (an upper bound)")
-
-
 def mix_row(g: Graph, node: Node, n: sympy.Symbol | None) -> DecodeRow:
-    """The step of one MIX node, by family (the module docstring lists the rules)."""
+    """The step of one MIX node that decodes, by family (the module docstring lists the rules)."""
     spec = node.spec
     s = mixers.shapes_of(g, node)
     fam = spec.family
     op = f"mix/{fam}"
     leaves = M.mask_leaves(spec.mask)
-    terms = M.conjuncts(spec.mask)
-
-    def refuse(why: str) -> DecodeRow:
-        return DecodeRow(node.name, op, "-", ZERO, ZERO, refusal=why)
-
     if fam == "toeplitz":
         kern = next(x for x in leaves if isinstance(x, M.Toeplitz))
-        if not kern.causal:
-            return refuse("a bidirectional convolution (a second pass runs backwards in time from the end)")
-        if len(leaves) > 1:
-            return refuse(f"a Toeplitz mix combined with other masks ({spec.mask}) has no derived state")
-        return _toeplitz_row(node.name, op, s, kern.kernel)
-    if not spec.causal:
-        return refuse(f"the mask {spec.mask} lets a query see later keys (no causal term)")
-    if any(isinstance(x, M.BlockMap) for x in leaves):
-        return refuse("the block order is computed from the whole sequence (block_map)")
+        taps = None
+        if isinstance(kern.kernel, M.ExplicitKernel):
+            taps = g.type_of(node.input(kern.kernel.kernel.role)).shape[0]
+        return _toeplitz_row(node.name, op, s, kern.kernel, taps, n)
     if fam in ("linear", "decayed_linear"):
-        other = [t for t in terms if not isinstance(t, (M.Causal, M.Decay, M.Full))]
-        if other or any(isinstance(t, M.Causal) and t.offset != 0 for t in terms):
-            return refuse(f"linear attention with the mask {spec.mask} has no derived recurrent state")
         return _linear_row(g, node, op, s)
-    return _softmax_row(g, node, op, s, terms, n)
+    return _softmax_row(g, node, op, s, M.conjuncts(spec.mask), n)
 
 
 def _linear_row(g: Graph, node: Node, op: str, s: mixers.MixShapes) -> DecodeRow:
@@ -254,12 +195,17 @@ def _linear_row(g: Graph, node: Node, op: str, s: mixers.MixShapes) -> DecodeRow
     return DecodeRow(node.name, op, what, sympy.expand(rec.flops), s.e * state)
 
 
-def _toeplitz_row(name: str, op: str, s: mixers.MixShapes, k) -> DecodeRow:
+def _toeplitz_row(name: str, op: str, s: mixers.MixShapes, k, taps, n) -> DecodeRow:
     """y_t = C h_t, h_t = Ā h_{t−1} + B̄ u_t per channel (G·Dv channels)."""
     channels = s.g * s.dv
     if isinstance(k, M.ExplicitKernel):
-        return DecodeRow(name, op, "input history [N] per channel", 2 * channels * s.nq,
-                         s.e * channels * s.nq, note="an explicit kernel: O(N) per token, no recurrence")
+        if n is not None and sympy.sympify(taps) == n:
+            # taps over the whole length (an implicit filter): every input so far, and the taps
+            # computed so far (one more per step, by the same graph at the step's position)
+            return DecodeRow(name, op, "input history and taps [N] per channel", 2 * channels * n,
+                             s.e * (channels + s.dv) * n, note="an explicit kernel: O(N) per token, no recurrence")
+        return DecodeRow(name, op, f"last {taps} - 1 inputs per channel", 2 * channels * sympy.Min(taps, s.nq),
+                         s.e * channels * (taps - 1))
     S = k.state
     if k.kind == "shift":   # the shift register (u_t, …, u_{t−S+1}); y_t = Σ taps · register
         return DecodeRow(name, op, f"shift register [{S}] per channel", 2 * channels * S, s.e * channels * S)
@@ -281,11 +227,14 @@ def _softmax_row(g: Graph, node: Node, op: str, s: mixers.MixShapes, terms, n) -
     takes the softmax (5) and the weighted sum (2·Dv) per cached key and head."""
     spec = node.spec
     kept, what, grows, note = s.nk, "KV cache of every key", True, ""
+    cached = s.nk            # keys kept between steps (``kept``: the keys one query reads)
     for t in terms:
-        if isinstance(t, M.Window) and t.block == 1:
-            kept, what, grows = sympy.Min(s.nk, t.size), f"KV ring buffer of the last {t.size} keys", False
-        elif isinstance(t, M.Local):
+        if isinstance(t, M.Window) and t.block == 1:   # the new query sees W keys; W − 1 are kept
+            kept, what, grows = sympy.Min(s.nk, t.size), f"KV ring buffer of the last {t.size} - 1 keys", False
+            cached = sympy.Min(s.nk, t.size - 1)
+        elif isinstance(t, M.Local):                     # at most the block so far (an upper bound)
             kept, what, grows = sympy.Min(s.nk, t.size), f"KV cache of the current block of {t.size}", False
+            cached = kept
     if not any(isinstance(t, (M.Window, M.Local)) for t in terms) and any(
             not isinstance(t, (M.Causal, M.Full)) for t in terms):
         note = f"the mask {spec.mask} keeps fewer keys; counted as every key (an upper bound)"
@@ -300,32 +249,36 @@ def _softmax_row(g: Graph, node: Node, op: str, s: mixers.MixShapes, terms, n) -
         k_rows = sympy.Mul(*k_type.shape[:-2]) if k_type.rank > 2 else sympy.Integer(1)
         per_key = 2 * s.dk + 2 * s.dv + mixers.SOFTMAX_ELEMENTWISE
         cache = k_rows * s.dk + v_rows * s.dv
+    ids = 0
     if any(isinstance(x, M.Buckets) for x in M.mask_leaves(spec.mask)):
-        cache += v_rows   # the bucket id of every cached key
+        ids = 8 * v_rows  # the bucket id of every cached key (int64)
     grows = grows and n is not None and sympy.sympify(kept).has(n)
-    return DecodeRow(node.name, op, what, sympy.expand(s.g * kept * per_key), sympy.expand(s.e * kept * cache),
-                     grows=grows, note=note)
+    return DecodeRow(node.name, op, what, sympy.expand(s.g * kept * per_key),
+                     sympy.expand(cached * (s.e * cache + ids)), grows=grows, note=note)
 
 
 # ---- the whole graph -----------------------------------------------------------------------
 
 def analyze_decode(graph: Graph, report) -> DecodeReport:
     """The decoding rows of every layer of ``graph``; ``report`` (its forward cost report)
-    gives the sizes and the machine model that bodies (segment steps) are analysed with."""
-    from seqdsl.analysis.estimates import Estimates
-    from seqdsl.analysis.report import _analyse
-
-    subs = report.subs()
-
-    def body_total(body: Graph) -> Estimates:
-        total = Estimates()
-        for lr in _analyse(body, subs, report.machine, False, {}):
-            total = total + lr.estimates
-        return total
-
+    gives the sizes. N in the formulas is the context length (tokens seen, the new one
+    included)."""
     n = report.n_symbol
-    rows = [node_row(graph, node, n, Context(body_total)) for node in graph.nodes() if node.kind not in SKIP]
-    return DecodeReport(rows, n, dict(report.sizes))
+    seq = seq_dim(graph)
+    if seq is None or (n is not None and seq.name != n.name):   # a mixer's [B, H, N, D]: N by name
+        seq = next((s for s in _dims(graph) if n is not None and s.name == n.name), seq)
+    why = entry_refusal(graph, seq)
+    rows = [node_row(graph, node, n, Context(_no_bodies), seq) for node in graph.nodes()
+            if node.kind not in SKIP] if why is None else []
+    return DecodeReport(rows, n, dict(report.sizes), why)
+
+
+def _dims(graph: Graph) -> set:
+    return {s for node in graph.nodes() for t in node.outs for d in t.shape for s in sympy.sympify(d).free_symbols}
+
+
+def _no_bodies(body: Graph):
+    raise AssertionError("ops that run a body (MoE, fixed point, segments) refuse to decode before costing")
 
 
 def _compact(e: sympy.Expr) -> str:

@@ -5,6 +5,7 @@ a Transformer's 2·N·D per layer, …), the refusals, the crossover and the JSO
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import sympy
@@ -79,9 +80,11 @@ def test_transformer_kv_cache_and_crossover():
 
 
 def test_sliding_window_keeps_w_keys():
+    """causal() & window(W): the next query reads W keys, W − 1 of them kept between steps."""
     d = decode("examples/mixers/sliding_window.seq", B=1, H=2, Dh=8, W=32, N=4096)
     (row,) = stateful(d)
-    assert row["values"]["state_bytes"] == E * 2 * 32 * (8 + 8)
+    assert row["values"]["state_bytes"] == E * 2 * 31 * (8 + 8)
+    assert row["values"]["flops"] == 2 * 32 * (2 * 8 + 2 * 8 + 5)
     assert row["big_o"]["memory"] == "O(1)"
     assert "ring buffer" in row["state"]
     assert d["crossover"] is None
@@ -105,11 +108,12 @@ def test_cannot_decode_says_why(path, why):
     assert not d["can_decode"] and why in d["reason"]
 
 
-def test_bidirectional_ssm_and_pooling_refuse():
+def test_bidirectional_ssm_and_a_classifier_refuse():
+    layer = seqdsl.analyze("examples/models/s4d.seq", "s4d_layer", D=8, N=64, decode=True).decode
+    ok, why = layer.can_decode
+    assert not ok and "bidirectional" in why and "s4d_conv" in why
     d = decode("examples/models/s4d.seq", L=1, D=8, N=64)
-    assert not d["can_decode"]
-    refusals = [r["refusal"] for r in d["layers"] if "refusal" in r]
-    assert any("bidirectional" in r for r in refusals) and any("every position" in r for r in refusals)
+    assert not d["can_decode"] and "no N axis" in d["reason"]
 
 
 def test_json_keeps_every_key_and_validates():
@@ -120,3 +124,19 @@ def test_json_keeps_every_key_and_validates():
     jsonschema.validate(json.loads(json.dumps(with_decode)), REPORT_SCHEMA)
     for row in with_decode["decode"]["layers"]:
         sympy.sympify(row["flops"]), sympy.sympify(row["state_bytes"])
+
+
+SMALL = json.loads((Path(__file__).parents[1] / "codegen" / "small_sizes.json").read_text())
+
+
+@pytest.mark.parametrize("name", ["gss", "local_attention", "sparse_transformer"])
+def test_the_analysis_and_the_code_generator_agree(name):
+    """Both read the same IR: analyze --decode refuses exactly where the generated module's
+    decoding plan (codegen/decode/plan.py) does."""
+    plan = pytest.importorskip("codegen.decode.plan", reason="the code generator's decoding plan")
+    sizes = {k: v for k, v in SMALL[f"models/{name}.seq"].items() if k not in ("N", "B")} | {"L": 1}
+    checked = seqdsl.check(f"examples/models/{name}.seq", **sizes)
+    report = seqdsl.analyze(checked.program, **sizes, decode=True)
+    ours, _ = report.decode.can_decode
+    theirs = plan.plan(checked.graph, {"N"})
+    assert ours == theirs.ok, (report.decode.can_decode, theirs.reason)
