@@ -206,3 +206,24 @@ def check(source: str | Path | Program, entry: str | None = None, **sizes) -> Ch
     from seqdsl.analysis.params import nonzero_param_count, stored_param_count
     return Checked(prog, el.entry.name, el.entry.kind, graph, el.sizes, nonzero_param_count(graph), el.constraints,
                    el.concretized, stored_param_count(graph))
+
+
+def train(source: str | Path, task: str, *, entry: str | None = None, task_options: dict | None = None,
+          steps: int = 1000, batch: int = 32, lr: float = 1e-3, seed: int = 0, out: str | Path | None = None,
+          progress: bool = False, **dims):
+    """Train the model of ``source`` on ``task`` (docs/training.md) and return a
+    ``seqdsl.training.TrainResult`` (history, final evaluation, parameters, FLOPs per token).
+    ``dims`` sets sizes as in ``load``; other loop settings (``warmup``, ``weight_decay``,
+    ``clip``, ``eval_every``, ``eval_batches``, ``resume``, ``nproc``, ``threads`` ...) are
+    the fields of ``seqdsl.training.TrainConfig`` and may be passed by name too."""
+    from dataclasses import fields
+
+    from seqdsl.training import TrainConfig
+    from seqdsl.training import train as run_training
+
+    names = {f.name for f in fields(TrainConfig)}
+    loop = {k: dims.pop(k) for k in list(dims) if k in names}
+    config = TrainConfig(str(source), task, task_options=dict(task_options or {}), entry=entry, sizes=dims,
+                         steps=steps, batch=batch, lr=lr, seed=seed, out=None if out is None else str(out),
+                         progress=progress, **loop)
+    return run_training(config)

@@ -367,6 +367,12 @@ def analyze_complexity(
         typer.echo(f"wrote {plot} ({n_crossings} crossover point(s) marked)", err=json_out)
 
 
+# `seqdsl train` and `seqdsl compare` live with the training package (docs/training.md).
+from seqdsl.training.commands import register as _register_training  # noqa: E402
+
+_register_training(app, guarded, parse_sets, output_path)
+
+
 def run() -> None:
     try:
         app()

@@ -85,14 +85,16 @@ def _uses(expr, n: sympy.Symbol) -> bool:
     return n in sympy.sympify(expr).free_symbols if expr is not None else False
 
 
-def plan(g: Graph, runtime: set[str] | frozenset[str]) -> DecodePlan:
-    """The decoding plan of ``g``; ``runtime``: the dims the module reads at each call."""
+def plan(g: Graph, runtime: set[str] | frozenset[str], fixed_by: dict[str, str] | None = None) -> DecodePlan:
+    """The decoding plan of ``g``; ``runtime``: the dims the module reads at each call;
+    ``fixed_by``: why the others are fixed (codegen/torch/sizes.py)."""
     n = seq_dim(g)
     if n is None:
         return DecodePlan(None, reason="the entry's first input has no sequence axis (expected [B, N, ...])")
     if n.name not in runtime:
-        return DecodePlan(n.name, reason=f"the module fixes {n.name} (given to load, or a weight's shape uses it); "
-                                         f"decoding reads {n.name} from the inputs: load the model without {n.name}")
+        why = (fixed_by or {}).get(n.name, "given to load, or a weight's shape uses it")
+        return DecodePlan(n.name, reason=f"the module fixes {n.name} ({why}); decoding reads {n.name} from the "
+                                         f"inputs, one position at a time")
     if len(g.inputs) != 1:
         return DecodePlan(n.name, reason=f"decoding feeds one input a position at a time; the entry takes "
                                          f"{len(g.inputs)} ({', '.join(i.name for i in g.inputs)})")
@@ -175,6 +177,8 @@ def _classify(g: Graph, node: Node, n: sympy.Symbol) -> str:
             raise _refuse(node, f"a matrix product that sums over the {n} axis")
         return "none"
     if k == OpKind.REARRANGE:
+        if not _axes(x.shape, n) and len(_axes(node.out.shape, n)) == 1 and node.attr("expand") is not None:
+            return "none"                       # broadcast along N: the same at every position
         if len(_axes(x.shape, n)) != 1 or len(_axes(node.out.shape, n)) != 1:
             raise _refuse(node, f"reshapes the {n} axis")
         return "none"

@@ -555,7 +555,7 @@ def emit_module(graph: Graph, entry: str, sizes: dict, source_name: str, machine
         raise ValueError(f"no mixer matches {', '.join(unknown)} (mixers: {listed or 'none'}; "
                          f"'*' matches any part of a path)")
     w = (writer or _Writer)(graph, sz, cls, machine, choices, classes, algorithms)
-    w.decoding = decoding = plan_decoding(graph, set(plan.runtime))
+    w.decoding = decoding = plan_decoding(graph, set(plan.runtime), plan.fixed_by)
     flat_reason = None
     if structured:
         try:

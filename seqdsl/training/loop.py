@@ -1,0 +1,312 @@
+"""The training loop behind ``seqdsl train`` and ``seqdsl.training``.
+
+One step: the global batch of the step (a function of seed and step: no data cursor),
+this rank's rows of it, the loss as a sum over the targets divided by the global target
+count (plus the model's auxiliary losses), backward, gradients summed over ranks, norm
+clipping, AdamW, the schedule. So P data-parallel processes compute what one process
+computes, up to the order of the sums; a resumed run repeats an uninterrupted one bit for
+bit on a CPU (same batches, same states, same RNG).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from seqdsl.errors import SeqError
+from seqdsl.training import checkpoint
+from seqdsl.training.fit import Fitted, fit
+from seqdsl.training.metrics import append_jsonl, plot_runs, write_jsonl
+from seqdsl.training.optim import make_optimizer, make_scheduler
+from seqdsl.training.tasks import Batch, Task, make_task
+
+# Settings a resumed run must share with the run that wrote the checkpoint.
+RESUME_KEYS = ("file", "task", "task_options", "entry", "sizes", "steps", "batch", "lr", "warmup", "weight_decay",
+               "clip", "seed")
+
+
+@dataclass
+class TrainConfig:
+    """What ``seqdsl train`` takes (see ``seqdsl train --help`` for each option)."""
+
+    file: str
+    task: str
+    task_options: dict = field(default_factory=dict)
+    entry: str | None = None
+    sizes: dict = field(default_factory=dict)
+    steps: int = 1000
+    batch: int = 32
+    lr: float = 1e-3
+    warmup: int | None = None          # default: a tenth of the steps
+    weight_decay: float = 0.1
+    clip: float = 1.0
+    eval_every: int = 100
+    eval_batches: int | None = None    # default: the whole evaluation split
+    seed: int = 0
+    out: str | None = None             # folder for metrics.jsonl, metrics.png, checkpoint.pt
+    checkpoint_every: int | None = None  # default: at every evaluation
+    resume: bool = False
+    nproc: int = 1
+    threads: int | None = None         # torch threads per process (default: torch's; cores / nproc with nproc > 1)
+    stop_at: int | None = None         # end after this step (as if killed): for tests of --resume
+    progress: bool = True
+    plot: bool = True                  # draw metrics.png in --out at the end
+
+
+@dataclass
+class TrainResult:
+    config: TrainConfig
+    history: list[dict]
+    final: dict                        # the last evaluation
+    params: int
+    flops_per_token: float | None
+    train_flops_per_step: float | None
+    wall_s: float
+    baseline: dict
+    no_decay: dict
+    state: dict | None = None          # the final model state (one process; for tests)
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Train ``config.file`` on ``config.task``; ``nproc`` > 1 spawns local processes."""
+    if config.nproc < 1 or config.batch % config.nproc:
+        raise SeqError(f"--nproc {config.nproc} must divide --batch {config.batch}")
+    if config.resume and not config.out:
+        raise SeqError("--resume needs --out, the folder of the checkpoint")
+    if config.nproc == 1:
+        return run(config, 0, 1)
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory(prefix="seqdsl-dp-") as tmp:
+        mp.start_processes(_worker, args=(config, tmp), nprocs=config.nproc, join=True, start_method="spawn")
+        return torch.load(Path(tmp) / "result.pt", weights_only=False)
+
+
+def _worker(rank: int, config: TrainConfig, tmp: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(config.threads or max(1, (os.cpu_count() or 1) // config.nproc))
+    dist.init_process_group("gloo", init_method=f"file://{tmp}/store", rank=rank, world_size=config.nproc)
+    try:
+        result = run(config, rank, config.nproc)
+        if rank == 0:
+            torch.save(result, Path(tmp) / "result.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _aux_loss(model: torch.nn.Module, fitted: Fitted) -> torch.Tensor | None:
+    """The sum of the ``aux_loss`` the model's modules left in this forward, each times the
+    weight its layer declares (MoE: ``balance``)."""
+    total = None
+    for path, m in model.named_modules():
+        aux = getattr(m, "aux_loss", None)
+        if not isinstance(aux, torch.Tensor):
+            continue
+        weights = {w for name, w in fitted.aux_weights.items() if path == "" or name.startswith(path + ".")}
+        if len(weights) != 1:
+            raise SeqError(f"module {path or '<model>'} left an aux_loss, but its weight is not known from the file "
+                           f"(found {sorted(weights) or 'none'})")
+        term = weights.pop() * aux
+        total = term if total is None else total + term
+    return total
+
+
+def _clear_aux(model: torch.nn.Module) -> None:
+    for m in model.modules():
+        if getattr(m, "aux_loss", None) is not None:
+            m.aux_loss = None
+
+
+def loss_terms(model: torch.nn.Module, batch: Batch, kind: str) -> tuple[torch.Tensor, int, int]:
+    """(sum of the cross-entropy over the counted targets, correct answers, scored answers)."""
+    logits = model(batch.inputs)
+    if kind == "classify":
+        loss = F.cross_entropy(logits.float(), batch.targets, reduction="sum")
+        correct = int((logits.argmax(-1) == batch.targets).sum())
+        return loss, correct, int(batch.targets.numel())
+    flat = logits.float().reshape(-1, logits.shape[-1])
+    ce = F.cross_entropy(flat, batch.targets.reshape(-1), reduction="none").reshape(batch.targets.shape)
+    loss = (ce * batch.loss_mask).sum()
+    hit = (logits.argmax(-1) == batch.targets) & batch.score_mask
+    return loss, int(hit.sum()), int(batch.score_mask.sum())
+
+
+def evaluate(model: torch.nn.Module, task: Task, config: TrainConfig) -> dict:
+    n = task.eval_size(config.batch)
+    if config.eval_batches is not None:
+        n = config.eval_batches if n is None else min(n, config.eval_batches)
+    if n is None:
+        raise SeqError(f"task {task.name}: give --eval-batches (its evaluation split is a stream)")
+    was = model.training
+    model.eval()
+    total = count = correct = scored = 0
+    with torch.no_grad():
+        for i in range(n):
+            b = task.batch(task.eval_split, i, config.batch, config.seed)
+            loss, c, s = loss_terms(model, b, task.layout.kind)
+            total, count, correct, scored = total + float(loss), count + b.count(), correct + c, scored + s
+            _clear_aux(model)
+    model.train(was)
+    out = {"loss": total / count, "accuracy": correct / max(1, scored)}
+    if task.metric == "bits_per_byte":
+        out["bits_per_byte"] = out["loss"] / math.log(2)
+    return out
+
+
+def _check_resume(state: dict, config: TrainConfig) -> None:
+    old = state["config"]
+    for key in RESUME_KEYS:
+        if old.get(key) != asdict(config).get(key):
+            raise SeqError(f"--resume: the checkpoint was written with {key} = {old.get(key)!r}, "
+                           f"this run has {asdict(config).get(key)!r}")
+
+
+def run(config: TrainConfig, rank: int, world: int) -> TrainResult:
+    """The loop on one rank of ``world`` (world = 1: one process)."""
+    import torch.distributed as dist
+
+    start_time = time.perf_counter()
+    if config.threads and world == 1:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    task = make_task(config.task, config.task_options)
+    fitted = fit(config.file, task.layout, task.name, entry=config.entry, sizes=config.sizes, seed=config.seed,
+                 batch=config.batch)
+    model = fitted.model
+    model.train()
+    warmup = config.warmup if config.warmup is not None else config.steps // 10
+    opt = make_optimizer(model, fitted.no_decay, config.lr, config.weight_decay)
+    sched = make_scheduler(opt, config.steps, warmup)
+    out = Path(config.out) if config.out else None
+    lead = rank == 0
+    history: list[dict] = []
+    start = 0
+    if config.resume:
+        state = checkpoint.load(out)
+        _check_resume(state, config)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        checkpoint.set_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
+        start, history = state["step"], list(state["history"])
+    if out is not None and lead:
+        out.mkdir(parents=True, exist_ok=True)
+        write_jsonl(history, out / "metrics.jsonl")
+    per = config.batch // world
+    every_ckpt = config.checkpoint_every or config.eval_every
+    tokens_per_step = config.batch * task.layout.length
+    params = [p for p in model.parameters() if p.requires_grad]
+    bar = _progress(config, start) if lead else None
+    last = time.perf_counter()
+    try:
+        for step in range(start, config.steps):
+            if config.stop_at is not None and step >= config.stop_at:
+                break
+            whole = task.batch("train", step, config.batch, config.seed)
+            local = whole.rows(rank * per, (rank + 1) * per) if world > 1 else whole
+            _clear_aux(model)
+            loss_sum, correct, scored = loss_terms(model, local, task.layout.kind)
+            loss = loss_sum / whole.count()
+            aux = _aux_loss(model, fitted)
+            if aux is not None:
+                loss = loss + aux / world
+            loss.backward()
+            stats = torch.tensor([float(loss_sum.detach()), correct, scored], dtype=torch.float64)
+            if world > 1:
+                grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+                flat = torch.cat([g.reshape(-1) for g in grads])
+                dist.all_reduce(flat)
+                dist.all_reduce(stats)
+                offset = 0
+                for p, g in zip(params, grads):
+                    p.grad = flat[offset:offset + g.numel()].view_as(g).clone()
+                    offset += g.numel()
+            gnorm = torch.nn.utils.clip_grad_norm_(params, config.clip) if config.clip > 0 else None
+            lr = opt.param_groups[0]["lr"]
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            now = time.perf_counter()
+            rec = {"split": "train", "step": step + 1, "loss": float(stats[0]) / whole.count(),
+                   "accuracy": float(stats[1]) / max(1.0, float(stats[2])), "lr": lr,
+                   "tokens": (step + 1) * tokens_per_step, "tokens_per_s": tokens_per_step / max(1e-9, now - last),
+                   "flops": None if fitted.train_flops_per_step is None else (step + 1) * fitted.train_flops_per_step}
+            if gnorm is not None:
+                rec["grad_norm"] = float(gnorm)
+            last = now
+            if aux is not None:
+                rec["aux_loss"] = float(aux.detach())
+            history.append(rec)
+            done = step + 1 == config.steps
+            if lead and ((step + 1) % config.eval_every == 0 or done):
+                ev = {**evaluate(model, task, config), "split": task.eval_split, "step": step + 1,
+                      "flops": rec["flops"], "tokens": rec["tokens"]}
+                history.append(ev)
+                _say(bar, f"step {step + 1}/{config.steps}: train loss {rec['loss']:.4f}, {task.eval_split} "
+                     + ", ".join(f"{k} {ev[k]:.4f}" for k in ("loss", "accuracy", "bits_per_byte") if k in ev))
+            if out is not None and lead:
+                for r in history[-2:] if history[-1]["split"] != "train" else history[-1:]:
+                    append_jsonl(_clean(r), out / "metrics.jsonl")
+                if (step + 1) % every_ckpt == 0 or done or step + 1 == config.stop_at:
+                    rngs = _gather_rng(world)
+                    checkpoint.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                     "scheduler": sched.state_dict(), "rng": rngs, "step": step + 1,
+                                     "history": history, "config": asdict(config)}, out)
+            elif world > 1 and ((step + 1) % every_ckpt == 0 or done or step + 1 == config.stop_at):
+                _gather_rng(world)
+            if bar is not None:
+                bar[0].update(bar[1], advance=1, description=f"loss {rec['loss']:.3f} acc {rec['accuracy']:.3f} "
+                              f"{rec['tokens_per_s']:,.0f} tok/s")
+    finally:
+        if bar is not None:
+            bar[0].stop()
+    evals = [r for r in history if r["split"] != "train"]
+    result = TrainResult(config, history, evals[-1] if evals else {}, fitted.params, fitted.flops_per_token,
+                         fitted.train_flops_per_step, time.perf_counter() - start_time,
+                         task.baseline() if lead and evals else {}, fitted.no_decay,
+                         state={k: v.detach().clone() for k, v in model.state_dict().items()})
+    if out is not None and lead and evals and config.plot:
+        plot_runs({Path(config.file).stem: history}, out / "metrics.png", f"{Path(config.file).name} on {task.name}",
+                  metric=task.metric if task.metric in evals[-1] else "accuracy")
+    return result
+
+
+def _gather_rng(world: int) -> list:
+    """Every rank's RNG state (dropout differs per rank), gathered on all ranks."""
+    mine = checkpoint.rng_state()
+    if world == 1:
+        return [mine]
+    import torch.distributed as dist
+
+    out: list = [None] * world
+    dist.all_gather_object(out, mine)
+    return out
+
+
+def _clean(rec: dict) -> dict:
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in rec.items()}
+
+
+def _progress(config: TrainConfig, start: int):
+    if not config.progress:
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    p = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+                 TimeRemainingColumn(), transient=False)
+    tid = p.add_task("", total=config.steps, completed=start)
+    p.start()
+    return p, tid
+
+
+def _say(bar, text: str) -> None:
+    if bar is not None:      # quiet without a progress bar (the API's progress=False)
+        bar[0].console.print(text)
