@@ -295,7 +295,7 @@ def render_decode(d: dict, formulas: bool = True) -> str:
     (stateless layers are summed into one line), the total and the crossover."""
     from seqdsl.analysis.table import _fmt, _name, _plain
 
-    lines = ["", "decoding: one generated token after a context of N (per sequence batch B)", ""]
+    lines = ["", "decoding: one generated token after a context of N, for a batch of B sequences", ""]
     header = f"{'layer':<40} {'op':<22} {'FLOPs/token':>11} {'state B':>9}  time  memory  state"
     lines += [header, "-" * len(header)]
     rest = {"flops": 0.0, "state_bytes": 0.0}
