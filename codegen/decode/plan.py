@@ -261,13 +261,19 @@ def _mix(g: Graph, node: Node, n: sympy.Symbol) -> str:
     raise _refuse(node, f"no decoding state is derived for the {fam} family")
 
 
-def class_lines(p: DecodePlan) -> list[str]:
-    """The ``DECODE`` attribute of the entry class: the reason it cannot decode, or the
-    sequence dim and each stateful call in call order (path, family, detail)."""
+def seq_flag(p: DecodePlan | None, nid: int) -> str:
+    """``, seq=True`` for a node that reads the absolute position (it starts at t in a step)."""
+    return ", seq=True" if p is not None and nid in p.positional else ""
+
+
+def class_lines(p: DecodePlan, refusal: str | None = None) -> list[str]:
+    """The ``DECODE`` attribute of the entry class: the reason it cannot decode (``refusal``:
+    the backend's), or the sequence dim and each stateful call in call order (path, family,
+    detail)."""
     from codegen.source import literal
 
-    if not p.ok:
-        return [f"    DECODE = {literal(p.reason)}   # why prefill / step refuse"]
+    if not p.ok or refusal:
+        return [f"    DECODE = {literal(p.reason or refusal)}   # why prefill / step refuse"]
     lines = [f"    DECODE = ({literal(p.seq)}, (   # prefill / step: the sequence dim; each stateful call, in order"]
     lines += [f"        ({literal(s.path)}, {literal(s.kind)}, {literal(s.detail)})," for s in p.slots]
     return lines + ["    ))"]

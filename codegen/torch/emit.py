@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import sympy
 
 from codegen import fuse
-from codegen.decode.plan import DecodePlan, class_lines
+from codegen.decode.plan import DecodePlan, class_lines, seq_flag
 from codegen.decode.plan import plan as plan_decoding
 from codegen.source import RESERVED, comment, ident, literal
 from codegen.torch import packing, scoped
@@ -339,9 +339,8 @@ class _Writer(Chooser, scoped.ScopedWriter):
             self.emit(n, f"rt.sinusoidal({self.sizes.code(n.out.shape[0])}, {self.sizes.code(n.out.shape[1])}"
                          f"{self._seq(n)})")
 
-    def _seq(self, n: Node) -> str:
-        """``, seq=True`` where a node reads the absolute position (it starts at t in a step)."""
-        return ", seq=True" if self.decoding is not None and n.id in self.decoding.positional else ""
+    def _seq(self, n: Node) -> str:      # ", seq=True": the node reads the position (t in a decoding step)
+        return seq_flag(self.decoding, n.id)
 
     def op_hash(self, n: Node) -> None:
         d = self.sizes.number(self.g.type_of(n.input("x")).shape[-1])
@@ -440,7 +439,7 @@ class _Writer(Chooser, scoped.ScopedWriter):
             if plan.bounds:
                 lines.append(f"    BOUNDS = {literal(plan.bounds)}   # largest size the position tables serve")
             lines.append(f"    DEFAULTS = {literal(plan.defaults)}")
-            lines += class_lines(self.decoding) if self.decoding is not None else []
+            lines += class_lines(self.decoding, getattr(self, "no_step", None)) if self.decoding else []
             fixed = {d: why for d, why in plan.fixed_by.items() if any(
                 isinstance(a, tuple) and a[0] == d for _, _, shape in inputs for a in shape)}
             if fixed:

@@ -338,6 +338,11 @@ def arange(n: int, device=None, seq: bool = False):
     return torch.arange(start, start + n, dtype=torch.float32, device=device)
 
 
+def decoding() -> bool:
+    """Inside prefill / step (a Triton module's mixers then run their torch step)."""
+    return decode.running()
+
+
 def seq_rows(n: int) -> slice:
     """The rows of a position table for the n positions of this call."""
     start = decode.offset()

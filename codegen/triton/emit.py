@@ -26,6 +26,8 @@ import sympy
 from codegen import fuse
 from codegen import masks as runtime_masks
 from codegen.torch import emit as torch_emit
+from codegen.torch import mixers as torch_mix
+from codegen.torch import packing
 from seqdsl.ir import mix as M
 from seqdsl.ir.graph import Graph, Node
 
@@ -72,6 +74,7 @@ class Shared:
     sections: list[str] = field(default_factory=list)
     names: set[str] = field(default_factory=set)
     kernels: dict[tuple, str] = field(default_factory=dict)   # structure -> its generated function
+    no_step: list[str] = field(default_factory=list)          # kernels with gates folded in: no torch step
 
 
 class TritonWriter(torch_emit._Writer):
@@ -79,6 +82,14 @@ class TritonWriter(torch_emit._Writer):
 
     def preamble(self) -> str:
         return HEADER + "".join(self.shared.sections) if self.shared.sections else ""
+
+    @property
+    def no_step(self) -> str | None:
+        """Why the module cannot decode: a kernel with gates folded in has no torch twin."""
+        if not self.shared.no_step:
+            return None
+        return (f"the Triton kernels of {', '.join(self.shared.no_step[:3])} compute the gates around the mix; "
+                "decoding runs the torch step of each mixer: load with backend='torch' (same weights)")
 
     def child(self, body: Graph, name: str) -> TritonWriter:
         sub = super().child(body, name)
@@ -108,12 +119,18 @@ class TritonWriter(torch_emit._Writer):
             gen, _ = _generator(plan.family)
             name = self.shared.kernels[key] = self._kernel_name(n)
             self.shared.sections.append(_banner(n, plan) + gen.generate(name, **plan.kwargs).strip("\n") + "\n")
+        step = None if n.id in self.folds else torch_mix.call(self, n, choice)   # decoding: the torch step
         choice.backend = "triton"
         choice.algorithm = f"triton:{plan.family}"
         choice.note = f"generated kernel {name}" + (f" ({plan.note})" if plan.note else "")
         self.body.append(f"        # {n.spec.family} mixer: Triton kernel {name}" +
-                         (f", {plan.note}" if plan.note else ""))
+                         (f", {plan.note}" if plan.note else "") + ("" if step is None else "; decoding: the torch step"))
         self.emit(n, plan.call.replace("{name}", name, 1))
+        if step is None:
+            self.shared.no_step.append(n.name)
+        else:        # prefill / step run the torch family runtime, which keeps the state (no step kernels)
+            line, note = self.body[-1].split("  # ", 1)
+            self.body[-1] = f"{line} if not rt.decoding() else {packing.rewrite(self, n, step)}  # {note}"
         fold = self.folds.get(n.id)
         if fold is not None and fold.result != n.id:
             self.var[(fold.result, 0)] = self.var[(n.id, 0)]

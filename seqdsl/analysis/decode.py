@@ -268,8 +268,12 @@ def analyze_decode(graph: Graph, report) -> DecodeReport:
     if seq is None or (n is not None and seq.name != n.name):   # a mixer's [B, H, N, D]: N by name
         seq = next((s for s in _dims(graph) if n is not None and s.name == n.name), seq)
     why = entry_refusal(graph, seq)
-    rows = [node_row(graph, node, n, Context(_no_bodies), seq) for node in graph.nodes()
-            if node.kind not in SKIP] if why is None else []
+    rows = []
+    for node in graph.nodes() if why is None else ():
+        if node.kind not in SKIP:
+            rows.append(node_row(graph, node, n, Context(_no_bodies), seq))
+        elif node.kind in (OpKind.PARAM, OpKind.BUFFER) and refusal(graph, node, seq) is not None:
+            rows.append(DecodeRow(node.name, node.kind.value, "-", ZERO, ZERO, refusal=refusal(graph, node, seq)))
     return DecodeReport(rows, n, dict(report.sizes), why)
 
 

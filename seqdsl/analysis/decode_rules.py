@@ -63,6 +63,8 @@ def refusal(g: Graph, node: Node, n: sympy.Symbol) -> str | None:
                 return f"an axis of size {d} depends on the sequence length {n}"
     k = node.kind
     on_seq = any(_axes(t.shape, n) for t in ins + list(node.outs))
+    if k in (OpKind.PARAM, OpKind.BUFFER) and on_seq:
+        return f"a weight of shape {node.out} is built for one length {n}: the module fixes {n}"
     if not on_seq:
         return f"a token mixer that does not mix along {n}" if k == OpKind.MIX else None
     if k == OpKind.BINARY and _uses(node.attr("scalar"), n):

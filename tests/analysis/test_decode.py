@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import sympy
+import torch
 
 import seqdsl
 from seqdsl.analysis.schema import REPORT_SCHEMA
@@ -140,3 +141,19 @@ def test_the_analysis_and_the_code_generator_agree(name):
     ours, _ = report.decode.can_decode
     theirs = plan.plan(checked.graph, {"N"})
     assert ours == theirs.ok, (report.decode.can_decode, theirs.reason)
+
+
+@pytest.mark.parametrize("name", ["h3", "spade"])
+def test_state_bytes_equal_the_generated_modules_state(name):
+    """The formulas against what a generated module keeps: `state.nbytes` after a prefill
+    of 21 tokens and one step (H3: a shift register and complex diagonal states; SPADE: a
+    DPLR S4 state and a sliding window's ring buffer)."""
+    sizes = {k: v for k, v in SMALL[f"models/{name}.seq"].items() if k not in ("N", "B")} | {"L": 1}
+    path = f"examples/models/{name}.seq"
+    model = seqdsl.load(path, **sizes)
+    assert model.can_decode[0], model.can_decode
+    tokens = torch.randint(0, sizes["V"], (2, 21), generator=torch.Generator().manual_seed(0))
+    _, state = model.prefill(tokens)
+    _, state = model.step(tokens[:, -1], state)
+    predicted = seqdsl.analyze(path, **sizes, B=2, N=22, decode=True).to_dict()["decode"]
+    assert predicted["total"]["values"]["state_bytes"] == state.nbytes, state.describe()

@@ -30,7 +30,7 @@ TOTAL = 112    # the full forward's length: a whole number of every example's bl
 # KV caches plain / block-local / butterfly+global, linear states with and without decays
 # and normalisers, selective scan, diagonal and DPLR SSMs, EMA, shift SSMs, short convs).
 DECODES = ["transformer_decoder", "h3", "h3_hybrid", "mamba", "retnet", "gla", "mega", "mega_chunk", "linear_transformer",
-           "local_attention", "performer", "pixelfly", "spade", "block_recurrent"]
+           "local_attention", "performer", "pixelfly", "spade", "block_recurrent", "s4d_lm"]
 
 # Causal language models that cannot decode (yet): what the refusal names. See the report of
 # issue 13 for each: a fidelity question of the example, or a form not derived.
