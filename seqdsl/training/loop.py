@@ -126,8 +126,9 @@ def _clear_aux(model: torch.nn.Module) -> None:
 
 
 def loss_terms(model: torch.nn.Module, batch: Batch, kind: str) -> tuple[torch.Tensor, int, int]:
-    """(sum of the cross-entropy over the counted targets, correct answers, scored answers)."""
-    logits = model(batch.inputs)
+    """(sum of the cross-entropy over the counted targets, correct answers, scored answers).
+    A packed batch passes its document ids (docs/modules.md, "Packed rows")."""
+    logits = model(batch.inputs) if batch.doc_ids is None else model(batch.inputs, doc_ids=batch.doc_ids)
     if kind == "classify":
         loss = F.cross_entropy(logits.float(), batch.targets, reduction="sum")
         correct = int((logits.argmax(-1) == batch.targets).sum())

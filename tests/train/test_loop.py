@@ -18,8 +18,8 @@ from seqdsl.training.fit import fit
 from seqdsl.training.tasks import make_task
 
 H3 = "examples/models/h3.seq"
-TINY = dict(D=8, L=1, S=4, V=8)
 TASK = {"vocab": 8, "seq_len": 6, "train_examples": 40, "test_examples": 8}
+TINY = dict(D=8, L=1, S=4, V=8, N=8)    # N: the task's length (2·3 pairs + 2), given to spare a second check
 
 
 def _config(tmp_path, **kw) -> TrainConfig:
@@ -90,7 +90,7 @@ def test_nproc2_equals_one_process(tmp_path):
 def test_wrong_layout_is_refused_by_name():
     ar = make_task("associative_recall", TASK)
     with pytest.raises(SeqError, match=r"output vocabulary: the model has V = 20, the task needs 8 \(use --set V=8\)"):
-        fit(H3, ar.layout, ar.name, sizes=dict(D=8, L=1, S=4, V=20))
+        fit(H3, ar.layout, ar.name, sizes=dict(TINY, V=20))
     with pytest.raises(SeqError, match=r"needs logits \[B, N, V\].*returns \[B, Classes\]"):
         fit("examples/models/transformer_encoder.seq", ar.layout, ar.name, sizes=dict(D=8, L=1, H=2, F=8, V=8))
     digits = make_task("digits") if __import__("importlib").util.find_spec("sklearn") else None

@@ -9,6 +9,10 @@ in. The corpus differs between Python versions: a result names the version it us
   of the concatenated files of a split (train windows at random offsets, evaluation
   windows at fixed strides). Reported as bits per byte, against the unigram baseline
   (the cross-entropy of the train split's byte frequencies on the evaluation split).
+  With ``documents=1`` a window that spans files is a packed row: the batch carries
+  ``doc_ids`` (the file of every position, docs/modules.md "Packed rows"), so the model's
+  state and attention restart at each file, and the byte that starts a file is not
+  predicted from the file before it (not counted in the loss).
 - ``text_classify``: which top-level package of the library a file belongs to, from its
   first ``length`` bytes (byte + 1, 0 pads a short file; vocabulary 257), over the
   ``classes`` packages with the most files (``test`` and ``idlelib`` excluded: one is
@@ -57,11 +61,16 @@ def stdlib_files() -> tuple[tuple[str, str], ...]:
 
 
 @lru_cache(maxsize=3)
-def corpus(split: str) -> np.ndarray:
-    """The bytes of the split's files, concatenated in path order."""
+def corpus_files(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """The bytes of the split's files, concatenated in path order, and where each file starts."""
     root = stdlib_dir()
     parts = [np.frombuffer((root / rel).read_bytes(), dtype=np.uint8) for rel, s in stdlib_files() if s == split]
-    return np.concatenate(parts)
+    starts = np.cumsum([0] + [len(p) for p in parts[:-1]])
+    return np.concatenate(parts), starts
+
+
+def corpus(split: str) -> np.ndarray:
+    return corpus_files(split)[0]
 
 
 class TextLM(Task):
@@ -69,17 +78,17 @@ class TextLM(Task):
     source = "bytes of the Python standard library's .py files (sysconfig), split by file"
     metric = "bits_per_byte"
 
-    def __init__(self, length: int = 256, eval_windows: int = 256) -> None:
+    def __init__(self, length: int = 256, eval_windows: int = 256, documents: int = 0) -> None:
         if length < 1:
             raise SeqError("text_lm: length must be positive")
-        self.length, self.eval_windows = int(length), int(eval_windows)
+        self.length, self.eval_windows, self.documents = int(length), int(eval_windows), bool(int(documents))
         self.layout = Layout("lm", "int", self.length, 256, vocab=256)
 
     def eval_size(self, batch: int) -> int:
         return -(-self.eval_windows // batch)
 
     def batch(self, split: str, index: int, size: int, seed: int) -> Batch:
-        data = corpus(split)
+        data, file_starts = corpus_files(split)
         span = len(data) - self.length - 1
         if split == "train":
             starts = rng_for(seed, split, index).integers(0, span, size=size)
@@ -92,8 +101,14 @@ class TextLM(Task):
             starts = np.arange(first, first + count) * stride
         rows = np.stack([data[s:s + self.length + 1] for s in starts]).astype(np.int64)
         x, y = torch.from_numpy(rows[:, :-1].copy()), torch.from_numpy(rows[:, 1:].copy())
-        ones = torch.ones_like(x, dtype=torch.bool)
-        return Batch(x, y, ones, ones)
+        if not self.documents:
+            ones = torch.ones_like(x, dtype=torch.bool)
+            return Batch(x, y, ones, ones)
+        where = np.asarray(starts)[:, None] + np.arange(self.length + 1)[None, :]
+        files = np.searchsorted(file_starts, where, side="right")       # the file of every byte
+        ids = torch.from_numpy(files - files[:, :1])                    # 0 for the row's first document
+        same = ids[:, 1:] == ids[:, :-1]                                # target in the same file as its input
+        return Batch(x, y, same, same.clone(), doc_ids=ids[:, :-1].contiguous())
 
     def baseline(self) -> dict:
         counts = np.bincount(corpus("train"), minlength=256).astype(np.float64) + 1.0   # add-one: no zero
