@@ -297,9 +297,11 @@ def _compact(e: sympy.Expr) -> str:
 def render_decode(d: dict, formulas: bool = True) -> str:
     """The text of the ``"decode"`` section: one row per layer with a state or a refusal
     (stateless layers are summed into one line), the total and the crossover."""
-    from seqdsl.analysis.table import _fmt, _name, _plain
+    from seqdsl.analysis.table import _fmt, _name, _plain, fold_rows
 
-    lines = ["", "decoding: one generated token after a context of N, for a batch of B sequences", ""]
+    folding = fold_rows(d["layers"])        # identical repeat iterations: one row, ×count
+    lines = ["", "decoding: one generated token after a context of N, for a batch of B sequences"
+             + (" (a folded row: one instance, ×count)" if folding.folds else ""), ""]
     header = f"{'layer':<40} {'op':<22} {'FLOPs/token':>11} {'state B':>9}  time  memory  state"
     lines += [header, "-" * len(header)]
     rest = {"flops": 0.0, "state_bytes": 0.0}
@@ -309,8 +311,13 @@ def render_decode(d: dict, formulas: bool = True) -> str:
             count += 1
             rest = {k: rest[k] + r["values"][k] for k in rest}
             continue
-        v = r["values"]
-        lines.append(f"{_name(r['name'])} {r['op']:<22} {_fmt(v['flops']):>11} {_fmt(v['state_bytes']):>9}  "
+        v, name = r["values"], r["name"]
+        found = folding.group_of(name)
+        if found is not None and found[1].count > 1:
+            if found[0] != found[1].first:
+                continue
+            name = f"{found[1].show(name)} ×{found[1].count}"
+        lines.append(f"{_name(name)} {r['op']:<22} {_fmt(v['flops']):>11} {_fmt(v['state_bytes']):>9}  "
                      f"{r['big_o']['time']:<5} {r['big_o']['memory']:<7} {r['state']}")
         if "refusal" in r:
             lines.append(f"{'':<40}   cannot decode: {r['refusal']}")
