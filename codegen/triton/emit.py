@@ -246,6 +246,10 @@ class TritonWriter(torch_emit._Writer):
         conj = True if explicit else k.conj
         mimo = False if explicit else k.mimo
         reason = gen.unsupported(kind=kind, disc=disc, conj=conj, mimo=mimo, causal=t.causal, explicit=explicit)
+        if not explicit and k.a_real == "free":
+            reason = ("DSS with a free Re Λ (a_real = free): a growing mode is bounded only in its normalised "
+                      "kernel, which PyTorch's FFT convolution evaluates from the kernel's end; the Triton scan "
+                      "carries the state")
         if reason or probe:       # probe: only whether the kernel family takes this structure
             return None, reason
         fold = self.folds.get(n.id)

@@ -378,7 +378,9 @@ def candidates(g: Graph, n: Node, subs: dict) -> list[Candidate]:
         chunk = spec.hint("chunk") or FFT_CHUNK
         add("direct", toeplitz_direct(s, kern, state, channels))
         add("fft", toeplitz_fft(s, kern, state, channels))
-        if isinstance(kern.kernel, M.SSMKernel):
+        # DSS with a free Re Λ (a_real = free): a mode with Re Λ > 0 grows, only its normalised
+        # kernel is bounded, so no algorithm that carries the state is offered
+        if isinstance(kern.kernel, M.SSMKernel) and kern.kernel.a_real != "free":
             # bidirectional: a second pass backwards in time
             passes = 1 if kern.causal else 2
             add("chunked_fft", toeplitz_chunked_fft(s, kern, state, channels, chunk).scaled(passes),

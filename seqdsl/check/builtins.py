@@ -260,10 +260,9 @@ def toeplitz(ctx, kernel, causal, share, diagonal):
     that shares every parameter but C with the forward one (``share = true``, as the released
     S4, S4D, DSS, DLR and S5) or is a second SSM of its own (``share = false``, Mega's EMA).
     ``diagonal``: "once" (K' loses its tap 0), "shift" (S4's FFT layout: M_ij = K'[j − i − 1]),
-    "twice" (S5's two scans: both directions read u_i)."""
-    if causal and (diagonal != "once" or not share):
-        raise ctx.error("share and diagonal describe the backward direction of a bidirectional "
-                        "convolution; add causal = false or leave them out")
+    "twice" (S5's two scans: both directions read u_i). A causal convolution has no backward
+    direction: there both are accepted and change nothing (so that an option can switch
+    ``causal`` alone)."""
     if isinstance(kernel.obj, M.ExplicitKernel) and (diagonal != "once" or not share):
         raise ctx.error("an explicit kernel is mirrored (M_ij = K[|i − j|]); share and diagonal apply to "
                         "SSM kernels")

@@ -125,15 +125,17 @@ def test_gla_equals_the_recurrence(load):
     check(model, reference, (q, k, v, g))
 
 
-def s4d_reference(u, log_dt, log_A_real, A_imag, C_re, C_im, D_skip):
-    """Gu et al. 2022 (S4D): K_l = 2·Re Σ_n C_n (exp(ΔA_n) − 1)/A_n · exp(ΔA_n)^l, y = K ∗ u + D u."""
+def s4d_reference(u, log_dt, log_A_real, A_imag, C_re, C_im, D_skip, bilinear=False):
+    """Gu et al. 2022 (S4D): K_l = 2·Re Σ_n C_n (exp(ΔA_n) − 1)/A_n · exp(ΔA_n)^l, y = K ∗ u + D u.
+    ``bilinear``: λ = (1 + ΔA/2)/(1 − ΔA/2), B̄ = Δ/(1 − ΔA/2) (H3's SSKernelDiag default)."""
     n = u.shape[-2]
     dt = torch.exp(log_dt)[:, None]                                     # [D, 1]
     A = torch.complex(-torch.exp(log_A_real), A_imag)                   # [D, S2]
     C = torch.complex(C_re, C_im)
     dtA = A * dt
-    B_bar = (torch.exp(dtA) - 1) / A
-    powers = torch.exp(dtA.unsqueeze(-1) * torch.arange(n, dtype=u.dtype))   # [D, S2, N]
+    B_bar = dt / (1 - dtA / 2) if bilinear else (torch.exp(dtA) - 1) / A
+    log_lam = torch.log((1 + dtA / 2) / (1 - dtA / 2)) if bilinear else dtA
+    powers = torch.exp(log_lam.unsqueeze(-1) * torch.arange(n, dtype=u.dtype))   # [D, S2, N]
     K = 2 * torch.einsum("dn,dnl->dl", C * B_bar, powers).real          # [D, N]
     u_f = torch.fft.rfft(u.transpose(-1, -2), n=2 * n)                  # [B, D, N+1]
     y = torch.fft.irfft(u_f * torch.fft.rfft(K, n=2 * n), n=2 * n)[..., :n]
@@ -188,11 +190,11 @@ def test_h3_equals_its_two_recurrences(load):
         ks = torch.stack([sum(taps[:, lag] * k[:, t - lag] for lag in range(t + 1)) for t in range(n)], dim=1)
         ks = ks + k * find("D_shift")
         kv = ks * v
-        # diagonal SSM (ZOH): the S4D kernel of its parameters, then its D skip
+        # diagonal SSM (bilinear, as H3's SSKernelDiag): the S4D kernel of its parameters, then its D skip
         pre = [n_ for n_ in params if n_.endswith("kernel.log_dt") and "diag" in n_][0].rsplit(".", 2)[0]
         y = s4d_reference(kv, params[pre + ".kernel.log_dt"], params[pre + ".kernel.log_A_real"],
                           params[pre + ".kernel.A_imag"], params[pre + ".kernel.C_re"],
-                          params[pre + ".kernel.C_im"], find("D_diag"))
+                          params[pre + ".kernel.C_im"], find("D_diag"), bilinear=True)
         return q * y
 
     check(model, reference, (q, k, v))
