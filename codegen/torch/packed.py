@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from codegen import varlen
+from codegen.distributed import hooks as _sp_hooks
+from codegen.distributed.context import active as _sp_active
 from seqdsl.errors import SeqError
 
 
@@ -50,6 +52,8 @@ def unpacked(path: str, why: str) -> None:
 def by_position(table: Tensor, docs: varlen.Documents | None) -> Tensor:
     """Rows of a table over positions 0 … N−1 (arange, sinusoidal encodings, a learned position
     table), read at each position's index inside its document: [N, …] → [B, N, …]."""
+    if docs is None and _sp_active() is not None:       # the sequence split over ranks
+        return _sp_hooks.by_position(table)
     if docs is None:
         return table
     return table[docs.positions.to(table.device)]
@@ -61,6 +65,8 @@ def rotary_by_position(x: Tensor, fraction: float, base: float, docs: varlen.Doc
     x [B, …, N, D]."""
     from codegen.torch import runtime as rt
 
+    if docs is None and _sp_active() is not None:       # the sequence split over ranks
+        return _sp_hooks.rotary(x, fraction, base)
     if docs is None:
         return rt.rotary(x, fraction, base, seq)       # seq: positions from t in a decoding step
     docs.check(x.shape[0], x.shape[-2], "rotary")
@@ -81,6 +87,8 @@ def conv1d_by_document(x: Tensor, weight: Tensor, bias: Tensor | None = None, ca
     across a document boundary: each document is convolved as if alone (zero history)."""
     from codegen.torch import runtime as rt
 
+    if docs is None and _sp_active() is not None:       # the sequence split over ranks: a halo exchange
+        return _sp_hooks.conv1d(x, weight, bias, causal)
     if docs is None:
         return rt.conv1d(x, weight, bias, causal)
     docs.check(x.shape[0], x.shape[-2], "conv1d")
@@ -115,3 +123,33 @@ def attention_by_document(kernel, q: Tensor, k: Tensor, v: Tensor, *args, docs: 
         return x.expand(b, *x.shape[1:]).permute(1, 0, 2, 3).reshape(x.shape[1], b * n, x.shape[-1])
     out = kernel(flat(q), flat(k), flat(v), *args, cu_seqlens=cu)
     return out.reshape(out.shape[0], b, n, out.shape[-1]).permute(1, 0, 2, 3)
+
+
+def linear_by_document(kernel, q: Tensor, k: Tensor, v: Tensor, *, decay=None, docs: varlen.Documents | None = None,
+                       **kw):
+    """A generated Triton linear-attention kernel over packed rows: the documents gathered into
+    a [documents, …, longest, ·] batch (zeros after each end: no key, no value, no decay), the
+    kernel run from a zero state per document, the outputs scattered back — the state reset
+    at every boundary, as ``codegen/linear/varlen.py`` does in PyTorch, at the kernel's cost for
+    (documents × longest) positions. q, k, v [B, …, N, ·]; a decay per head [.., H], per token
+    [B, …, N] or per channel [B, …, N, F] (a factored Δ ⊗ A is materialised)."""
+    if docs is None:
+        return kernel(q, k, v, **({} if decay is None else {"decay": decay}), **kw)
+    if kw.get("initial_state") is not None or kw.get("return_state"):
+        raise SeqError("packed rows: a linear mixer over documents takes no initial state and returns none")
+    n = q.shape[-2]
+    docs.check(q.shape[0], n, "linear attention (Triton)")
+    rank = q.dim()
+    if decay is not None and hasattr(decay, "materialize"):
+        decay = decay.materialize()
+    batch = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+
+    def gather(x: Tensor) -> Tensor:                                        # [B, …, N, ·]
+        return docs.to_padded(x.expand(*batch, *x.shape[-2:]), axis=-2)
+    args = [gather(x) for x in (q, k, v)]
+    if isinstance(decay, Tensor) and decay.dim() == rank:                   # per channel [B, …, N, F]
+        decay = gather(decay)
+    elif isinstance(decay, Tensor) and decay.dim() == rank - 1:             # per token [B, …, N]
+        decay = docs.to_padded(decay.expand(*batch, n), axis=-1)
+    out = kernel(*args, **({} if decay is None else {"decay": decay}), **kw)
+    return docs.from_padded(out, axis=-2)

@@ -21,6 +21,8 @@ current for the call (``rt.packing``); then every node is, for packing:
 
 from __future__ import annotations
 
+import ast
+
 import sympy
 
 from codegen.source import literal
@@ -237,15 +239,33 @@ def rewrite(w, n: Node, expr: str) -> str:
     if n.kind == OpKind.MIX:
         if expr.startswith(_RUNTIME_MIXERS) and expr.endswith(")"):
             return expr[:-1] + ", docs=rt.documents())"
-        if n.spec.family == "softmax" and expr.startswith("mix_") and expr.endswith(")"):
-            # the generated softmax kernel takes FlashAttention's cu_seqlens: documents as sequences
-            name, args = expr.split("(", 1)
-            return f"rt.attention_by_document({name}, {args[:-1]}, docs=rt.documents())"
-        # a generated Triton kernel: its kernels take no document ids yet, so packed calls are refused
+        wrapper = {"softmax": "rt.attention_by_document", "linear": "rt.linear_by_document",
+                   "decayed_linear": "rt.linear_by_document"}.get(n.spec.family)
+        wrapped = _wrap_kernel_call(expr, wrapper) if wrapper else None
+        if wrapped is not None:
+            return wrapped
+        # a generated kernel that cannot take the documents: packed calls are refused
         w.body.append(f"        rt.unpacked({literal(w.rel(n.name))}, "
                       f"{literal('a generated Triton kernel, without document boundaries (use the torch backend)')})"
                       "  # packed rows: refused here")
     return expr
+
+
+def _wrap_kernel_call(expr: str, wrapper: str) -> str | None:
+    """``mix_x(a, b, k=c) * s`` → ``wrapper(mix_x, a, b, k=c, docs=rt.documents()) * s``: the one
+    call of a generated kernel function (``mix_…``) in the line, rewritten on its syntax tree
+    (the line is generated text; None if there is not exactly one such call)."""
+    tree = ast.parse(expr, mode="eval")
+    calls = [c for c in ast.walk(tree) if isinstance(c, ast.Call) and isinstance(c.func, ast.Name)
+             and c.func.id.startswith("mix_")]
+    if len(calls) != 1:
+        return None
+    call = calls[0]
+    target = ast.parse(wrapper, mode="eval").body
+    call.args = [call.func, *call.args]
+    call.func = target
+    call.keywords.append(ast.keyword("docs", ast.parse("rt.documents()", mode="eval").body))
+    return ast.unparse(tree)
 
 
 _RUNTIME_MIXERS = ("softmax_attention(", "given_attention(", "linear_attention(", "toeplitz_mix(")

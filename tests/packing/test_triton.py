@@ -1,6 +1,7 @@
 """The generated Triton softmax kernel over packed rows (interpreted on a CPU, tiny sizes):
 documents become its cu_seqlens; equal to the torch backend's document mask, forward and
-backward. A generated linear kernel has no document boundaries yet: packed calls refused."""
+backward; the generated linear kernels run per document; a generated Toeplitz kernel has no
+document boundaries yet: packed calls refused."""
 
 from __future__ import annotations
 
@@ -28,8 +29,25 @@ def test_triton_softmax_documents_equal_torch():
         assert float((a - b).norm() / b.norm()) <= 1e-5
 
 
-def test_triton_linear_kernel_refuses_packed_rows():
-    tri = seqdsl.load(ROOT / "examples/mixers/retention.seq", backend="triton")
-    q = torch.randn(1, 2, 8, 4)
+@pytest.mark.parametrize("name", ["gla"])
+def test_triton_linear_documents_equal_torch(name):
+    """The generated linear kernel runs per document (a zero state at every start)."""
+    torch.manual_seed(1)
+    tri = seqdsl.load(ROOT / f"examples/mixers/{name}.seq", backend="triton")
+    ref = seqdsl.load(ROOT / f"examples/mixers/{name}.seq", backend="torch")
+    ins = [x.requires_grad_() for x in ref.example_inputs(B=2, N=11, H=2)]
+    if name == "gla":                                  # a log-gate: ≤ 0
+        ins[3] = (-torch.rand_like(ins[3])).requires_grad_()
+    ids = torch.tensor([[0] * 4 + [1] * 6 + [2], [4] * 11])
+    out, want = tri(*ins, doc_ids=ids), ref(*ins, doc_ids=ids)
+    assert float((out - want).norm() / want.norm()) <= 1e-5
+    w = torch.randn_like(want)
+    for a, b in zip(torch.autograd.grad((out * w).sum(), ins), torch.autograd.grad((want * w).sum(), ins)):
+        assert float((a - b).norm() / b.norm()) <= 1e-5
+
+
+def test_triton_toeplitz_kernel_refuses_packed_rows():
+    tri = seqdsl.load(ROOT / "examples/mixers/h3.seq", backend="triton")
+    q = tri.example_inputs(B=1, N=8)
     with pytest.raises(seqdsl.SeqError, match="Triton kernel, without document boundaries"):
-        tri(q, q, q, doc_ids=torch.tensor([[0] * 3 + [1] * 5]))
+        tri(*q, doc_ids=torch.tensor([[0] * 3 + [1] * 5]))
