@@ -14,9 +14,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from codegen.distributed import hooks as _sp_hooks
-from codegen.distributed.context import active as _sp_active
-from codegen.distributed.hooks import unsharded  # noqa: F401  (what generated modules call)
 from codegen.torch import decode
 from codegen.torch.packed import (  # noqa: F401  (packed rows: what generated modules call)
     attention_by_document,
@@ -166,15 +163,7 @@ def bind_sizes(module: nn.Module, *inputs: torch.Tensor) -> tuple[int, ...]:
         if dim in found and found[dim][0] > limit:
             raise SeqError(f"{entry}: input {found[dim][1]} has {dim} = {found[dim][0]}, but the position "
                            f"table was built for at most {dim} = {limit} (load the model with {dim}={found[dim][0]})")
-    values = tuple(found[d][0] for d in module.RUNTIME)
-    if _sp_active() is not None:          # the sequence split over ranks: N is the whole length
-        values = _sp_hooks.bind(module, module.RUNTIME, values)
-    return values
-
-
-def seq_length(n: int) -> int:
-    """The length of the sequence axis: ``n``, or the whole length when it is split over ranks."""
-    return n if _sp_active() is None else _sp_hooks.seq_length(n)
+    return tuple(found[d][0] for d in module.RUNTIME)
 
 
 def _why(module: nn.Module, label: str | None) -> str:
