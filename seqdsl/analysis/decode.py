@@ -273,6 +273,8 @@ def analyze_decode(graph: Graph, report) -> DecodeReport:
         if node.kind not in SKIP:
             rows.append(node_row(graph, node, n, Context(_no_bodies), seq))
         elif node.kind in (OpKind.PARAM, OpKind.BUFFER) and refusal(graph, node, seq) is not None:
+            # a table [N, D] is read at the step's position; one whose axis is a function of N
+            # (N / rows) ties the module to one length
             rows.append(DecodeRow(node.name, node.kind.value, "-", ZERO, ZERO, refusal=refusal(graph, node, seq)))
     return DecodeReport(rows, n, dict(report.sizes), why)
 

@@ -63,8 +63,6 @@ def refusal(g: Graph, node: Node, n: sympy.Symbol) -> str | None:
                 return f"an axis of size {d} depends on the sequence length {n}"
     k = node.kind
     on_seq = any(_axes(t.shape, n) for t in ins + list(node.outs))
-    if k in (OpKind.PARAM, OpKind.BUFFER) and on_seq:
-        return f"a weight of shape {node.out} is built for one length {n}: the module fixes {n}"
     if not on_seq:
         return f"a token mixer that does not mix along {n}" if k == OpKind.MIX else None
     if k == OpKind.BINARY and _uses(node.attr("scalar"), n):
@@ -88,6 +86,8 @@ def refusal(g: Graph, node: Node, n: sympy.Symbol) -> str | None:
             return f"a matrix product that sums over the {n} axis"
         return None
     if k == OpKind.REARRANGE:
+        if not _axes(x.shape, n) and len(_axes(node.out.shape, n)) == 1 and node.attr("expand") is not None:
+            return None                        # a broadcast along N: the same at every position
         return None if len(_axes(x.shape, n)) == 1 and len(_axes(node.out.shape, n)) == 1 else \
             f"reshapes the {n} axis"
     if k == OpKind.SLICE:

@@ -130,17 +130,16 @@ def test_json_keeps_every_key_and_validates():
 SMALL = json.loads((Path(__file__).parents[1] / "codegen" / "small_sizes.json").read_text())
 
 
-@pytest.mark.parametrize("name", ["gss", "local_attention", "sparse_transformer"])
-def test_the_analysis_and_the_code_generator_agree(name):
+@pytest.mark.parametrize("name", ["gss", "sparse_transformer"])
+def test_the_analysis_and_the_generated_module_agree(name):
     """Both read the same IR: analyze --decode refuses exactly where the generated module's
-    decoding plan (codegen/decode/plan.py) does."""
-    plan = pytest.importorskip("codegen.decode.plan", reason="the code generator's decoding plan")
+    decoding plan does (gss: DSS's normalised kernel;
+    sparse_transformer: a weight whose axis is a function of N)."""
     sizes = {k: v for k, v in SMALL[f"models/{name}.seq"].items() if k not in ("N", "B")} | {"L": 1}
-    checked = seqdsl.check(f"examples/models/{name}.seq", **sizes)
-    report = seqdsl.analyze(checked.program, **sizes, decode=True)
-    ours, _ = report.decode.can_decode
-    theirs = plan.plan(checked.graph, {"N"})
-    assert ours == theirs.ok, (report.decode.can_decode, theirs.reason)
+    path = f"examples/models/{name}.seq"
+    ours = seqdsl.analyze(path, **sizes, decode=True).decode.can_decode
+    theirs = seqdsl.load(path, **sizes).can_decode
+    assert ours[0] == theirs[0], (ours, theirs)
 
 
 @pytest.mark.parametrize("name", ["h3", "spade"])
