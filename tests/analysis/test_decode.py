@@ -133,7 +133,7 @@ SMALL = json.loads((Path(__file__).parents[1] / "codegen" / "small_sizes.json").
 @pytest.mark.parametrize("name", ["gss", "sparse_transformer"])
 def test_the_analysis_and_the_generated_module_agree(name):
     """Both read the same IR: analyze --decode refuses exactly where the generated module's
-    decoding plan does (gss: DSS's normalised kernel;
+    decoding plan does (gss: a real-mode diagonal SSM decodes;
     sparse_transformer: a weight whose axis is a function of N)."""
     sizes = {k: v for k, v in SMALL[f"models/{name}.seq"].items() if k not in ("N", "B")} | {"L": 1}
     path = f"examples/models/{name}.seq"
