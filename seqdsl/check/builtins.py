@@ -325,16 +325,29 @@ def alibi(ctx, slopes):
     return Struct("bias", M.Bias("alibi", M.Ref(role)), ((role, slopes),))
 
 
-@builtin("bias", P("heads", "dim"), P("buckets", "dim", 32), P("table", "tensor", None))
-def relative(ctx, heads, buckets, table):
-    """A learned bias per head and clipped relative distance (T5-style), ``buckets`` of them;
-    ``table`` [heads, buckets] shares one table between layers."""
+@builtin("bias", P("heads", "dim"), P("buckets", "dim", 32), P("table", "tensor", None),
+         P("max_distance", "dim", None), P("bidirectional", "bool", True))
+def relative(ctx, heads, buckets, table, max_distance, bidirectional):
+    """A learned bias per head and relative distance j − i, ``buckets`` of them: clipped at
+    ±buckets/2; or, with ``max_distance``, T5's log buckets (half the buckets exact, the rest
+    logarithmic up to max_distance; ``bidirectional``: half the table for keys after the
+    query, as T5's encoder; false for a decoder). ``table`` [heads, buckets] shares one table
+    between layers (T5 shares one per stack)."""
+    if max_distance is None and not bidirectional:
+        raise ctx.error("relative(): bidirectional = false needs max_distance (T5's log buckets)")
+    kind = "relative"
+    if max_distance is not None:
+        n = ctx.el.concrete_int(buckets, ctx.pos, "relative(): buckets")
+        dist = ctx.el.concrete_int(max_distance, ctx.pos, "relative(): max_distance")
+        if n < (4 if bidirectional else 2) or dist <= n // (4 if bidirectional else 2):
+            raise ctx.error(f"relative(): {n} buckets up to max_distance {dist} leave no log buckets")
+        kind = f"t5:{dist}:{'bi' if bidirectional else 'uni'}"   # read by codegen.softmax.scores.t5_options
     if table is None:
         table = ctx.param("relative_bias", (heads, buckets), Init("zeros"))
     elif table.type.rank != 2 or not (same_dim(table.type.shape[0], heads) and same_dim(table.type.shape[1], buckets)):
         raise ctx.error(f"relative(): table must be [{heads}, {buckets}], got {table.type}")
     role = ctx.el.new_role("bias_table")
-    return Struct("bias", M.Bias("relative", M.Ref(role), buckets), ((role, table),))
+    return Struct("bias", M.Bias(kind, M.Ref(role), buckets), ((role, table),))
 
 
 FEATURES = ("identity", "elu1", "relu", "exp")

@@ -130,6 +130,16 @@ CASES: dict[tuple[str, str], tuple[str, str]] = {
     ("relative", "table"): (qkv("score = dot(bias = relative(heads = H, buckets = 8)), norm = softmax"),
                             QKV + "  param t: [H, 8] = normal(1.0)\n  return mix(q, k, v, score = dot(bias = "
                             "relative(heads = H, buckets = 8, table = t)), norm = softmax)\n}\n"),
+    ("relative", "max_distance"): (
+        qkv("score = dot(bias = relative(heads = H, buckets = 8, table = t)), norm = softmax").replace(
+            "  return", "  param t: [H, 8] = normal(1.0)\n  return"),
+        qkv("score = dot(bias = relative(heads = H, buckets = 8, table = t, max_distance = 12)), norm = softmax"
+            ).replace("  return", "  param t: [H, 8] = normal(1.0)\n  return")),
+    ("relative", "bidirectional"): (
+        qkv("score = dot(bias = relative(heads = H, buckets = 8, table = t, max_distance = 12)), norm = softmax"
+            ).replace("  return", "  param t: [H, 8] = normal(1.0)\n  return"),
+        qkv("score = dot(bias = relative(heads = H, buckets = 8, table = t, max_distance = 12, "
+            "bidirectional = false)), norm = softmax").replace("  return", "  param t: [H, 8] = normal(1.0)\n  return")),
     ("favor", "features"): (feat("favor(8)"), feat("favor(16)")),
     ("favor", "orthogonal"): (feat("favor(8)"), feat("favor(8, orthogonal = false)")),
     ("favor", "seed"): (feat("favor(8)"), feat("favor(8, seed = 3)")),
