@@ -41,6 +41,8 @@ def mix(ctx: Ctx, q, k, v, score, feature, mask, norm, algorithm, chunk, block, 
         norm = "softmax" if (q is not None and feature is None and not decays and not toeplitz) else "none"
 
     if toeplitz:
+        if any(isinstance(x, M.Or) for x in _nodes(mask.obj)):
+            raise ctx.error("toeplitz(...) cannot be combined with other masks (except '& document(ids)')")
         out_shape, batch = _toeplitz_shapes(ctx, q, k, v, score, feature, norm, leaves)
         n_q = v.type.shape[-2]
     elif isinstance(score.obj if score else None, M.Given):
@@ -60,9 +62,10 @@ def mix(ctx: Ctx, q, k, v, score, feature, mask, norm, algorithm, chunk, block, 
         pass
     elif not toeplitz:
         for leaf in leaves:
-            if not isinstance(leaf, (M.Full, M.Causal, M.Decay)):
+            if not isinstance(leaf, (M.Full, M.Causal, M.Decay, M.Document)):
                 raise ctx.error(f"mask {leaf} with norm={norm} is not supported: linear attention takes "
-                                "full(), causal() and decay(...)", hint="use norm=softmax for sparse masks")
+                                "full(), causal(), decay(...) and document(ids)",
+                                hint="use norm=softmax for sparse masks")
         if any(isinstance(x, M.Or) for x in _nodes(mask.obj)):
             raise ctx.error("'|' of masks is only supported with norm=softmax")
         if decays and not any(isinstance(x, M.Causal) for x in M.conjuncts(mask.obj)):
@@ -178,8 +181,9 @@ def _toeplitz_shapes(ctx: Ctx, q, k, v, score, feature, norm, leaves):
     if q is not None or k is not None or score is not None or feature is not None:
         raise ctx.error("a toeplitz(...) mask mixes v alone: leave q, k, score and feature out",
                         hint="gate with elementwise products around the mix, as H3 does")
-    if len(leaves) != 1:
-        raise ctx.error("toeplitz(...) cannot be combined with other masks")
+    if any(not isinstance(x, (M.Toeplitz, M.Document)) for x in leaves) or len(leaves) - sum(
+            isinstance(x, M.Document) for x in leaves) != 1:
+        raise ctx.error("toeplitz(...) cannot be combined with other masks (except '& document(ids)')")
     if norm != "none":
         raise ctx.error(f"norm={norm} does not apply to a convolution (toeplitz) mix")
     return v.type.shape, v.type.shape[:-2]
