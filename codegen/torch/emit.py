@@ -238,15 +238,16 @@ class _Writer(Chooser, scoped.ScopedWriter):
 
     def op_norm(self, n: Node) -> None:
         fn, x = n.attr("fn"), self.inp(n, "x")
-        w, b = self.inp(n, "weight"), self.inp(n, "bias")
+        w, b, eps = self.inp(n, "weight"), self.inp(n, "bias"), n.attr("eps")
+        eps = "" if eps is None else f", eps={float(self.sizes.number(eps))!r}"   # None: the runtime's default
         if fn == "layernorm":
-            self.emit(n, f"rt.layernorm({x}, {w}, {b})")
+            self.emit(n, f"rt.layernorm({x}, {w}, {b}{eps})")
         elif fn == "rmsnorm":
-            self.emit(n, f"rt.rmsnorm({x}, {w})")
+            self.emit(n, f"rt.rmsnorm({x}, {w}{eps})")
         elif fn == "batchnorm":
-            self.emit(n, f"rt.batchnorm({x}, {w}, {b})")
+            self.emit(n, f"rt.batchnorm({x}, {w}, {b}{eps})")
         else:
-            self.emit(n, f"rt.groupnorm({x}, {w}, {b}, groups={self.sizes.code(n.attr('groups'))})")
+            self.emit(n, f"rt.groupnorm({x}, {w}, {b}, groups={self.sizes.code(n.attr('groups'))}{eps})")
 
     def op_mlp(self, n: Node) -> None:
         masks = self._weight_mask(n, "w1", "w1_mask", "w1_mask") + self._weight_mask(n, "w2", "w2_mask", "w2_mask")

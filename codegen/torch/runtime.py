@@ -244,8 +244,8 @@ def embed(tokens, table):
     return F.embedding(tokens, table)
 
 
-def layernorm(x, weight=None, bias=None):
-    return F.layer_norm(x, x.shape[-1:], weight, bias)
+def layernorm(x, weight=None, bias=None, eps: float = 1e-5):
+    return F.layer_norm(x, x.shape[-1:], weight, bias, eps)
 
 
 def rmsnorm(x, weight, eps: float = 1e-6):

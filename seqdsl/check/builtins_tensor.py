@@ -98,45 +98,45 @@ def sinusoidal(ctx: Ctx, n, dim):
 # Norms, MLPs, convolutions, pooling
 # ======================================================================================
 
-def _norm(ctx: Ctx, x, kind: str, bias: bool, groups=None):
+def _norm(ctx: Ctx, x, kind: str, bias: bool, groups=None, eps=None):
     _need_float(ctx, x, f"{kind}()")
     c = x.type.shape[-1]
     inputs = [("x", x), ("weight", ctx.param("weight", (c,), Init("ones")))]
     if bias:
         inputs.append(("bias", ctx.param("bias", (c,), Init("zeros"))))
-    attrs = {"fn": kind}
+    attrs = {"fn": kind, "eps": eps}     # eps None: the runtime's default (docstrings below)
     if groups is not None:
         ctx.el.divide(c, groups, ctx.pos, "groupnorm()")
         attrs["groups"] = groups
     return ctx.node(OpKind.NORM, inputs, x.type, attrs)
 
 
-@builtin("layer", P("x", "tensor"), P("bias", "bool", True), P("affine", "bool", True))
-def layernorm(ctx, x, bias, affine):
-    """Normalise the last axis to zero mean, unit variance; learned scale (and shift) unless
-    ``affine = false``."""
+@builtin("layer", P("x", "tensor"), P("bias", "bool", True), P("affine", "bool", True), P("eps", "scalar", None))
+def layernorm(ctx, x, bias, affine, eps):
+    """Normalise the last axis to zero mean, unit variance (x − μ)/√(σ² + eps), eps 1e-5 unless
+    given; learned scale (and shift) unless ``affine = false``."""
     if not affine:
         _need_float(ctx, x, "layernorm()")
-        return ctx.node(OpKind.NORM, [("x", x)], x.type, {"fn": "layernorm"})
-    return _norm(ctx, x, "layernorm", bias)
+        return ctx.node(OpKind.NORM, [("x", x)], x.type, {"fn": "layernorm", "eps": eps})
+    return _norm(ctx, x, "layernorm", bias, eps=eps)
 
 
-@builtin("layer", P("x", "tensor"))
-def rmsnorm(ctx, x):
-    """Divide by the root mean square of the last axis; learned scale."""
-    return _norm(ctx, x, "rmsnorm", False)
+@builtin("layer", P("x", "tensor"), P("eps", "scalar", None))
+def rmsnorm(ctx, x, eps):
+    """x / √(mean(x²) + eps) over the last axis (eps 1e-6 unless given); learned scale."""
+    return _norm(ctx, x, "rmsnorm", False, eps=eps)
 
 
-@builtin("layer", P("x", "tensor"))
-def batchnorm(ctx, x):
-    """Normalise each channel (last axis) over batch and sequence; learned scale and shift."""
-    return _norm(ctx, x, "batchnorm", True)
+@builtin("layer", P("x", "tensor"), P("eps", "scalar", None))
+def batchnorm(ctx, x, eps):
+    """Normalise each channel (last axis) over batch and sequence (eps 1e-5); scale and shift."""
+    return _norm(ctx, x, "batchnorm", True, eps=eps)
 
 
-@builtin("layer", P("x", "tensor"), P("groups", "dim"))
-def groupnorm(ctx, x, groups):
-    """Normalise groups of channels of the last axis (RetNet's per-head norm)."""
-    return _norm(ctx, x, "groupnorm", True, groups)
+@builtin("layer", P("x", "tensor"), P("groups", "dim"), P("eps", "scalar", None))
+def groupnorm(ctx, x, groups, eps):
+    """Normalise groups of channels of the last axis (RetNet's per-head norm; eps 1e-5)."""
+    return _norm(ctx, x, "groupnorm", True, groups, eps)
 
 
 ACTIVATIONS = ("relu", "gelu", "silu", "sigmoid", "tanh", "softplus", "elu1", "identity", "sin", "cos", "exp",
