@@ -57,7 +57,8 @@ class Generation:
             f"prefill: {len(self.prompt_ids)} tokens in {self.prefill_seconds:.3g} s "
             f"({self.prefill_tokens_per_s:.4g} tokens/s)",
             f"step:    {self.steps} tokens in {self.step_seconds:.3g} s "
-            f"({self.step_tokens_per_s:.4g} tokens/s, {ms:.3g} ms/token)",
+            f"({self.step_tokens_per_s:.4g} tokens/s, {ms:.3g} ms/token)" if self.steps else
+            "step:    none (the first new token comes from the prefill's logits)",
             f"state:   {_size(self.state_bytes)} per sequence after {len(self.prompt_ids) + self.steps} tokens "
             f"({_size(self.state_bytes_prompt)} after the prompt)",
         ])
@@ -195,7 +196,10 @@ def generate(source: str | Path, prompt: str | list[int], tokens: int = 200, *, 
     model = load(source, entry, **dims)
     ok, why = model.can_decode
     if not ok:
-        raise SeqError(f"{model.ENTRY} cannot decode: {why}")
+        fixed = [k for k in dims if f"fixes {k} " in why]
+        raise SeqError(f"{model.ENTRY} cannot decode: {why}",
+                       hint=f"leave {fixed[0]} out of --set: generation reads the length from the prompt"
+                       if fixed else None)
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
     model.eval()

@@ -101,6 +101,8 @@ def test_cli_refuses_a_model_that_cannot_decode(tmp_path):
     assert "cannot decode" in result.output and "Traceback" not in result.output
     report = seqdsl.analyze(src, decode=True).to_dict()["decode"]
     assert not report["can_decode"] and "no causal term" in report["reason"]
+    result = runner.invoke(app, ["generate", str(src), "--prompt", "hi", "--set", "N=8"])
+    assert result.exit_code == 1 and "leave N out of --set" in result.output
     classifier = ROOT / "examples" / "models" / "transformer_encoder.seq"
     result = runner.invoke(app, ["generate", str(classifier), "--prompt", "1 2", "--tokens", "2"])
     assert result.exit_code == 1 and "logits [B, N, V]" in result.output
