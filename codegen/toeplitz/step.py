@@ -7,8 +7,10 @@ State of one mixer:
   Mega's EMA), [..., M] for S5's MIMO state, [..., C, S] for DPLR's dense one; a shift SSM:
   ``h`` [..., C, S], the register of its last S inputs. Prefill runs the mix's own
   algorithm (FFT, chunked FFT or scan) and returns the final state; a step is one step of
-  the recurrence h_t = Ā h_{t−1} + B̄ u_t, y_t = Re(c h_t) (run as the ``direct`` algorithm
-  over one token from ``h``): O(C · state) per token.
+  the recurrence h_t = Ā h_{t−1} + B̄ u_t, y_t = Re(c h_t) (``torch_impl.recurrent_step``):
+  O(C · state) per token (DPLR: C · S²). The discretised system (Ā, B̄, c) is kept between
+  steps while the weights are the same tensors, unmodified (identity and version counter):
+  S4's bilinear DPLR discretisation solves C systems of S × S, 10× a step's own work.
 - an explicit kernel (Hyena's implicit filters, long convolutions): ``u`` [..., T, C], the
   inputs so far, and, when the kernel's taps run over N (one tap per position, computed by
   the same graph at the step's position), ``K`` [T, C], the taps so far. A step is
@@ -19,13 +21,32 @@ State of one mixer:
 from __future__ import annotations
 
 import inspect
+import weakref
 
 import torch
 from torch import Tensor
 
-from codegen.toeplitz.torch_impl import toeplitz_mix
+from codegen.toeplitz.kernels import System, discretize
+from codegen.toeplitz.torch_impl import _compute_dtype, recurrent_step, toeplitz_mix
 
 _SIG = inspect.signature(toeplitz_mix)
+_SYSTEMS: dict[tuple, tuple[list, list[int], System]] = {}   # the last discretisations, by weights
+
+
+def _system(a: dict, rd: torch.dtype) -> System:
+    """``discretize`` of this call's SSM, reused while every weight is the same, unmodified tensor."""
+    params = a["params"]
+    names = sorted(params)
+    key = (a["kind"], a["disc"], a["conj"], a["mimo"], a["kernel_length"], rd, tuple((k, id(params[k])) for k in names))
+    hit = _SYSTEMS.get(key)
+    if hit is not None and all(r() is params[k] and params[k]._version == v for k, r, v in zip(names, *hit[:2])):
+        return hit[2]
+    sys = discretize(a["kind"], {k: t.to(rd) for k, t in params.items()}, disc=a["disc"], conj=a["conj"],
+                     mimo=a["mimo"], length=a["kernel_length"])
+    if len(_SYSTEMS) > 256:
+        _SYSTEMS.clear()
+    _SYSTEMS[key] = ([weakref.ref(params[k]) for k in names], [params[k]._version for k in names], sys)
+    return sys
 
 
 def _bind(args: tuple, kw: dict) -> dict:
@@ -51,9 +72,9 @@ def step(fn, args: tuple, kw: dict, state: dict[str, Tensor], t: int, detail: st
     a = _bind(args, kw)
     v, K = a["v"], a["explicit_kernel"]
     if K is None:
-        a.update(initial_state=state["h"], return_state=True, algorithm="direct")
-        out, h = fn(**a)
-        return out, {"h": h}
+        rd = _compute_dtype(v, *a["params"].values())
+        y, h = recurrent_step(state["h"], v[..., 0, :].to(rd), system=_system(a, rd))
+        return y[..., None, :].to(v.dtype), {"h": h}
     u = torch.cat([state["u"], v], dim=-2)                                 # [..., T, C]
     if detail == "lag":                                                    # this position's tap arrives now
         K = torch.cat([state["K"], K[:1]], dim=0)
