@@ -23,13 +23,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import networkx as nx
 import sympy
 
 from seqdsl.ir import mix as M
 from seqdsl.ir.graph import Graph, Node, OpKind
 
-#: the families whose state the step functions know (codegen/<family>/step.py)
-STATEFUL = ("softmax", "linear", "toeplitz", "conv1d")
+#: the families whose state the step functions know (codegen/<family>/step.py; recurrent
+#: segments: codegen/torch/decode_families.py)
+STATEFUL = ("softmax", "linear", "toeplitz", "conv1d", "recurrent")
+#: inside a recurrent segment's body: an axis P + S (P tokens of memory before the segment's S)
+#: counts as the sequence axis, its first P positions a prefix every position sees
+_PREFIXED = False
 #: ops that act on each position alone as long as they do not act along the sequence axis
 _LAST_AXIS = {OpKind.LINEAR, OpKind.MLP, OpKind.HASH}
 _ELEMENTWISE = {OpKind.UNARY, OpKind.BINARY, OpKind.DROPOUT, OpKind.GET, OpKind.EMBED, OpKind.INPUT}
@@ -77,8 +82,18 @@ def seq_dim(g: Graph) -> sympy.Symbol | None:
     return d if d.is_Symbol else None
 
 
+def _prefix(d, n: sympy.Symbol):
+    """P when the axis d is P + n with P free of n (only inside a segment's body), else None."""
+    d = sympy.sympify(d)
+    if d == n:
+        return sympy.Integer(0)
+    if _PREFIXED and _uses(d, n) and not _uses(sympy.simplify(d - n), n):
+        return sympy.simplify(d - n)
+    return None
+
+
 def _axes(shape, n: sympy.Symbol) -> list[int]:
-    return [i for i, d in enumerate(shape) if sympy.sympify(d) == n]
+    return [i for i, d in enumerate(shape) if _prefix(d, n) is not None]
 
 
 def _uses(expr, n: sympy.Symbol) -> bool:
@@ -132,7 +147,7 @@ def _classify(g: Graph, node: Node, n: sympy.Symbol) -> str:
     for t in ins + outs:
         for d in t.shape:
             d = sympy.sympify(d)
-            if d != n and _uses(d, n):
+            if _uses(d, n) and _prefix(d, n) is None:
                 raise _refuse(node, f"an axis of size {d} depends on the sequence length {n}")
     on_seq = any(_axes(t.shape, n) for t in ins + outs)
     k = node.kind
@@ -186,6 +201,8 @@ def _classify(g: Graph, node: Node, n: sympy.Symbol) -> str:
         return _slice(node, x, n)
     if k == OpKind.CONCAT:
         axis = node.attr("axis") % node.out.rank
+        if _PREFIXED and axis in _axes(node.out.shape, n) and not any(_uses(t.shape[axis], n) for t in ins[:-1]):
+            return "none"                     # memory before the segment: a prefix every position sees
         if axis in _axes(node.out.shape, n):
             raise _refuse(node, f"concatenates along the {n} axis (tokens before the sequence)")
         return "none"
@@ -195,15 +212,42 @@ def _classify(g: Graph, node: Node, n: sympy.Symbol) -> str:
         return "conv1d"
     if k == OpKind.MIX:
         return _mix(g, node, n)
+    if k == OpKind.RECURRENT and not _PREFIXED:
+        return _segments(node, n)
     why = {
         OpKind.POOL: f"pools windows of the {n} axis",
         OpKind.SEQ_PROJECT: f"a learned projection along {n} mixes every position",
         OpKind.SORT_BLOCKS: "sorts blocks of the whole sequence",
         OpKind.MOE: "routes with a capacity that depends on every token of the batch",
         OpKind.FIXED_POINT: "its stopping test reads the whole sequence",
-        OpKind.RECURRENT: "runs segment by segment; stepping inside a segment is not derived",
     }.get(k, f"no decoding rule for {k.value}")
     raise _refuse(node, why)
+
+
+def _segments(node: Node, n: sympy.Symbol) -> str:
+    """``recurrent(step, x, state, segment = S)``: decodable when the step's first output is
+    causal in its segment, the carried state (memory) being a prefix every position sees. A
+    decoding step re-runs the step over the segment so far (O(S) rows per token) and carries
+    the state when a segment completes."""
+    global _PREFIXED
+    body: Graph = node.attr("body")
+    s = sympy.sympify(node.attr("segment"))
+    if not s.is_Symbol or sympy.sympify(body.inputs[0].out.shape[-2]) != s:
+        raise _refuse(node, f"the step's input is not laid out [.., {s}, D]")
+    out = body.outputs[0]
+    keep = nx.ancestors(body.nx, out.node) | {out.node}
+    _PREFIXED = True
+    try:
+        for b in body.nodes():      # positions and taps inside restart with each segment, in a re-run too
+            if b.id in keep and b.kind != OpKind.INPUT:
+                _classify(body, b, s)
+        if sympy.sympify(body.type_of(out).shape[-2]) != s:
+            raise _refuse(node, "the step's output is not one row per position of the segment")
+    except _Refuse as why:
+        raise _Refuse(f"{_where(node)}{node.name} (recurrent): its step: {why}") from None
+    finally:
+        _PREFIXED = False
+    return "recurrent"
 
 
 def _slice(node: Node, x, n: sympy.Symbol) -> str:
@@ -212,7 +256,11 @@ def _slice(node: Node, x, n: sympy.Symbol) -> str:
         if item[0] == "new":
             continue
         d = sympy.sympify(next(shape))
+        if _prefix(d, n) is not None and d != n:
+            raise _refuse(node, f"takes part of the {d} axis")
         if d != n:
+            if item[0] == "slice" and _uses(item[2], n):      # x[:N] of a longer table: rows 0 … N−1
+                raise _refuse(node, f"takes the first {n} rows of an axis of {d} (a step would read row 0)")
             continue
         if item[0] == "index" or sympy.sympify(item[1]) != 0 or sympy.simplify(sympy.sympify(item[2]) - n) != 0:
             raise _refuse(node, f"takes part of the {n} axis (which positions depends on the length)")
@@ -221,10 +269,14 @@ def _slice(node: Node, x, n: sympy.Symbol) -> str:
 
 def _mix(g: Graph, node: Node, n: sympy.Symbol) -> str:
     spec = node.spec
+    prefix = {}
     for role in ("q", "k", "v"):
         p = node.input(role)
-        if p is not None and sympy.sympify(g.type_of(p).shape[-2]) != n:
-            raise _refuse(node, f"its {role} runs over {g.type_of(p).shape[-2]}, not over the sequence {n}")
+        if p is not None:
+            prefix[role] = _prefix(g.type_of(p).shape[-2], n)
+            if prefix[role] is None:
+                raise _refuse(node, f"its {role} runs over {g.type_of(p).shape[-2]}, not over the sequence {n}")
+    offset = sympy.simplify(prefix.get("k", 0) - prefix.get("q", 0))    # keys before the queries' first
     if not spec.causal:
         raise _refuse(node, f"the mask {spec.mask} lets a position see later ones (not causal)")
     fam = spec.family
@@ -243,7 +295,7 @@ def _mix(g: Graph, node: Node, n: sympy.Symbol) -> str:
         return "linear"
     if fam in ("softmax", "content_sparse"):
         causal = [x for x in M.conjuncts(spec.mask) if isinstance(x, M.Causal)]
-        if not causal or any(x.offset != 0 for x in causal):
+        if not causal or any(sympy.simplify(x.offset - offset) != 0 for x in causal):
             raise _refuse(node, f"the KV cache is derived for masks with causal() as a term, not {spec.mask}")
         for leaf in leaves:
             if isinstance(leaf, M.RandomBlocks):

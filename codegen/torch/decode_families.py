@@ -44,7 +44,34 @@ def conv1d_step(fn, args: tuple, kw: dict, state: dict[str, Tensor], t: int, det
     return y, {"x": window[..., 1:, :]}
 
 
+def recurrent_prefill(fn, args: tuple, kw: dict, detail: str = "") -> tuple[tuple, dict[str, Tensor]]:
+    """``recurrent(step, x, state, segment)``: the state after the last whole segment, and the
+    inputs of the segment begun (its rows are re-run by each step: O(segment) per token)."""
+    a = _conv_args(fn, args, kw)
+    step, x, state, seg = a["step"], a["x"], a["state"], a["segment"]
+    whole = x.shape[-2] // seg * seg
+    ys = []
+    if whole:
+        y, state = fn(step, x[..., :whole, :], state, seg)
+        ys.append(y)
+    carried, rest = state, x[..., whole:, :]
+    if rest.shape[-2]:
+        y, state = step(rest, carried)
+        ys.append(y)
+    return (torch.cat(ys, dim=-2), state), {"state": carried, "x": rest}
+
+
+def recurrent_step(fn, args: tuple, kw: dict, slot: dict[str, Tensor], t: int, detail: str = "") -> tuple:
+    a = _conv_args(fn, args, kw)
+    step, seg = a["step"], a["segment"]
+    x = torch.cat([slot["x"], a["x"]], dim=-2)
+    y, state = step(x, slot["state"])
+    if x.shape[-2] == seg:            # the segment is whole: its state is carried, its rows dropped
+        return (y[..., -1:, :], state), {"state": state, "x": x[..., :0, :]}
+    return (y[..., -1:, :], state), {"state": slot["state"], "x": x}
+
+
 PREFILL = {"softmax": softmax_step.prefill, "linear": linear_step.prefill, "toeplitz": toeplitz_step.prefill,
-           "conv1d": conv1d_prefill}
+           "conv1d": conv1d_prefill, "recurrent": recurrent_prefill}
 STEP = {"softmax": softmax_step.step, "linear": linear_step.step, "toeplitz": toeplitz_step.step,
-        "conv1d": conv1d_step}
+        "conv1d": conv1d_step, "recurrent": recurrent_step}

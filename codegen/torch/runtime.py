@@ -398,6 +398,7 @@ def fixed_point(cell: nn.Module, z, x, iters: int, tol: float, solver: str = "an
     return solve_fixed_point(cell, z, x, iters, tol, solver)
 
 
+@decode.stateful("recurrent")   # prefill / step: the state of the last whole segment (decode_families.py)
 def recurrent(step: nn.Module, x, state, segment: int):
     """Apply ``step(x_segment, state) -> (y_segment, state')`` over consecutive segments."""
     outs = []

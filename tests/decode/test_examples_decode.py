@@ -28,15 +28,16 @@ TOTAL = 112    # the full forward's length: a whole number of every example's bl
 
 # The causal language models of examples/models that decode (each family's state is in it:
 # KV caches plain / block-local / butterfly+global, linear states with and without decays
-# and normalisers, selective scan, diagonal and DPLR SSMs, EMA, shift SSMs, short convs).
+# and normalisers, selective scan, diagonal and DPLR SSMs, EMA, shift SSMs, short convs,
+# Transformer-XL's recurrent segments with their memory).
 DECODES = ["transformer_decoder", "h3", "h3_hybrid", "mamba", "retnet", "gla", "mega", "mega_chunk", "linear_transformer",
-           "local_attention", "performer", "pixelfly", "spade", "block_recurrent", "s4d_lm"]
+           "local_attention", "performer", "pixelfly", "spade", "block_recurrent", "s4d_lm",
+           "memory_transformer"]
 
 # Causal language models that cannot decode (yet): what the refusal names. See the report of
 # issue 13 for each: a fidelity question of the example, or a form not derived.
 REFUSED = {
     "hyena": "uses the length N as a number",                     # its filter is normalised by the runtime N
-    "memory_transformer": "segment by segment",
     "perceiver_ar": "takes part of the N axis",
     "switch_moe": "capacity",
     "deq": "",                                                     # a fixed point over the whole sequence
