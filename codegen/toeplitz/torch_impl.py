@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from codegen.distributed.context import active as _sp_active
 from codegen.toeplitz import state as st
 from codegen.toeplitz.kernels import (
     DenseSSM,
@@ -337,6 +338,13 @@ def toeplitz_mix(v: Tensor, *, kind: str | None = None, params: dict[str, Tensor
     ``document(ids)`` mask): see :func:`_per_document`."""
     if algorithm not in ALGORITHMS:
         raise ValueError(f"unknown Toeplitz algorithm {algorithm!r}; expected one of {', '.join(ALGORITHMS)}")
+    if _sp_active() is not None:       # the sequence split over ranks: state passing or all-to-all (codegen/distributed)
+        from codegen.distributed import hooks
+        return hooks.toeplitz(v, kind=kind, params=params, reverse_params=reverse_params,
+                              explicit_kernel=explicit_kernel, causal=causal, disc=disc, conj=conj, mimo=mimo,
+                              diagonal=diagonal, algorithm=algorithm, chunk=chunk, scan_block=scan_block,
+                              initial_state=initial_state, return_state=return_state, kernel_length=kernel_length,
+                              docs=docs, doc_ids=doc_ids)
     if docs is not None or doc_ids is not None:
         return _per_document(v, docs, doc_ids, dict(
             kind=kind, params=params, reverse_params=reverse_params, explicit_kernel=explicit_kernel, causal=causal,

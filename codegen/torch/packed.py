@@ -153,3 +153,22 @@ def linear_by_document(kernel, q: Tensor, k: Tensor, v: Tensor, *, decay=None, d
         decay = docs.to_padded(decay.expand(*batch, n), axis=-1)
     out = kernel(*args, **({} if decay is None else {"decay": decay}), **kw)
     return docs.from_padded(out, axis=-2)
+
+
+def toeplitz_by_document(kernel, v: Tensor, *args, pre: Tensor | None = None, post: Tensor | None = None,
+                         docs: varlen.Documents | None = None, **kw):
+    """A generated Triton Toeplitz kernel (SSM or long convolution, with its fused gates) over
+    packed rows: v and the gates ``pre`` / ``post`` (broadcast to v) gathered into a [documents,
+    …, longest, C] batch (zeros after each end), the kernel run with no state or history
+    entering any document, the outputs scattered back; DSS keeps the row's normalisation length.
+    v [B, …, N, C]."""
+    gates = {k: x for k, x in (("pre", pre), ("post", post)) if x is not None}
+    if docs is None:
+        return kernel(v, *args, **gates, **kw)
+    if kw.get("initial_state") is not None or kw.get("return_state"):
+        raise SeqError("packed rows: a Toeplitz mix over documents takes no initial state and returns none")
+    docs.check(v.shape[0], v.shape[-2], "toeplitz mix (Triton)")
+    kw.setdefault("kernel_length", v.shape[-2])
+    gates = {k: docs.to_padded(torch.broadcast_to(x, v.shape), axis=-2) for k, x in gates.items()}
+    out = kernel(docs.to_padded(v, axis=-2), *args, **gates, **kw)
+    return docs.from_padded(out, axis=-2)

@@ -240,7 +240,7 @@ def rewrite(w, n: Node, expr: str) -> str:
         if expr.startswith(_RUNTIME_MIXERS) and expr.endswith(")"):
             return expr[:-1] + ", docs=rt.documents())"
         wrapper = {"softmax": "rt.attention_by_document", "linear": "rt.linear_by_document",
-                   "decayed_linear": "rt.linear_by_document"}.get(n.spec.family)
+                   "decayed_linear": "rt.linear_by_document", "toeplitz": "rt.toeplitz_by_document"}.get(n.spec.family)
         wrapped = _wrap_kernel_call(expr, wrapper) if wrapper else None
         if wrapped is not None:
             return wrapped

@@ -23,6 +23,7 @@ from codegen.torch.packed import (  # noqa: F401  (packed rows: what generated m
     linear_by_document,
     packing,
     rotary_by_position,
+    toeplitz_by_document,
     unpacked,
 )
 from seqdsl.errors import Pos, SeqError

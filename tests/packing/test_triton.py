@@ -1,7 +1,6 @@
 """The generated Triton softmax kernel over packed rows (interpreted on a CPU, tiny sizes):
 documents become its cu_seqlens; equal to the torch backend's document mask, forward and
-backward; the generated linear kernels run per document; a generated Toeplitz kernel has no
-document boundaries yet: packed calls refused."""
+backward; the generated linear and Toeplitz kernels run per document (a batch of documents)."""
 
 from __future__ import annotations
 
@@ -46,8 +45,15 @@ def test_triton_linear_documents_equal_torch(name):
         assert float((a - b).norm() / b.norm()) <= 1e-5
 
 
-def test_triton_toeplitz_kernel_refuses_packed_rows():
-    tri = seqdsl.load(ROOT / "examples/mixers/h3.seq", backend="triton")
-    q = tri.example_inputs(B=1, N=8)
-    with pytest.raises(seqdsl.SeqError, match="Triton kernel, without document boundaries"):
-        tri(*q, doc_ids=torch.tensor([[0] * 3 + [1] * 5]))
+def test_triton_toeplitz_documents_equal_torch():
+    """The generated SSM convolution kernel runs per document (no state or history enters one)."""
+    torch.manual_seed(2)
+    tri = seqdsl.load(ROOT / "examples/mixers/s4d.seq", backend="triton")
+    ref = seqdsl.load(ROOT / "examples/mixers/s4d.seq", backend="torch")
+    ins = [x.requires_grad_() for x in ref.example_inputs(B=2, N=11, D=4)]
+    ids = torch.tensor([[0] * 4 + [1] * 6 + [2], [4] * 11])
+    out, want = tri(*ins, doc_ids=ids), ref(*ins, doc_ids=ids)
+    assert float((out - want).norm() / want.norm()) <= 1e-5
+    w = torch.randn_like(want)
+    for a, b in zip(torch.autograd.grad((out * w).sum(), ins), torch.autograd.grad((want * w).sum(), ins)):
+        assert float((a - b).norm() / b.norm()) <= 1e-5
