@@ -235,6 +235,8 @@ def _softmax_row(g: Graph, node: Node, op: str, s: mixers.MixShapes, terms, n) -
         elif isinstance(t, M.Local):                     # at most the block so far (an upper bound)
             kept, what, grows = sympy.Min(s.nk, t.size), f"KV cache of the current block of {t.size}", False
             cached = kept
+            note = (f"the current block holds N mod {t.size} keys after N tokens; counted as a full block "
+                    "(an upper bound)")
     if not any(isinstance(t, (M.Window, M.Local)) for t in terms) and any(
             not isinstance(t, (M.Causal, M.Full)) for t in terms):
         note = f"the mask {spec.mask} keeps fewer keys; counted as every key (an upper bound)"
