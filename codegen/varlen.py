@@ -87,7 +87,7 @@ class Documents:
 
     def check(self, b: int, n: int, what: str) -> None:
         """Refuse a tensor whose batch or length is not the packed one."""
-        if tuple(self.ids.shape) != (b, n) and not (self.ids.shape[0] == 1 and self.ids.shape[1] == n):
+        if self.ids.shape[1] != n or b not in (1, self.ids.shape[0]):     # b = 1: x broadcast over the batch
             raise ValueError(f"{what}: doc_ids are {list(self.ids.shape)} but the sequence is [B={b}, N={n}]")
 
     def view(self, rank: int) -> Tensor:

@@ -43,3 +43,12 @@ def test_pack_first_fit_and_padding_document():
     assert ids.tolist() == [[0, 0, 0, 1, 1, 1], [0, 0, 0, 0, 1, 1]]
     with pytest.raises(ValueError, match="does not fit"):
         pack(seqs, 3)
+
+
+def test_sizes_that_do_not_fit_are_refused():
+    d = Documents.from_ids(torch.tensor([[0, 0, 1]]))
+    with pytest.raises(ValueError, match=r"doc_ids are \[1, 3\] but the sequence is \[B=2, N=3\]"):
+        d.check(2, 3, "mixer")
+    with pytest.raises(ValueError, match="N=4"):
+        d.check(1, 4, "mixer")
+    d.check(1, 3, "mixer")
