@@ -7,4 +7,10 @@ if [ -f .venv/bin/activate ]; then
   # shellcheck disable=SC1091
   . .venv/bin/activate
 fi
+# The suite runs on every core (pytest-xdist, at most 4 workers; each worker gives torch its
+# share of the cores, see tests/conftest.py). SEQDSL_TEST_WORKERS=0 runs it in one process.
+WORKERS="${SEQDSL_TEST_WORKERS:-$(python -c 'import os; print(min(4, os.cpu_count() or 1))')}"
+if [ "$WORKERS" -gt 1 ]; then
+  exec python -m pytest -q -n "$WORKERS" "$@"
+fi
 exec python -m pytest -q "$@"

@@ -31,6 +31,11 @@ if not torch.cuda.is_available():
 
 import seqdsl  # noqa: E402
 
+# Under pytest-xdist (scripts/test.sh) each worker gets its share of the cores, so that the
+# workers' torch thread pools do not fight over them.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples").glob("**/*.seq"))
 
