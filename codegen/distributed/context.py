@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -29,6 +29,9 @@ class SequenceParallel:
     group: object | None = None
     layout: str = "contiguous"
     softmax: str = "auto"
+    #: the layout of the call being run (set by the entry's ``bind_sizes``, read by the layers
+    #: that need positions or the global length; see codegen/distributed/hooks.py)
+    state: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:

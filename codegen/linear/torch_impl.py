@@ -34,6 +34,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from codegen.distributed.context import active as _sp_active
 from codegen.linear.chunked import OuterGate, chunked
 from codegen.linear.features import feature_map, feature_width
 from codegen.torch.decode import stateful
@@ -56,6 +57,11 @@ def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, featu
     start (``varlen.py``)."""
     if algorithm not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {algorithm!r}; expected one of {', '.join(ALGORITHMS)}")
+    if _sp_active() is not None:       # the sequence split over ranks: state passing (codegen/distributed)
+        from codegen.distributed import hooks
+        return hooks.linear(q, k, v, feature=feature, projection=projection, norm=norm, causal=causal, decay=decay,
+                            log_decay=log_decay, scale=scale, algorithm=algorithm, chunk=chunk,
+                            initial_state=initial_state, return_state=return_state, docs=docs, doc_ids=doc_ids)
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {', '.join(NORMS)} for linear attention, got {norm!r}")
     if decay is not None and not causal:

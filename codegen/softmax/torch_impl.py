@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from codegen import masks as M
+from codegen.distributed.context import active as _sp_active
 from codegen.softmax import plan as P
 from codegen.softmax import tiled as T
 from codegen.softmax.scores import bias_heads, normalize_bias, positional_bias
@@ -57,6 +58,10 @@ def softmax_attention(q: Tensor, k: Tensor, v: Tensor, mask: M.Mask | None = Non
     """
     if algorithm not in ALGORITHMS:
         raise ValueError(f"unknown softmax algorithm {algorithm!r} (known: {', '.join(ALGORITHMS)})")
+    if _sp_active() is not None:       # the sequence split over ranks: ring or Ulysses (codegen/distributed)
+        from codegen.distributed import hooks
+        return hooks.softmax(q, k, v, mask, scale=scale, bias=bias, cap=cap, algorithm=algorithm, block=block,
+                             docs=docs)
     mask = M.Full() if mask is None else M.simplify(mask)
     if docs is not None:
         from codegen.varlen import mixer_ids
@@ -89,6 +94,9 @@ def softmax_attention(q: Tensor, k: Tensor, v: Tensor, mask: M.Mask | None = Non
 
 def given_attention(scores: Tensor, v: Tensor, mask: M.Mask | None = None) -> Tensor:
     """softmax(mask ∘ scores) @ v for scores [..., Nq, Nk] given directly (Synthesizer)."""
+    if _sp_active() is not None:
+        from codegen.distributed import hooks
+        hooks.given()
     mask = M.Full() if mask is None else M.simplify(mask)
     batch = tuple(torch.broadcast_shapes(scores.shape[:-2], v.shape[:-2]))
     keep = _dense(mask, scores.shape[-2], scores.shape[-1], scores.device, batch[-1] if batch else 1)

@@ -224,11 +224,22 @@ def bind_lines(w, dims: list[str]) -> tuple[list[str], list[str]]:
             axis = next((i for i, d in enumerate(shape)
                          if sympy.sympify(d).is_Symbol and sympy.sympify(d).name == dim), None)
             if axis is not None:
-                out.append(f"        {w.sizes.pyname[dim]} = {w.var[_key(p)]}.shape[{axis}]")
+                read = f"{w.var[_key(p)]}.shape[{axis}]"
+                if _is_sequence(w, dim):       # the whole length when the sequence is split over ranks
+                    read = f"rt.seq_length({read})"
+                out.append(f"        {w.sizes.pyname[dim]} = {read}")
                 break
         else:
             extra.append(dim)
     return out, extra
+
+
+def _is_sequence(w, dim: str) -> bool:
+    """Whether ``dim`` is the sequence axis of the entry's first input (packed rows' axis)."""
+    from codegen.torch import packing
+
+    fr = packing.plan_of(w).frame
+    return fr is not None and fr[1].name == dim
 
 
 class ScopedWriter:

@@ -76,3 +76,52 @@ def run_cases(cases: list) -> dict[str, object]:
             out[name] = traceback.format_exc()
             raise
     return out
+
+
+def _seq_axis(x: torch.Tensor) -> int:
+    """The sequence axis of an entry's tensors: 1 of [B, N], −2 of [B, .., N, D]."""
+    return 1 if x.dim() == 2 else x.dim() - 2
+
+
+def compare_module(module: torch.nn.Module, inputs: tuple, group=None, layout: str = "contiguous",
+                   seed: int = 0) -> dict[str, float]:
+    """A module run whole on one process against the same module run on every rank's shard of
+    ``inputs`` (along their sequence axis) inside ``sequence_parallel``. Errors of the
+    output, of every input that is floating point, and of all the weights' gradients together
+    ('grad weights', the ranks' gradients summed) and the worst single weight's."""
+    module.eval()                                          # no dropout: both runs see the same function
+    full = [x.detach().clone().requires_grad_(x.is_floating_point()) for x in inputs]
+    ref = module(*full)
+    W = torch.randn(ref.shape, generator=torch.Generator().manual_seed(seed + 1), dtype=ref.dtype)
+    (ref * W).sum().backward()
+    ref_grads = {k: p.grad.clone() for k, p in module.named_parameters() if p.grad is not None}
+    module.zero_grad(set_to_none=True)
+    with sd.sequence_parallel(group, layout=layout):
+        local = [sd.shard(x.detach(), _seq_axis(x)).clone().requires_grad_(x.is_floating_point()) for x in inputs]
+        out = module(*local)
+        out_dim = _seq_axis(ref)
+        (out * sd.shard(W, out_dim)).sum().backward()
+    sd.reduce_gradients(module, group)
+    errs = {"out": _err(sd.shard(ref, out_dim, group, layout), out, group, True)}
+    for i, (x, xl) in enumerate(zip(full, local)):
+        if x.is_floating_point():
+            errs[f"grad input {i}"] = _err(sd.shard(x.grad, _seq_axis(x), group, layout), xl.grad, group, True)
+    names = sorted(ref_grads)
+    if not names:
+        return errs
+    got = {k: p.grad for k, p in module.named_parameters()}
+    missing = [k for k in names if got.get(k) is None]
+    if missing:
+        raise AssertionError(f"no gradient on the ranks for {missing}")
+    errs["grad weights"] = _err(torch.cat([ref_grads[k].flatten() for k in names]),
+                                torch.cat([got[k].flatten() for k in names]), group, False)
+    # each weight against max(its own norm, 1e-3 × the norm of all): a gradient that is zero in
+    # exact arithmetic (a key bias under softmax) is rounding noise on both sides
+    floor = 1e-3 * float(torch.cat([ref_grads[k].flatten() for k in names]).double().norm())
+
+    def one(k: str) -> float:
+        d = float((ref_grads[k].double() - got[k].double()).norm())
+        return d / max(float(ref_grads[k].double().norm()), floor, 1e-300)
+    worst = max(names, key=one)
+    errs[f"grad worst weight ({worst})"] = one(worst)
+    return errs

@@ -1,0 +1,73 @@
+"""Whole example models, one process against 2 and 4 (run inside test_models.py's processes)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import pathlib
+
+import seqdsl
+
+HERE = pathlib.Path(__file__).parent
+ROOT = HERE.parents[1]
+_spec = importlib.util.spec_from_file_location("_dist_harness", HERE / "harness.py")
+H = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(H)
+SMALL = json.loads((ROOT / "tests/codegen/small_sizes.json").read_text())
+N = 37                      # not a multiple of 2, 4, 8 or any block
+
+# (file, entry or None, extra sizes); an entry is a block where the model's head reads one position
+MODELS = [
+    ("models/transformer_decoder.seq", None, {}),
+    ("mixers/sliding_window.seq", None, {"W": 9}),
+    ("models/retnet.seq", None, {}),
+    ("models/gla.seq", None, {}),
+    ("models/mamba.seq", None, {}),
+    ("models/h3.seq", None, {}),
+    ("models/hyena.seq", None, {}),
+]
+
+
+_loaded: dict = {}
+
+
+def model_case(path: str, entry: str | None, extra: dict, layout: str):
+    def fn(group):
+        if path not in _loaded:          # one module per process for both group sizes
+            sizes = {k: v for k, v in SMALL[path].items() if k not in ("B", "N")}
+            options = {k: v for k, v in extra.items() if k != "N"}
+            _loaded[path] = seqdsl.load(str(ROOT / "examples" / path), entry=entry, **sizes, **options)
+        model = _loaded[path]
+        model.zero_grad(set_to_none=True)
+        inputs = model.example_inputs(**{"B": 2, "N": N, **extra})
+        return H.compare_module(model, inputs, group, layout)
+    return fn
+
+
+def refusal(group):
+    """Longformer's global tokens are a slice of the first G positions of the split sequence:
+    refused by name (no distributed form yet)."""
+    sizes = {k: v for k, v in SMALL["models/longformer.seq"].items() if k not in ("B", "N")}
+    model = seqdsl.load(str(ROOT / "examples/models/longformer.seq"), **sizes)
+    tokens = model.example_inputs(B=2, N=N)[0]
+    import seqdsl.distributed as sd
+    try:
+        with sd.sequence_parallel(group):
+            model(sd.shard(tokens, 1))
+    except seqdsl.SeqError as e:
+        return {"refused": str(e)}
+    return {"refused": None}
+
+
+def cases() -> list:
+    out = []
+    for P, layout in ((2, "contiguous"), (4, "zigzag")):
+        for path, entry, extra in MODELS:
+            name = pathlib.Path(path).stem + (f".{entry}" if entry else "")
+            out.append((f"{name}-P{P}", P, model_case(path, entry, extra, layout)))
+    out.append(("refusal-P2", 2, refusal))
+    return out
+
+
+def main() -> dict:
+    return H.run_cases(cases())
