@@ -14,6 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from codegen.distributed import hooks as _sp_hooks
+from codegen.distributed.context import active as _sp_active
+from codegen.distributed.hooks import unsharded  # noqa: F401  (what generated modules call)
 from codegen.torch import decode
 from codegen.torch.packed import (  # noqa: F401  (packed rows: what generated modules call)
     attention_by_document,
@@ -164,7 +167,21 @@ def bind_sizes(module: nn.Module, *inputs: torch.Tensor) -> tuple[int, ...]:
         if dim in found and found[dim][0] > limit:
             raise SeqError(f"{entry}: input {found[dim][1]} has {dim} = {found[dim][0]}, but the position "
                            f"table was built for at most {dim} = {limit} (load the model with {dim}={found[dim][0]})")
-    return tuple(found[d][0] for d in module.RUNTIME)
+    values = tuple(found[d][0] for d in module.RUNTIME)
+    if _sp_active() is not None:          # the sequence split over ranks: N is the whole length
+        values = _sp_hooks.bind(module, module.RUNTIME, values)
+    return values
+
+
+def local_rows(x, axis: int):
+    """``x``, computed whole over the sequence, at this rank's rows of ``axis`` when the
+    sequence is split over ranks (else ``x`` itself)."""
+    return x if _sp_active() is None else _sp_hooks.local_rows(x, axis)
+
+
+def seq_length(n: int) -> int:
+    """The length of the sequence axis: ``n``, or the whole length when it is split over ranks."""
+    return n if _sp_active() is None else _sp_hooks.seq_length(n)
 
 
 def _why(module: nn.Module, label: str | None) -> str:
