@@ -1,5 +1,5 @@
 """A model file meets a task: check that its layout fits, build the module, and read from
-the IR what the loop needs (weight-decay groups, auxiliary-loss weights, FLOPs).
+the IR what the loop needs (weight-decay groups, whether there are auxiliary losses, FLOPs).
 
 Fitting reads only the checked graph: the entry must have one input, ``int[B, N]`` for a
 token task or ``[B, N, C]`` for a float one, and one output, ``[B, N, V]`` (lm) or
@@ -33,7 +33,7 @@ class Fitted:
     checked: object
     sizes: dict
     no_decay: dict[str, str]         # parameter name -> why it gets no weight decay
-    aux_weights: dict[str, float]    # module path -> weight of the aux_loss it leaves (MoE balance)
+    has_aux: bool                    # the graph has layers that leave auxiliary losses (MoE)
     params: int
     flops_per_token: float | None    # forward, at the task's length
     train_flops_per_step: float | None
@@ -128,13 +128,6 @@ def decay_rule(model: torch.nn.Module, graph: Graph) -> dict[str, str]:
     return out
 
 
-def aux_weights(checked) -> list[tuple[str, float]]:
-    """(layer path, weight) of each MoE layer's balance loss, from its ``balance`` option
-    (a number, or an option of the file at the sizes it was checked at)."""
-    return [(n.name, float(checked.value(n.attr("balance")))) for n in checked.graph.nodes(OpKind.MOE)
-            if n.attr("balance") is not None]
-
-
 def _flops(checked, bname: str | None, batch: int, length: int) -> tuple[float | None, float | None]:
     """Forward FLOPs per token and training (forward + backward) FLOPs per step, from the
     analysis of the graph already checked (no second check)."""
@@ -151,12 +144,32 @@ def _flops(checked, bname: str | None, batch: int, length: int) -> tuple[float |
         return None, None
 
 
+_CACHE: dict[tuple, tuple] = {}   # one process's checked and generated models (a resumed or compared run reuses them)
+
+
 def fit(file: str | Path, layout: Layout, task: str, *, entry: str | None = None, sizes: dict | None = None,
         seed: int = 0, batch: int = 1) -> Fitted:
-    """Check ``file`` against ``layout`` and build its module with weights from ``seed``."""
+    """Check ``file`` against ``layout`` and build its module with weights from ``seed``
+    (a fresh module each call; the checking and code generation are cached per process,
+    keyed by the file's path and modification time, the entry, sizes, layout and batch)."""
+    path = Path(file)
+    key = (str(path.resolve()), path.stat().st_mtime_ns if path.is_file() else 0, entry,
+           tuple(sorted((k, str(v)) for k, v in (sizes or {}).items())), layout, batch)
+    if key not in _CACHE:
+        if len(_CACHE) >= 8:
+            _CACHE.pop(next(iter(_CACHE)))
+        _CACHE[key] = _build(file, layout, task, entry, dict(sizes or {}), batch)
+    cls, choices, source, checked, sizes, flops, train_flops = _CACHE[key]
+    model = cls(seed=seed)
+    model.choices, model.source = choices, source
+    params = sum(p.numel() for p in model.parameters())
+    has_aux = any(n.kind == OpKind.MOE for n in _all_nodes(checked.graph))
+    return Fitted(model, checked, sizes, decay_rule(model, checked.graph), has_aux, params, flops, train_flops)
+
+
+def _build(file, layout: Layout, task: str, entry: str | None, sizes: dict, batch: int) -> tuple:
     from seqdsl import api
 
-    sizes = dict(sizes or {})
     checked = api.check(file, entry, **sizes)
     ins = checked.inputs
     if ins and ins[0][1].rank >= 2:
@@ -166,13 +179,16 @@ def fit(file: str | Path, layout: Layout, task: str, *, entry: str | None = None
             checked = api.check(file, entry, **sizes)
     check_layout(file, checked, layout, task)
     first = api.load(file, entry, **sizes)
-    model = type(first)(seed=seed) if seed else first
-    model.choices, model.source = first.choices, first.source
-    params = sum(p.numel() for p in model.parameters())
     bdim = ins[0][1].shape[0] if ins and ins[0][1].rank else None
     bname = bdim.name if isinstance(bdim, sympy.Symbol) and bdim.name not in sizes else None
     flops, train_flops = _flops(checked, bname, batch, layout.length)
-    weights = {}
-    for path, w in aux_weights(checked):
-        weights[path] = w
-    return Fitted(model, checked, sizes, decay_rule(model, checked.graph), weights, params, flops, train_flops)
+    return type(first), first.choices, first.source, checked, sizes, flops, train_flops
+
+
+def _all_nodes(graph: Graph) -> list:
+    out = []
+    for n in graph.nodes():
+        out.append(n)
+        if n.attr("body") is not None:
+            out += _all_nodes(n.attr("body"))
+    return out

@@ -103,26 +103,12 @@ def _worker(rank: int, config: TrainConfig, tmp: str) -> None:
 
 
 def _aux_loss(model: torch.nn.Module, fitted: Fitted) -> torch.Tensor | None:
-    """The sum of the ``aux_loss`` the model's modules left in this forward, each times the
-    weight its layer declares (MoE: ``balance``)."""
-    total = None
-    for path, m in model.named_modules():
-        aux = getattr(m, "aux_loss", None)
-        if not isinstance(aux, torch.Tensor):
-            continue
-        weights = {w for name, w in fitted.aux_weights.items() if path == "" or name.startswith(path + ".")}
-        if len(weights) != 1:
-            raise SeqError(f"module {path or '<model>'} left an aux_loss, but its weight is not known from the file "
-                           f"(found {sorted(weights) or 'none'})")
-        term = weights.pop() * aux
-        total = term if total is None else total + term
-    return total
-
-
-def _clear_aux(model: torch.nn.Module) -> None:
-    for m in model.modules():
-        if getattr(m, "aux_loss", None) is not None:
-            m.aux_loss = None
+    """The auxiliary losses the model's layers left in this forward, already weighted by
+    their options (MoE: balance α, z-loss β): ``SeqModule.aux_loss()`` (codegen/torch/moe.py).
+    None for a model without such layers."""
+    if not fitted.has_aux or not callable(getattr(model, "aux_loss", None)):
+        return None
+    return model.aux_loss()
 
 
 def loss_terms(model: torch.nn.Module, batch: Batch, kind: str) -> tuple[torch.Tensor, int, int]:
@@ -154,7 +140,6 @@ def evaluate(model: torch.nn.Module, task: Task, config: TrainConfig) -> dict:
             b = task.batch(task.eval_split, i, config.batch, config.seed)
             loss, c, s = loss_terms(model, b, task.layout.kind)
             total, count, correct, scored = total + float(loss), count + b.count(), correct + c, scored + s
-            _clear_aux(model)
     model.train(was)
     out = {"loss": total / count, "accuracy": correct / max(1, scored)}
     if task.metric == "bits_per_byte":
@@ -213,7 +198,6 @@ def run(config: TrainConfig, rank: int, world: int) -> TrainResult:
                 break
             whole = task.batch("train", step, config.batch, config.seed)
             local = whole.rows(rank * per, (rank + 1) * per) if world > 1 else whole
-            _clear_aux(model)
             loss_sum, correct, scored = loss_terms(model, local, task.layout.kind)
             loss = loss_sum / whole.count()
             aux = _aux_loss(model, fitted)

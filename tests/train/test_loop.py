@@ -12,9 +12,10 @@ from dataclasses import replace
 import pytest
 import torch
 
+import seqdsl
 from seqdsl.errors import SeqError
 from seqdsl.training import TrainConfig, checkpoint, train
-from seqdsl.training.fit import fit
+from seqdsl.training.fit import decay_rule, fit
 from seqdsl.training.tasks import make_task
 
 H3 = "examples/models/h3.seq"
@@ -101,14 +102,17 @@ def test_wrong_layout_is_refused_by_name():
         fit(H3, ar.layout, ar.name, sizes=dict(TINY, N=12))
 
 
+def _no_decay(file: str, **sizes) -> dict:
+    return decay_rule(seqdsl.load(file, **sizes), seqdsl.check(file, **sizes).graph)
+
+
 def test_weight_decay_groups_from_the_graph():
-    ar = make_task("associative_recall", TASK)
-    h3 = fit(H3, ar.layout, ar.name, sizes=TINY).no_decay
+    h3 = _no_decay(H3, **TINY)
     assert "layers.0.h3_block.h3.y.kernel.log_A_real" in h3       # SSM A (2-D: not caught by the shape rule)
     assert h3["layers.0.h3_block.h3.y.kernel.A_imag"].startswith("kernel.A_imag of mixer")
     assert "layers.0.h3_block.h3.y.kernel.C_re" not in h3          # C is an ordinary weight
     assert "layers.0.h3_block.h3.q.weight" not in h3 and "wte" not in h3
-    mamba = fit("examples/models/mamba.seq", ar.layout, ar.name, sizes=dict(D=8, L=1, V=8)).no_decay
+    mamba = _no_decay("examples/models/mamba.seq", D=8, L=1, V=8, N=8)
     a_log = "layers.0.mamba_block.mamba_mixer.A_log"                 # [E, S]: reaches decay() through exp, *
     assert mamba[a_log].startswith("decay of mixer")
     assert "layers.0.mamba_block.mamba_mixer.dt_bias" in mamba
