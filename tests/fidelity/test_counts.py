@@ -130,6 +130,24 @@ def test_parameter_count_at_the_claimed_configuration(name, checked_example):
         f"configuration {expected:,}" + (f" ({left_out:,} left out: {why})" if left_out else ""))
 
 
+# Published sizes given only in whole millions (name -> (millions as published, where)):
+# the file's count must be that many millions and a fraction (papers truncate: 153.7M is
+# "153M").
+ROUNDED = {
+    "h3": (125, "Fu et al. 2023, H3 125M (HazyResearch/H3 model card)"),
+    "hyena": (153, "Poli et al. 2023, Hyena-153M on the Pile"),
+    "mega_chunk": (39, "facebookresearch/mega examples/mega/README.lm.md, enwik8: 39M"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ROUNDED))
+def test_parameter_count_rounds_to_the_published_size(name, checked_example):
+    millions, source = ROUNDED[name]
+    checked = checked_example(MODELS / f"{name}.seq")
+    count = int(checked.value(checked.param_count))
+    assert millions <= count / 1e6 < millions + 1, f"{name}: {count:,} parameters; {source}"
+
+
 def test_the_analysis_reports_the_checker_count(checked_example):
     """The counts above are the checker's; the cost report's total is the same number."""
     import sympy
