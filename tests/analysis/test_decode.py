@@ -156,3 +156,17 @@ def test_state_bytes_equal_the_generated_modules_state(name):
     _, state = model.step(tokens[:, -1], state)
     predicted = seqdsl.analyze(path, **sizes, B=2, N=22, decode=True).to_dict()["decode"]
     assert predicted["total"]["values"]["state_bytes"] == state.nbytes, state.describe()
+
+
+def test_cli_decode_table_and_json():
+    from typer.testing import CliRunner
+
+    from seqdsl.cli import app
+
+    args = ["analyze", "complexity", "examples/mixers/retention.seq", "--set", "H=4", "--set", "Dh=16", "--decode"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "decoding: one generated token" in result.output and "[Dh, Dh] per head" in result.output
+    assert "state bytes     = 4*B*Dh**2*H" in result.output
+    result = CliRunner().invoke(app, [*args, "--json"])
+    assert json.loads(result.stdout)["decode"]["can_decode"] is True
