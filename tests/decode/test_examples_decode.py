@@ -124,3 +124,18 @@ def test_the_generated_module_lists_its_state():
     model = seqdsl.load(_path("mamba"), **_sizes("mamba"))
     assert "    DECODE = ('N', (" in model.source
     assert "('layers.0.mamba_block.mamba_mixer.conv1d', 'conv1d', '')" in model.source
+
+
+def test_a_triton_module_decodes_with_the_torch_step():
+    """A mixer running a generated kernel runs its torch step inside prefill / step (there are
+    no step kernels); the Triton forward is the reference."""
+    model = seqdsl.load(_path("gla"), backend="triton", **_sizes("gla")).eval()
+    assert "if not rt.decoding() else linear_attention(" in model.source
+    tokens = torch.randint(0, 50, (2, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        full = model(tokens)
+    logits, state = model.prefill(tokens[:, :5])
+    assert _rel(logits, full[:, :5]) < TOL
+    for t in range(5, 12):
+        logits, state = model.step(tokens[:, t], state)
+        assert _rel(logits, full[:, t]) < TOL
