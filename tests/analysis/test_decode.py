@@ -147,7 +147,7 @@ def test_state_bytes_equal_the_generated_modules_state(name):
     """The formulas against what a generated module keeps: `state.nbytes` after a prefill
     of 21 tokens and one step (H3: a shift register and complex diagonal states; SPADE: a
     DPLR S4 state and a sliding window's ring buffer)."""
-    sizes = {k: v for k, v in SMALL[f"models/{name}.seq"].items() if k not in ("N", "B")} | {"L": 1}
+    sizes = {k: v for k, v in SMALL[f"models/{name}.seq"].items() if k not in ("N", "B")} | {"L": 1, "S": 8}
     path = f"examples/models/{name}.seq"
     model = seqdsl.load(path, **sizes)
     assert model.can_decode[0], model.can_decode
