@@ -261,7 +261,10 @@ def toeplitz_direct(s: MixShapes, kern, state, channels) -> Estimates:
     if isinstance(kern.kernel, M.SSMKernel) and kern.kernel.kind == "shift":
         pairs = s.nq * state * (1 if causal else 2)
     work = 2 * s.g * s.dv * pairs
-    return _kernel_generation(kern.kernel, channels, s.nq, state) + Estimates(
+    # bidirectional: the backward SSM's kernel too (it shares Λ with the forward one as
+    # released, but its own C makes it a second Vandermonde product)
+    gen = _kernel_generation(kern.kernel, channels, s.nq, state).scaled(1 if causal else 2)
+    return gen + Estimates(
         flops=work, activation_bytes=s.e * (channels * s.nq + s.g * s.nq * s.dv),
         hbm_bytes=s.e * (2 * s.g * s.nq * s.dv + channels * s.nq))
 
@@ -377,7 +380,8 @@ def candidates(g: Graph, n: Node, subs: dict) -> list[Candidate]:
         state = kern.kernel.state if isinstance(kern.kernel, M.SSMKernel) else sympy.Integer(0)
         chunk = spec.hint("chunk") or FFT_CHUNK
         add("direct", toeplitz_direct(s, kern, state, channels))
-        add("fft", toeplitz_fft(s, kern, state, channels))
+        # bidirectional: a second kernel and convolution, backwards in time (toeplitz_mix)
+        add("fft", toeplitz_fft(s, kern, state, channels).scaled(1 if kern.causal else 2))
         # DSS with a free Re Λ (a_real = free): a mode with Re Λ > 0 grows, only its normalised
         # kernel is bounded, so no algorithm that carries the state is offered
         if isinstance(kern.kernel, M.SSMKernel) and kern.kernel.a_real != "free":
