@@ -133,10 +133,9 @@ def test_parameter_count_at_the_claimed_configuration(name, checked_example):
 # Published sizes given only in whole millions (name -> (millions as published, where)):
 # the file's count must be that many millions and a fraction (papers truncate: 153.7M is
 # "153M").
+# (H3, H3-hybrid, Mega and Mega-chunk are counted exactly in test_ssm_counts.py.)
 ROUNDED = {
-    "h3": (125, "Fu et al. 2023, H3 125M (HazyResearch/H3 model card)"),
     "hyena": (153, "Poli et al. 2023, Hyena-153M on the Pile"),
-    "mega_chunk": (39, "facebookresearch/mega examples/mega/README.lm.md, enwik8: 39M"),
 }
 
 
