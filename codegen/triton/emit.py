@@ -122,7 +122,8 @@ class TritonWriter(torch_emit._Writer):
         step = None if n.id in self.folds else torch_mix.call(self, n, choice)   # decoding: the torch step
         choice.backend = "triton"
         choice.algorithm = f"triton:{plan.family}"
-        choice.note = f"generated kernel {name}" + (f" ({plan.note})" if plan.note else "")
+        choice.note = f"generated kernel {name}" + (f" ({plan.note})" if plan.note else "") + \
+            ("; decoding: its torch step" if step is not None else "; no decoding step (gates folded in)")
         self.body.append(f"        # {n.spec.family} mixer: Triton kernel {name}" +
                          (f", {plan.note}" if plan.note else "") + ("" if step is None else "; decoding: the torch step"))
         self.emit(n, plan.call.replace("{name}", name, 1))
