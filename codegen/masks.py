@@ -254,27 +254,44 @@ class Butterfly(Mask):
         return _coarse_tiles((x & (x - 1)) == 0, b, b, nq, nk, bq, bk)
 
 
+@functools.lru_cache(maxsize=16)
+def _touched_blocks(mask: Mask, block: int, nq_blocks: int, nk_blocks: int):
+    """[nq_blocks, nk_blocks] numpy bool: the blocks in which ``mask`` keeps some pair."""
+    n_q, n_k = nq_blocks * block, nk_blocks * block
+    rows = []
+    for start in range(0, n_q, 1024):             # a band of query rows at a time (bounded memory)
+        i = torch.arange(start, min(n_q, start + 1024))[:, None]
+        kept = mask.keep(i, torch.arange(n_k)[None, :], n_q, n_k)
+        rows.append(kept.reshape(-1, block, nk_blocks, block).any(3).any(1))
+    return torch.cat(rows).numpy()
+
+
 @functools.lru_cache(maxsize=64)
-def _random_grid(count: int, block: int, seed: int, nq_blocks: int, nk_blocks: int) -> Tensor:
-    """[nq_blocks, nk_blocks] bool: the draw of ``seqdsl.analysis.masks.random_block_table``."""
+def _random_grid(count: int, block: int, seed: int, nq_blocks: int, nk_blocks: int, head: int | None = None,
+                 exclude: Mask | None = None) -> Tensor:
+    """[nq_blocks, nk_blocks] bool: the draw of ``seqdsl.analysis.masks.random_block_table``;
+    ``exclude``: a mask whose blocks (any kept pair in them) are never drawn."""
     from seqdsl.analysis.masks import random_block_table
 
-    table = torch.as_tensor(random_block_table(count, block, seed, nq_blocks, nk_blocks), dtype=torch.long)
+    banned = None if exclude is None else _touched_blocks(exclude, block, nq_blocks, nk_blocks)
+    table = torch.as_tensor(random_block_table(count, block, seed, nq_blocks, nk_blocks, head, banned),
+                            dtype=torch.long)
     grid = torch.zeros(nq_blocks, nk_blocks, dtype=torch.bool)
     if table.numel():
-        grid.scatter_(1, table, True)
+        grid.scatter_(1, table.clamp(min=0), table >= 0)
     return grid
 
 
 @dataclass(frozen=True)
 class RandomBlocks(Mask):
     """Each query block (of ``block``) sees ``count`` key blocks drawn from ``seed``;
-    ``per_head``: head h draws with seed + h (then ``heads`` is required)."""
+    ``per_head``: head h draws from the stream (seed, h) (then ``heads`` is required)."""
 
     count: int
     block: int
     seed: int = 0
     per_head: bool = False
+    exclude: Mask | None = None    # blocks this mask touches are never drawn
 
     def lead(self, heads=None):
         return (self._heads(heads),) if self.per_head else ()
@@ -288,8 +305,8 @@ class RandomBlocks(Mask):
         """Kept coarse blocks: [nqb, nkb], or [H, nqb, nkb] per head."""
         nqb, nkb = -(-nq // self.block), -(-nk // self.block)
         if not self.per_head:
-            return _random_grid(self.count, self.block, self.seed, nqb, nkb).to(device)
-        return torch.stack([_random_grid(self.count, self.block, self.seed + h, nqb, nkb)
+            return _random_grid(self.count, self.block, self.seed, nqb, nkb, None, self.exclude).to(device)
+        return torch.stack([_random_grid(self.count, self.block, self.seed, nqb, nkb, h, self.exclude)
                             for h in range(self._heads(heads))]).to(device)
 
     def keep(self, i, j, nq, nk, heads=None):
@@ -519,8 +536,8 @@ def from_ir(mask_ir, sizes: dict[str, int], tensors: dict[str, Tensor] | None = 
                 return Strided(num(s))
             case M.Global(count=c):
                 return Global(num(c))
-            case M.RandomBlocks(count=c, block=b, seed=seed, per_head=ph):
-                return RandomBlocks(num(c), num(b), int(seed), bool(ph))
+            case M.RandomBlocks(count=c, block=b, seed=seed, per_head=ph, exclude=ex):
+                return RandomBlocks(num(c), num(b), int(seed), bool(ph), None if ex is None else go(ex))
             case M.KeyRange(start=a, stop=b):
                 return KeyRange(num(a), None if b is None else num(b))
             case M.Butterfly(block=b):

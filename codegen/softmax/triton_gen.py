@@ -84,8 +84,9 @@ def mask_constructor_source(mask: M.Mask) -> str:
             return f"M.KeyRange({i(a)}, {'None' if b is None else i(b)})"
         case M.Butterfly(block=b):
             return f"M.Butterfly({i(b)})"
-        case M.RandomBlocks(count=c, block=b, seed=s, per_head=p):
-            return f"M.RandomBlocks({i(c)}, block={i(b)}, seed={i(s)}, per_head={bool(p)!r})"
+        case M.RandomBlocks(count=c, block=b, seed=s, per_head=p, exclude=ex):
+            extra = "" if ex is None else f", exclude={mask_constructor_source(ex)}"
+            return f"M.RandomBlocks({i(c)}, block={i(b)}, seed={i(s)}, per_head={bool(p)!r}{extra})"
         case M.And(a=a, b=b):
             return f"M.And({mask_constructor_source(a)}, {mask_constructor_source(b)})"
         case M.Or(a=a, b=b):

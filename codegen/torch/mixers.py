@@ -38,8 +38,9 @@ def mask_source(w, mask, tensors: dict[str, str]) -> str:
             return f"M.Strided({num(s)})"
         case M.Global(count=c):
             return f"M.Global({num(c)})"
-        case M.RandomBlocks(count=c, block=b, seed=seed, per_head=ph):
-            return f"M.RandomBlocks({num(c)}, block={num(b)}, seed={int(seed)}, per_head={bool(ph)})"
+        case M.RandomBlocks(count=c, block=b, seed=seed, per_head=ph, exclude=ex):
+            extra = "" if ex is None else f", exclude={mask_source(w, ex, tensors)}"
+            return f"M.RandomBlocks({num(c)}, block={num(b)}, seed={int(seed)}, per_head={bool(ph)}{extra})"
         case M.KeyRange(start=a, stop=b):
             return f"M.KeyRange({num(a)}, {None if b is None else num(b)})"
         case M.Butterfly(block=b):

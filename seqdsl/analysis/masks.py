@@ -176,12 +176,25 @@ def _predicate(mask, i: np.ndarray, j: np.ndarray, nb_rng) -> np.ndarray | None:
     return None
 
 
-def random_block_table(count: int, block: int, seed: int, nq_blocks: int, nk_blocks: int) -> np.ndarray:
-    """The key blocks each query block sees: drawn once, at compile time, from ``seed``."""
-    rng = np.random.default_rng(seed)
+def random_block_table(count: int, block: int, seed: int, nq_blocks: int, nk_blocks: int,
+                       head: int | None = None, banned: np.ndarray | None = None) -> np.ndarray:
+    """The key blocks each query block sees: drawn once, at compile time, from ``seed`` (and,
+    per head, from the stream (seed, head), so that (seed, head) pairs never share a draw).
+    ``banned`` [nq_blocks, nk_blocks]: blocks never drawn; a row with fewer free blocks than
+    ``count`` takes them all, and its missing entries repeat its first one (−1 if none)."""
+    rng = np.random.default_rng(seed if head is None else [seed, head])
     k = min(count, nk_blocks)
-    return np.stack([rng.choice(nk_blocks, size=k, replace=False) for _ in range(nq_blocks)]) if nq_blocks else \
-        np.zeros((0, k), int)
+    if not nq_blocks:
+        return np.zeros((0, k), int)
+    if banned is None:
+        return np.stack([rng.choice(nk_blocks, size=k, replace=False) for _ in range(nq_blocks)])
+    rows = []
+    for r in range(nq_blocks):
+        free = np.flatnonzero(~banned[r])
+        pick = rng.choice(free, size=min(k, free.size), replace=False) if free.size else np.zeros(0, int)
+        fill = pick[0] if pick.size else -1
+        rows.append(np.concatenate([pick, np.full(k - pick.size, fill, int)]))
+    return np.stack(rows)
 
 
 def _random_pred(nq: int, nk: int):

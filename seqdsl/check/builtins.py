@@ -189,11 +189,18 @@ def global_tokens(ctx, count):
     return _mask(M.Global(count))
 
 
-@builtin("mask", P("count", "dim"), P("block", "dim"), P("seed", "int", 0), P("per_head", "bool", False))
-def random_blocks(ctx, count, block, seed, per_head):
+@builtin("mask", P("count", "dim"), P("block", "dim"), P("seed", "int", 0), P("per_head", "bool", False),
+         P("exclude", "mask", None))
+def random_blocks(ctx, count, block, seed, per_head, exclude):
     """Each query block sees ``count`` key blocks drawn at compile time with ``seed`` (BigBird);
-    ``per_head`` draws again for every head."""
-    return _mask(M.RandomBlocks(count, block, seed, per_head))
+    ``per_head`` draws again for every head, from the stream (seed, head): distinct seeds never
+    repeat another's heads. ``exclude``: a fixed mask whose blocks are never drawn (BigBird
+    draws outside its window and global blocks); a row with fewer free blocks draws them all."""
+    if exclude is not None:
+        for leaf in M.mask_leaves(exclude.obj):
+            if isinstance(leaf, (M.Buckets, M.BlockMap, M.Document, M.Decay, M.Toeplitz)):
+                raise ctx.error(f"random_blocks(): exclude must be a fixed pattern, not {leaf}")
+    return _mask(M.RandomBlocks(count, block, seed, per_head, None if exclude is None else exclude.obj))
 
 
 @builtin("mask", P("start", "scalar"), P("stop", "scalar", None))

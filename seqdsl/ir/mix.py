@@ -212,10 +212,11 @@ class RandomBlocks:
     count: Scalar
     block: Scalar
     seed: int = 0
-    per_head: bool = False     # a different draw for every head (seed + head index)
+    per_head: bool = False     # a different draw for every head (stream (seed, head index))
+    exclude: object = None     # a mask: key blocks it touches are never drawn (BigBird)
 
     def __str__(self) -> str:
-        extra = ", per_head" if self.per_head else ""
+        extra = (", per_head" if self.per_head else "") + (f", exclude={self.exclude}" if self.exclude else "")
         return f"random_blocks({self.count}, block={self.block}, seed={self.seed}{extra})"
 
 

@@ -99,6 +99,8 @@ CASES: dict[tuple[str, str], tuple[str, str]] = {
                                 mask("window(2) | random_blocks(1, 4, seed = 5)")),
     ("random_blocks", "per_head"): (mask("window(2) | random_blocks(1, 4)"),
                                     mask("window(2) | random_blocks(1, 4, per_head = true)")),
+    ("random_blocks", "exclude"): (mask("window(2) | random_blocks(1, 4, seed = 2)"),
+                                   mask("window(2) | random_blocks(1, 4, seed = 2, exclude = window(2))")),
     ("key_range", "start"): (mask("causal() | key_range(2)"), mask("causal() | key_range(4)")),
     ("key_range", "stop"): (mask("causal() | key_range(2)"), mask("causal() | key_range(2, 6)")),
     ("butterfly", "block"): (mask("butterfly(4)"), mask("butterfly(8)")),

@@ -120,8 +120,15 @@ def test_random_blocks_reproduce_the_analysis_draw():
     assert (grid.numpy() == expected).all()
     per_head = M.RandomBlocks(count, block, seed, per_head=True).dense(nq, nk, heads=3)
     assert per_head.shape == (3, nq, nk)
-    for h in range(3):
-        assert torch.equal(per_head[h], M.RandomBlocks(count, block, seed + h).dense(nq, nk))
+    for h in range(3):      # head h draws from the stream (seed, h): not seed + h's draw (layers repeated heads)
+        cols = AM.random_block_table(count, block, seed, math.ceil(nq / block), math.ceil(nk / block), head=h)
+        rows = np.zeros((math.ceil(nq / block), math.ceil(nk / block)), bool)
+        for r, c in enumerate(cols):
+            rows[r, c] = True
+        blocks = torch.as_tensor(rows).repeat_interleave(block, 0).repeat_interleave(block, 1)[:nq, :nk]
+        assert torch.equal(per_head[h], blocks)
+        if h:
+            assert not torch.equal(per_head[h], M.RandomBlocks(count, block, seed + h).dense(nq, nk))
     with pytest.raises(ValueError, match="heads"):
         M.RandomBlocks(count, block, per_head=True).dense(nq, nk)
     check_schedule(M.RandomBlocks(2, 8, 1, per_head=True) & M.Causal(), 70, 70, 16, 16, heads=3)
