@@ -1,0 +1,112 @@
+"""Small models trained on the tasks of docs/training.md, on a CPU, in minutes per run.
+
+The experiments of H3's Table 1 (attention and H3 solve associative recall, S4D does worse
+on induction heads), LRA ListOps against its majority class, and byte-level language
+modelling against a unigram model. Each experiment is one ``seqdsl compare`` command (the
+commands are listed below and in the results); ``report`` gathers their folders into
+benchmarks/results/train.md and train.png.
+
+    python benchmarks/train.py run [NAME ...]    # run the experiments (default: all), one after the other
+    python benchmarks/train.py report            # write benchmarks/results/train.md and train.png
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNS = ROOT / "benchmarks" / "results" / "train_runs"
+COMMON = "--threads 1 --no-progress --batch 32"
+
+# name -> (files, task and options, sizes, budget); a --set applies to every file that declares the dim.
+EXPERIMENTS = {
+    "associative_recall": (
+        "examples/models/transformer_decoder.seq examples/models/h3.seq examples/models/s4d_lm.seq",
+        "--task associative_recall --task-opt vocab=10 --task-opt seq_len=16",
+        "--set D=64 --set L=2 --set V=10 --set H=4 --set F=128 --set S=16",
+        "--steps 2000 --lr 3e-3 --eval-every 250 --eval-batches 8"),
+    "induction_heads": (
+        "examples/models/transformer_decoder.seq examples/models/h3.seq examples/models/s4d_lm.seq",
+        "--task induction_heads --task-opt vocab=10 --task-opt seq_len=16 --task-opt loss=answer",
+        "--set D=64 --set L=2 --set V=10 --set H=4 --set F=128 --set S=16",
+        "--steps 1500 --lr 3e-3 --eval-every 250 --eval-batches 8"),
+    "listops": (
+        "examples/models/transformer_encoder.seq",
+        "--task listops --task-opt min_length=20 --task-opt max_length=100 --task-opt valid_examples=512",
+        "--set D=64 --set L=2 --set V=16 --set Classes=10 --set H=4 --set F=128",
+        "--steps 800 --lr 2e-3 --eval-every 200"),
+    "text_lm": (
+        "examples/models/h3.seq examples/models/transformer_decoder.seq",
+        "--task text_lm --task-opt length=128 --task-opt eval_windows=256",
+        "--set D=64 --set L=2 --set S=16 --set V=256 --set H=4 --set F=256",
+        "--steps 800 --batch 16 --lr 2e-3 --eval-every 200"),
+}
+
+
+def command(name: str) -> str:
+    files, task, sizes, budget = EXPERIMENTS[name]
+    common = COMMON.replace("--batch 32", "") if "--batch" in budget else COMMON
+    return f"seqdsl compare {files} {task} {sizes} {budget} {common} --out benchmarks/results/train_runs/{name}"
+
+
+def run(names: list[str]) -> None:
+    for name in names or list(EXPERIMENTS):
+        cmd = command(name)
+        print(f"$ {cmd}", flush=True)
+        subprocess.run(shlex.split(cmd), cwd=ROOT, check=True)
+
+
+def _history(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def report() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [n for n in EXPERIMENTS if (RUNS / n / "compare.md").is_file()]
+    fig, axes = plt.subplots(1, len(done), figsize=(4.2 * len(done), 3.6), squeeze=False)
+    lines = ["# Training small models on the tasks (seqdsl train / compare)", "",
+             f"Machine: {platform.machine()} CPU, {platform.python_implementation()} "
+             f"{platform.python_version()} (its standard library is the text corpus); a 2-core VM shared with "
+             "other jobs (load average 10-15 while these ran), so wall times are pessimistic and only comparable "
+             "within a table. One process per run, `--threads 1`. Regenerate: `python benchmarks/train.py run` "
+             "then `python benchmarks/train.py report`.", ""]
+    for ax, name in zip(axes[0], done):
+        lines += [f"## {name}", "", "```", command(name), "```", "",
+                  (RUNS / name / "compare.md").read_text().strip(), ""]
+        metric = "bits_per_byte" if name == "text_lm" else "accuracy"
+        for i, sub in enumerate(sorted(p for p in (RUNS / name).iterdir() if p.is_dir())):
+            ev = [r for r in _history(sub) if r["split"] != "train"]
+            ax.plot([r["step"] for r in ev], [r[metric] for r in ev], marker=".", color=f"C{i}", label=sub.name)
+        extra = BASELINES.get(name)
+        if extra:
+            ax.axhline(extra[0], color="grey", ls="--", lw=1, label=extra[1])
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        ax.set_ylabel(f"eval {metric.replace('_', ' ')}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(ROOT / "benchmarks" / "results" / "train.png", dpi=110)
+    out = ROOT / "benchmarks" / "results" / "train.md"
+    out.write_text("\n".join(lines + NOTES) + "\n")
+    print(f"wrote {out} and train.png")
+
+
+# Filled in from the runs' baselines (seqdsl train prints them; TrainResult.baseline).
+BASELINES: dict[str, tuple[float, str]] = {}
+NOTES: list[str] = []
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2 or sys.argv[1] not in ("run", "report"):
+        sys.exit(__doc__)
+    run(sys.argv[2:]) if sys.argv[1] == "run" else report()
