@@ -117,12 +117,22 @@ class Documents:
     def longest(self) -> int:
         return self._layout[3]
 
-    def _index(self) -> tuple[Tensor, Tensor, Tensor]:
+    @cached_property
+    def _gather(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(source, valid, inverse): ``source`` [docs·longest] the flat position (row·N + i) each
+        padded slot reads (0 past a document's end, where ``valid`` is False); ``inverse`` [B·N]
+        the padded slot of every position. Both directions are then one ``index_select`` (a
+        gather; its backward an ``index_add``), never a scatter."""
         row, start, length, longest = self._layout
+        n = self.ids.shape[1]
         t = torch.arange(longest, device=self.ids.device)
         valid = t[None, :] < length[:, None]                                    # [docs, longest]
-        pos = torch.where(valid, start[:, None] + t[None, :], torch.zeros_like(valid, dtype=torch.long))
-        return row, pos, valid
+        flat = row[:, None] * n + start[:, None] + t[None, :]
+        source = torch.where(valid, flat, torch.zeros_like(flat)).reshape(-1)
+        slot = torch.arange(valid.numel(), device=self.ids.device).reshape(valid.shape)
+        inverse = torch.empty(self.ids.numel(), dtype=torch.long, device=self.ids.device)
+        inverse[flat[valid]] = slot[valid]
+        return source, valid, inverse
 
     def to_padded(self, x: Tensor, axis: int = -2) -> Tensor:
         """x [B, …, N, …] (batch first, the sequence at ``axis``) → [docs, …, longest, …]:
@@ -131,21 +141,22 @@ class Documents:
         b, n = self.ids.shape
         axis = axis % x.dim()
         x = x.expand(b, *x.shape[1:]) if x.shape[0] == 1 and b > 1 else x
-        row, pos, valid = self._index()
+        source, valid, _ = self._gather
         xm = x.movedim(axis, 1)                                                  # [B, N, …]
-        out = xm[row[:, None], pos]                                              # [docs, longest, …]
-        out = out * valid.reshape(*valid.shape, *([1] * (out.dim() - 2))).to(out.dtype)
+        rest = xm.shape[2:]
+        out = xm.reshape(b * n, *rest).index_select(0, source.to(x.device))
+        out = out.reshape(*valid.shape, *rest) * valid.reshape(*valid.shape, *([1] * len(rest))).to(out.dtype)
         return out.movedim(1, axis)
 
     def from_padded(self, y: Tensor, axis: int = -2) -> Tensor:
         """The inverse of :meth:`to_padded`: [docs, …, longest, …] → [B, …, N, …]."""
         b, n = self.ids.shape
         axis = axis % y.dim()
-        row, pos, valid = self._index()
+        _, valid, inverse = self._gather
         ym = y.movedim(axis, 1)                                                  # [docs, longest, …]
-        flat = (row[:, None] * n + pos)[valid]
-        out = ym.new_zeros(b * n, *ym.shape[2:]).index_put((flat,), ym[valid])
-        return out.reshape(b, n, *ym.shape[2:]).movedim(1, axis)
+        rest = ym.shape[2:]
+        out = ym.reshape(valid.numel(), *rest).index_select(0, inverse.to(y.device))
+        return out.reshape(b, n, *rest).movedim(1, axis)
 
 
 def canonical(ids: Tensor) -> Tensor:
