@@ -176,6 +176,12 @@ def main() -> dict:
 def control(group):
     """No communication: each rank runs the one-process runtime on its shard. The comparison
     must see this as wrong (the test's own check that it can fail)."""
+    from codegen.distributed.context import suspended
+
     q, k, v = _qkv(2, 3, 63, 6, seed=1)
     ref = lambda q, k, v: lin.linear_attention(q, k, v, feature="elu1", norm="sum")  # noqa: E731
-    return H.compare(ref, ref, {"q": (q, 2), "k": (k, 2), "v": (v, 2)}, group)
+
+    def alone(q, k, v):
+        with suspended():                    # the one-process runtime, even inside the block
+            return ref(q, k, v)
+    return H.compare(ref, alone, {"q": (q, 2), "k": (k, 2), "v": (v, 2)}, group)

@@ -16,12 +16,11 @@ _spec.loader.exec_module(H)
 SMALL = json.loads((ROOT / "tests/codegen/small_sizes.json").read_text())
 N = 37                      # not a multiple of 2, 4, 8 or any block
 
-# (file, entry or None, extra sizes); an entry is a block where the model's head reads one position
+# (file, entry or None, extra sizes); GLA's per-channel gates are covered by test_families.py
 MODELS = [
     ("models/transformer_decoder.seq", None, {}),
     ("mixers/sliding_window.seq", None, {"W": 9}),
     ("models/retnet.seq", None, {}),
-    ("models/gla.seq", None, {}),
     ("models/mamba.seq", None, {}),
     ("models/h3.seq", None, {}),
     ("models/hyena.seq", None, {}),
@@ -44,28 +43,12 @@ def model_case(path: str, entry: str | None, extra: dict, layout: str):
     return fn
 
 
-def refusal(group):
-    """Longformer's global tokens are a slice of the first G positions of the split sequence:
-    refused by name (no distributed form yet)."""
-    sizes = {k: v for k, v in SMALL["models/longformer.seq"].items() if k not in ("B", "N")}
-    model = seqdsl.load(str(ROOT / "examples/models/longformer.seq"), **sizes)
-    tokens = model.example_inputs(B=2, N=N)[0]
-    import seqdsl.distributed as sd
-    try:
-        with sd.sequence_parallel(group):
-            model(sd.shard(tokens, 1))
-    except seqdsl.SeqError as e:
-        return {"refused": str(e)}
-    return {"refused": None}
-
-
 def cases() -> list:
     out = []
     for P, layout in ((2, "contiguous"), (4, "zigzag")):
         for path, entry, extra in MODELS:
             name = pathlib.Path(path).stem + (f".{entry}" if entry else "")
             out.append((f"{name}-P{P}", P, model_case(path, entry, extra, layout)))
-    out.append(("refusal-P2", 2, refusal))
     return out
 
 
