@@ -160,7 +160,23 @@ def node_row(g: Graph, node: Node, n: sympy.Symbol | None, ctx: Context, seq: sy
         rows = sympy.Mul(*x.shape[:-2]) if x.rank > 2 else sympy.Integer(1)
         flops = rows * x.shape[-1] * (2 * width + (1 if node.input("bias") is not None else 0))
         return DecodeRow(node.name, op, f"last {width} - 1 inputs", flops, 4 * rows * x.shape[-1] * (width - 1))
+    if node.kind == OpKind.RECURRENT:
+        return _segment_row(g, node, ctx)
     return _stateless(g, node, n, ctx)
+
+
+def _segment_row(g: Graph, node: Node, ctx: Context) -> DecodeRow:
+    """``recurrent(step, x, state, segment = S)``: the state carried from the last whole
+    segment and the inputs of the segment begun (N mod S rows, counted as S − 1); a step
+    re-runs the step on the segment so far (counted as a whole segment's work)."""
+    x, state = g.type_of(node.input("x")), g.type_of(node.input("state"))
+    seg = node.attr("segment")
+    rows = sympy.Mul(*x.shape[:-2]) if x.rank > 2 else sympy.Integer(1)
+    body = ctx.analyse_body(node.attr("body"))
+    return DecodeRow(node.name, node.kind.value, f"state {list(state.shape)} + the segment's rows",
+                     body.flops, 4 * (state.numel() + rows * (seg - 1) * x.shape[-1]),
+                     note=f"the segment so far holds N mod {seg} rows and is re-run per token; counted as "
+                          "a whole segment (an upper bound)")
 
 
 def mix_row(g: Graph, node: Node, n: sympy.Symbol | None) -> DecodeRow:
@@ -270,10 +286,21 @@ def analyze_decode(graph: Graph, report) -> DecodeReport:
     if seq is None or (n is not None and seq.name != n.name):   # a mixer's [B, H, N, D]: N by name
         seq = next((s for s in _dims(graph) if n is not None and s.name == n.name), seq)
     why = entry_refusal(graph, seq)
+    from seqdsl.analysis.estimates import Estimates
+    from seqdsl.analysis.report import _analyse
+
+    subs = report.subs()
+
+    def body_total(body: Graph) -> Estimates:     # a segment's step: its forward cost
+        total = Estimates()
+        for lr in _analyse(body, subs, report.machine, False, {}):
+            total = total + lr.estimates
+        return total
+
     rows = []
     for node in graph.nodes() if why is None else ():
         if node.kind not in SKIP:
-            rows.append(node_row(graph, node, n, Context(_no_bodies), seq))
+            rows.append(node_row(graph, node, n, Context(body_total), seq))
         elif node.kind in (OpKind.PARAM, OpKind.BUFFER) and refusal(graph, node, seq) is not None:
             # a table [N, D] is read at the step's position; one whose axis is a function of N
             # (N / rows) ties the module to one length
@@ -283,10 +310,6 @@ def analyze_decode(graph: Graph, report) -> DecodeReport:
 
 def _dims(graph: Graph) -> set:
     return {s for node in graph.nodes() for t in node.outs for d in t.shape for s in sympy.sympify(d).free_symbols}
-
-
-def _no_bodies(body: Graph):
-    raise AssertionError("ops that run a body (MoE, fixed point, segments) refuse to decode before costing")
 
 
 def _compact(e: sympy.Expr) -> str:

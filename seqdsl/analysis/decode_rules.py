@@ -9,6 +9,7 @@ plan (codegen/decode/plan.py); tests/analysis/test_decode.py checks that both ag
 
 from __future__ import annotations
 
+import networkx as nx
 import sympy
 
 from seqdsl.ir import mix as M
@@ -34,12 +35,27 @@ def seq_dim(g: Graph) -> sympy.Symbol | None:
     return d if d.is_Symbol else None
 
 
-def _axes(shape, n) -> list[int]:
-    return [i for i, d in enumerate(shape) if sympy.sympify(d) == n]
+def _prefix(d, n, prefixed: bool = False):
+    """P when the axis d is P + n with P free of n (inside a segment's body, where P rows of
+    memory come before the segment's n), 0 when d is n, else None."""
+    d = sympy.sympify(d)
+    if d == n:
+        return sympy.Integer(0)
+    if prefixed and _uses(d, n) and not _uses(sympy.simplify(d - n), n):
+        return sympy.simplify(d - n)
+    return None
+
+
+def _seq_axes(shape, n, prefixed: bool = False) -> list[int]:
+    return [i for i, d in enumerate(shape) if _prefix(d, n, prefixed) is not None]
 
 
 def _uses(expr, n) -> bool:
     return expr is not None and n in sympy.sympify(expr).free_symbols
+
+
+def _axes(shape, n) -> list[int]:
+    return _seq_axes(shape, n)
 
 
 def entry_refusal(g: Graph, n: sympy.Symbol | None) -> str | None:
@@ -54,15 +70,20 @@ def entry_refusal(g: Graph, n: sympy.Symbol | None) -> str | None:
     return None
 
 
-def refusal(g: Graph, node: Node, n: sympy.Symbol) -> str | None:
-    """Why ``node`` cannot run one position at a time (None: it can)."""
+def refusal(g: Graph, node: Node, n: sympy.Symbol, prefixed: bool = False) -> str | None:
+    """Why ``node`` cannot run one position at a time (None: it can). ``prefixed``: inside a
+    segment recurrence's step, where an axis P + n holds P rows of memory first."""
     ins = [g.type_of(p) for p in node.inputs]
     for t in ins + list(node.outs):
         for d in t.shape:
-            if sympy.sympify(d) != n and _uses(d, n):
+            if _uses(d, n) and _prefix(d, n, prefixed) is None:
                 return f"an axis of size {d} depends on the sequence length {n}"
     k = node.kind
-    on_seq = any(_axes(t.shape, n) for t in ins + list(node.outs))
+
+    def seq(shape, n) -> list[int]:   # the sequence axes, memory-prefixed ones inside a segment's step
+        return _seq_axes(shape, n, prefixed)
+
+    on_seq = any(seq(t.shape, n) for t in ins + list(node.outs))
     if not on_seq:
         return f"a token mixer that does not mix along {n}" if k == OpKind.MIX else None
     if k == OpKind.BINARY and _uses(node.attr("scalar"), n):
@@ -70,7 +91,7 @@ def refusal(g: Graph, node: Node, n: sympy.Symbol) -> str | None:
     if k in _POSITION_WISE:
         return None
     x = ins[0] if ins else None
-    last = x is not None and x.rank - 1 in _axes(x.shape, n)
+    last = x is not None and x.rank - 1 in seq(x.shape, n)
     if k in (OpKind.LINEAR, OpKind.MLP, OpKind.HASH):
         return f"acts along the {n} axis" if last else None
     if k == OpKind.NORM:
@@ -78,49 +99,82 @@ def refusal(g: Graph, node: Node, n: sympy.Symbol) -> str | None:
             return "batch norm takes its statistics over the whole sequence"
         return f"normalises along the {n} axis" if last else None
     if k in (OpKind.SOFTMAX, OpKind.REDUCE):
-        over = node.attr("axis") % x.rank in _axes(x.shape, n)
+        over = node.attr("axis") % x.rank in seq(x.shape, n)
         return f"{node.attr('fn') or 'softmax'} over the {n} axis reads every position" if over else None
     if k == OpKind.MATMUL:
         b = ins[1]
-        if last or (b.rank >= 2 and b.rank - 2 in _axes(b.shape, n)):
+        if last or (b.rank >= 2 and b.rank - 2 in seq(b.shape, n)):
             return f"a matrix product that sums over the {n} axis"
         return None
     if k == OpKind.REARRANGE:
-        if not _axes(x.shape, n) and len(_axes(node.out.shape, n)) == 1 and node.attr("expand") is not None:
+        if not seq(x.shape, n) and len(seq(node.out.shape, n)) == 1 and node.attr("expand") is not None:
             return None                        # a broadcast along N: the same at every position
-        return None if len(_axes(x.shape, n)) == 1 and len(_axes(node.out.shape, n)) == 1 else \
+        return None if len(seq(x.shape, n)) == 1 and len(seq(node.out.shape, n)) == 1 else \
             f"reshapes the {n} axis"
     if k == OpKind.SLICE:
-        return _slice(node, x, n)
+        return _slice(node, x, n, prefixed)
     if k == OpKind.CONCAT:
-        return f"concatenates along the {n} axis" if node.attr("axis") % node.out.rank in _axes(
-            node.out.shape, n) else None
+        axis = node.attr("axis") % node.out.rank
+        if prefixed and axis in seq(node.out.shape, n) and not any(_uses(t.shape[axis], n) for t in ins[:-1]):
+            return None                          # memory before the segment: a prefix every position sees
+        return f"concatenates along the {n} axis" if axis in seq(node.out.shape, n) else None
     if k == OpKind.CONV1D:
         return None if node.attr("causal") else "a centred (non-causal) convolution reads later positions"
     if k == OpKind.MIX:
-        return mix_refusal(g, node, n)
+        return mix_refusal(g, node, n, prefixed)
+    if k == OpKind.RECURRENT and not prefixed:
+        return _segments(node)
     return _WHOLE_SEQUENCE.get(k, f"no decoding rule for {k.value}").format(n=n)
 
 
-def _slice(node: Node, x, n) -> str | None:
+def _segments(node: Node) -> str | None:
+    """``recurrent(step, x, state, segment = S)`` decodes when the step's first output is
+    causal in its segment, the carried state (memory) a prefix every position sees: a
+    decoding step re-runs the step over the segment so far."""
+    body: Graph = node.attr("body")
+    s = sympy.sympify(node.attr("segment"))
+    if not s.is_Symbol or sympy.sympify(body.inputs[0].out.shape[-2]) != s:
+        return f"the step's input is not laid out [.., {s}, D]"
+    out = body.outputs[0]
+    keep = nx.ancestors(body.nx, out.node) | {out.node}
+    for b in body.nodes():
+        if b.id in keep and b.kind != OpKind.INPUT:
+            why = refusal(body, b, s, prefixed=True)
+            if why is not None:
+                return f"its step: {b.name}: {why}"
+    if sympy.sympify(body.type_of(out).shape[-2]) != s:
+        return "the step's output is not one row per position of the segment"
+    return None
+
+
+def _slice(node: Node, x, n, prefixed: bool = False) -> str | None:
     shape = iter(x.shape)
     for item in node.attr("index"):
         if item[0] == "new":
             continue
-        if sympy.sympify(next(shape)) != n:
+        d = sympy.sympify(next(shape))
+        if _prefix(d, n, prefixed) is not None and d != n:
+            return f"takes part of the {d} axis"
+        if d != n:
+            if item[0] == "slice" and _uses(item[2], n):    # x[:N] of a longer table: rows 0 … N−1
+                return f"takes the first {n} rows of an axis of {d} (a step would read row 0)"
             continue
         if item[0] == "index" or sympy.sympify(item[1]) != 0 or sympy.simplify(sympy.sympify(item[2]) - n) != 0:
             return f"takes part of the {n} axis (which positions depends on the length)"
     return None
 
 
-def mix_refusal(g: Graph, node: Node, n) -> str | None:
+def mix_refusal(g: Graph, node: Node, n, prefixed: bool = False) -> str | None:
     """A mixer decodes when its mask is causal and its family has a state for that mask."""
     spec = node.spec
+    prefix = {}
     for role in ("q", "k", "v"):
         p = node.input(role)
-        if p is not None and sympy.sympify(g.type_of(p).shape[-2]) != n:
-            return f"its {role} runs over {g.type_of(p).shape[-2]}, not over the sequence {n}"
+        if p is not None:
+            prefix[role] = _prefix(g.type_of(p).shape[-2], n, prefixed)
+            if prefix[role] is None:
+                return f"its {role} runs over {g.type_of(p).shape[-2]}, not over the sequence {n}"
+    offset = sympy.simplify(prefix.get("k", 0) - prefix.get("q", 0))   # memory keys before the first query
     leaves = M.mask_leaves(spec.mask)
     terms = M.conjuncts(spec.mask)
     toeplitz = next((x for x in leaves if isinstance(x, M.Toeplitz)), None)
@@ -143,7 +197,7 @@ def mix_refusal(g: Graph, node: Node, n) -> str | None:
     if fam not in ("softmax", "content_sparse"):
         return f"no decoding state is derived for the {fam} family"
     causal = [t for t in terms if isinstance(t, M.Causal)]
-    if not causal or any(t.offset != 0 for t in causal):
+    if not causal or any(sympy.simplify(t.offset - offset) != 0 for t in causal):
         return f"the KV cache is derived for masks with causal() as a term, not {spec.mask}"
     for leaf in leaves:
         if isinstance(leaf, M.RandomBlocks):
