@@ -246,11 +246,19 @@ def run_cmd(
     backward: Annotated[bool, typer.Option("--backward/--no-backward", help="Also run the backward pass.")] = True,
     repeat: Annotated[int, typer.Option("--repeat", help="Timed runs (the best is reported).")] = 3,
     backend: Annotated[str, typer.Option("--backend", help="torch, triton or auto.")] = "auto",
+    nproc: Annotated[int, typer.Option("--nproc", help="Split the sequence over this many local processes "
+                                       "(gloo; docs/distributed.md).")] = 1,
+    layout: Annotated[str, typer.Option("--layout", help="With --nproc: contiguous or zigzag.")] = "contiguous",
 ) -> None:
     """Run a forward (and backward) pass of FILE on random inputs; print time and peak memory."""
     from seqdsl.runner import run_model
 
     sizes = parse_sets(set_)
+    if nproc != 1:
+        from seqdsl.distributed.run import run_distributed
+
+        run_distributed(file, entry, sizes, nproc, backward=backward, repeat=repeat, layout=layout, echo=typer.echo)
+        return
     _fits_in_memory(file, entry, sizes, device)
     try:
             run_model(file, entry, sizes, device=device, backward=backward, repeat=repeat, backend=backend,

@@ -24,6 +24,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.multiprocessing.spawn import ProcessException
+
+from seqdsl.errors import SeqError
 
 
 def init(backend: str | None = None, timeout_s: float = 300.0) -> None:
@@ -63,7 +66,12 @@ def _worker(rank: int, nproc: int, port: int, target: str, args: tuple, out_dir:
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=nproc, timeout=datetime.timedelta(seconds=float(os.environ.get("SEQDSL_DIST_TIMEOUT", "300"))))
     try:
-        result = resolve(target)(*args)
+        try:
+            result = resolve(target)(*args)
+        except SeqError as err:                 # the user's error, not a crash: launch() raises it
+            with open(os.path.join(out_dir, f"rank{rank}.err"), "w") as f:
+                f.write(str(err))
+            raise
         with open(os.path.join(out_dir, f"rank{rank}.pkl"), "wb") as f:
             pickle.dump(result, f)
     finally:
@@ -82,8 +90,16 @@ def launch(target: str, nproc: int, *args: Any, threads: int = 1) -> list[Any]:
         import multiprocessing
         multiprocessing.set_forkserver_preload(["torch", "seqdsl.distributed", "codegen.distributed.softmax",
                                                 "codegen.distributed.linear", "codegen.distributed.toeplitz"])
-        mp.start_processes(_worker, args=(nproc, _free_port(), target, args, out, threads), nprocs=nproc,
-                           join=True, start_method="forkserver")
+        try:
+            mp.start_processes(_worker, args=(nproc, _free_port(), target, args, out, threads), nprocs=nproc,
+                               join=True, start_method="forkserver")
+        except ProcessException:
+            for r in range(nproc):
+                path = os.path.join(out, f"rank{r}.err")
+                if os.path.exists(path):
+                    with open(path) as f:
+                        raise SeqError(f.read().removeprefix("error: ")) from None
+            raise
         results = []
         for r in range(nproc):
             with open(os.path.join(out, f"rank{r}.pkl"), "rb") as f:
