@@ -61,6 +61,9 @@ class DecodeRow:
     grows: bool = False
     refusal: str | None = None
     note: str = ""
+    # bounds free of N mod C, for the leading term in N (None: the formula itself)
+    flops_bound: sympy.Expr | None = None
+    bytes_bound: sympy.Expr | None = None
 
 
 @dataclass
@@ -87,6 +90,12 @@ class DecodeReport:
     @property
     def state_bytes(self) -> sympy.Expr:
         return sympy.expand(sum((r.state_bytes for r in self.rows), ZERO))
+
+    def bounds(self) -> tuple[sympy.Expr, sympy.Expr]:
+        """(flops, state bytes) with every N mod C replaced by its bound: for big-O."""
+        f = sum((r.flops if r.flops_bound is None else r.flops_bound for r in self.rows), ZERO)
+        b = sum((r.state_bytes if r.bytes_bound is None else r.bytes_bound for r in self.rows), ZERO)
+        return sympy.expand(f), sympy.expand(b)
 
     def crossover(self) -> dict | None:
         """The context length where the growing softmax caches' step cost equals the rest's.
@@ -167,16 +176,19 @@ def node_row(g: Graph, node: Node, n: sympy.Symbol | None, ctx: Context, seq: sy
 
 def _segment_row(g: Graph, node: Node, ctx: Context) -> DecodeRow:
     """``recurrent(step, x, state, segment = S)``: the state carried from the last whole
-    segment and the inputs of the segment begun (N mod S rows, counted as S − 1); a step
-    re-runs the step on the segment so far (counted as a whole segment's work)."""
+    segment and the inputs of the segment begun (N mod S rows); a step re-runs the step on
+    the segment so far (counted as a whole segment's work)."""
     x, state = g.type_of(node.input("x")), g.type_of(node.input("state"))
     seg = node.attr("segment")
     rows = sympy.Mul(*x.shape[:-2]) if x.rank > 2 else sympy.Integer(1)
     body = ctx.analyse_body(node.attr("body"))
+    n = x.shape[-2]
+    held = sympy.Mod(n, seg)            # rows of the segment begun, after N tokens
     return DecodeRow(node.name, node.kind.value, f"state {list(state.shape)} + the segment's rows",
-                     body.flops, 4 * (state.numel() + rows * (seg - 1) * x.shape[-1]),
-                     note=f"the segment so far holds N mod {seg} rows and is re-run per token; counted as "
-                          "a whole segment (an upper bound)")
+                     body.flops, 4 * (state.numel() + rows * held * x.shape[-1]),
+                     note=f"a step re-runs the step on the segment so far; counted as a whole segment of {seg} "
+                          "(an upper bound)",
+                     bytes_bound=4 * (state.numel() + rows * (seg - 1) * x.shape[-1]))
 
 
 def mix_row(g: Graph, node: Node, n: sympy.Symbol | None) -> DecodeRow:
@@ -242,17 +254,15 @@ def _softmax_row(g: Graph, node: Node, op: str, s: mixers.MixShapes, terms, n) -
     """A key/value cache of the keys the next query can see: each step scores them (2·Dk),
     takes the softmax (5) and the weighted sum (2·Dv) per cached key and head."""
     spec = node.spec
-    kept, what, grows, note = s.nk, "KV cache of every key", True, ""
+    kept, what, grows, note, local = s.nk, "KV cache of every key", True, "", None
     cached = s.nk            # keys kept between steps (``kept``: the keys one query reads)
     for t in terms:
         if isinstance(t, M.Window) and t.block == 1:   # the new query sees W keys; W − 1 are kept
             kept, what, grows = sympy.Min(s.nk, t.size), f"KV ring buffer of the last {t.size} - 1 keys", False
             cached = sympy.Min(s.nk, t.size - 1)
-        elif isinstance(t, M.Local):                     # at most the block so far (an upper bound)
-            kept, what, grows = sympy.Min(s.nk, t.size), f"KV cache of the current block of {t.size}", False
-            cached = kept
-            note = (f"the current block holds N mod {t.size} keys after N tokens; counted as a full block "
-                    "(an upper bound)")
+        elif isinstance(t, M.Local):                     # the block so far
+            kept, what, grows = sympy.Mod(s.nk - 1, t.size) + 1, f"KV cache of the current block of {t.size}", False
+            cached, local = sympy.Mod(s.nk, t.size), t.size
     if not any(isinstance(t, (M.Window, M.Local)) for t in terms) and any(
             not isinstance(t, (M.Causal, M.Full)) for t in terms):
         note = f"the mask {spec.mask} keeps fewer keys; counted as every key (an upper bound)"
@@ -271,8 +281,10 @@ def _softmax_row(g: Graph, node: Node, op: str, s: mixers.MixShapes, terms, n) -
     if any(isinstance(x, M.Buckets) for x in M.mask_leaves(spec.mask)):
         ids = 8 * v_rows  # the bucket id of every cached key (int64)
     grows = grows and n is not None and sympy.sympify(kept).has(n)
+    bounds = {} if local is None else dict(flops_bound=sympy.expand(s.g * local * per_key),
+                                           bytes_bound=sympy.expand(local * (s.e * cache + ids)))
     return DecodeRow(node.name, op, what, sympy.expand(s.g * kept * per_key),
-                     sympy.expand(cached * (s.e * cache + ids)), grows=grows, note=note)
+                     sympy.expand(cached * (s.e * cache + ids)), grows=grows, note=note, **bounds)
 
 
 # ---- the whole graph -----------------------------------------------------------------------
@@ -375,21 +387,23 @@ def decode_dict(d: DecodeReport, report) -> dict:
     values at the report's sizes, and the leading term in N of each."""
     from seqdsl.analysis.report import _text, big_o
 
-    def costs(flops, state_bytes) -> dict:
+    def costs(flops, state_bytes, bounds=(None, None)) -> dict:
+        fb, bb = (flops if bounds[0] is None else bounds[0]), (state_bytes if bounds[1] is None else bounds[1])
         return {"flops": _text(flops), "state_bytes": _text(state_bytes),
-                "big_o": {"time": big_o(flops, d.n), "memory": big_o(state_bytes, d.n)},
+                "big_o": {"time": big_o(fb, d.n), "memory": big_o(bb, d.n)},
                 "values": {"flops": report.value(flops), "state_bytes": report.value(state_bytes)}}
 
     layers = []
     for r in d.rows:
-        row = {"name": r.name, "op": r.op, "state": r.state, **costs(r.flops, r.state_bytes)}
+        row = {"name": r.name, "op": r.op, "state": r.state,
+               **costs(r.flops, r.state_bytes, (r.flops_bound, r.bytes_bound))}
         if r.refusal is not None:
             row["refusal"] = r.refusal
         if r.note:
             row["note"] = r.note
         layers.append(row)
     ok, why = d.can_decode
-    out = {"can_decode": ok, "reason": why, "layers": layers, "total": costs(d.flops, d.state_bytes),
+    out = {"can_decode": ok, "reason": why, "layers": layers, "total": costs(d.flops, d.state_bytes, d.bounds()),
            "crossover": None}
     cross = d.crossover() if ok else None
     if cross is not None:
