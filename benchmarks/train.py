@@ -27,9 +27,9 @@ COMMON = "--threads 1 --no-progress --batch 32"
 EXPERIMENTS = {
     "associative_recall": (
         "examples/models/transformer_decoder.seq examples/models/h3.seq examples/models/s4d_lm.seq",
-        "--task associative_recall --task-opt vocab=10 --task-opt seq_len=16",
+        "--task associative_recall --task-opt vocab=10 --task-opt seq_len=16 --task-opt loss=answer",
         "--set D=64 --set L=2 --set V=10 --set H=4 --set F=128 --set S=16",
-        "--steps 2000 --lr 3e-3 --eval-every 250 --eval-batches 8"),
+        "--steps 1500 --lr 3e-3 --eval-every 250 --eval-batches 8"),
     "induction_heads": (
         "examples/models/transformer_decoder.seq examples/models/h3.seq examples/models/s4d_lm.seq",
         "--task induction_heads --task-opt vocab=10 --task-opt seq_len=16 --task-opt loss=answer",
@@ -39,12 +39,12 @@ EXPERIMENTS = {
         "examples/models/transformer_encoder.seq",
         "--task listops --task-opt min_length=20 --task-opt max_length=100 --task-opt valid_examples=512",
         "--set D=64 --set L=2 --set V=16 --set Classes=10 --set H=4 --set F=128",
-        "--steps 800 --lr 2e-3 --eval-every 200"),
+        "--steps 400 --batch 16 --lr 2e-3 --eval-every 100"),
     "text_lm": (
-        "examples/models/h3.seq examples/models/transformer_decoder.seq",
+        "examples/models/h3.seq",
         "--task text_lm --task-opt length=128 --task-opt eval_windows=256",
-        "--set D=64 --set L=2 --set S=16 --set V=256 --set H=4 --set F=256",
-        "--steps 800 --batch 16 --lr 2e-3 --eval-every 200"),
+        "--set D=64 --set L=2 --set S=16 --set V=256",
+        "--steps 500 --batch 16 --lr 2e-3 --eval-every 100"),
 }
 
 
@@ -86,9 +86,10 @@ def report() -> None:
         for i, sub in enumerate(sorted(p for p in (RUNS / name).iterdir() if p.is_dir())):
             ev = [r for r in _history(sub) if r["split"] != "train"]
             ax.plot([r["step"] for r in ev], [r[metric] for r in ev], marker=".", color=f"C{i}", label=sub.name)
-        extra = BASELINES.get(name)
+        extra = baseline(name)
         if extra:
             ax.axhline(extra[0], color="grey", ls="--", lw=1, label=extra[1])
+            lines += [f"Baseline: {extra[1]}.", ""]
         ax.set_title(name)
         ax.set_xlabel("step")
         ax.set_ylabel(f"eval {metric.replace('_', ' ')}")
@@ -101,8 +102,21 @@ def report() -> None:
     print(f"wrote {out} and train.png")
 
 
-# Filled in from the runs' baselines (seqdsl train prints them; TrainResult.baseline).
-BASELINES: dict[str, tuple[float, str]] = {}
+def baseline(name: str) -> tuple[float, str] | None:
+    """The number a model must beat, from the task itself (``Task.baseline``)."""
+    from seqdsl.training.tasks import make_task
+
+    words = shlex.split(EXPERIMENTS[name][1])
+    task = words[words.index("--task") + 1]
+    opts = dict(w.split("=", 1) for i, w in enumerate(words) if i and words[i - 1] == "--task-opt")
+    base = make_task(task, opts).baseline()
+    if "majority_accuracy" in base:
+        return base["majority_accuracy"], f"majority class ({base['majority_accuracy']:.3f})"
+    if "unigram_bits_per_byte" in base:
+        return base["unigram_bits_per_byte"], f"unigram ({base['unigram_bits_per_byte']:.3f} bits/byte)"
+    return None
+
+
 NOTES: list[str] = []
 
 

@@ -240,13 +240,12 @@ def run(config: TrainConfig, rank: int, world: int) -> TrainResult:
             if out is not None and lead:
                 for r in history[-2:] if history[-1]["split"] != "train" else history[-1:]:
                     append_jsonl(_clean(r), out / "metrics.jsonl")
-                if (step + 1) % every_ckpt == 0 or done or step + 1 == config.stop_at:
-                    rngs = _gather_rng(world)
+            if out is not None and ((step + 1) % every_ckpt == 0 or done or step + 1 == config.stop_at):
+                rngs = _gather_rng(world)           # a collective: every rank, the same steps
+                if lead:
                     checkpoint.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
                                      "scheduler": sched.state_dict(), "rng": rngs, "step": step + 1,
                                      "history": history, "config": asdict(config)}, out)
-            elif world > 1 and ((step + 1) % every_ckpt == 0 or done or step + 1 == config.stop_at):
-                _gather_rng(world)
             if bar is not None:
                 bar[0].update(bar[1], advance=1, description=f"loss {rec['loss']:.3f} acc {rec['accuracy']:.3f} "
                               f"{rec['tokens_per_s']:,.0f} tok/s")

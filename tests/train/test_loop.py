@@ -80,12 +80,13 @@ def test_killed_write_keeps_previous_checkpoint(tmp_path):
 @pytest.mark.slow
 def test_nproc2_equals_one_process(tmp_path):
     one = train(_config(tmp_path, steps=4, eval_every=4))
-    two = train(_config(tmp_path, steps=4, eval_every=4, nproc=2))
+    two = train(_config(tmp_path, steps=4, eval_every=4, nproc=2, out=str(tmp_path / "dp")))
     a = [r["loss"] for r in one.history]
     b = [r["loss"] for r in two.history]
     assert len(a) == len(b) == 5
     assert max(abs(x - y) / abs(x) for x, y in zip(a, b)) < 1e-5
     assert [r["accuracy"] for r in one.history] == [r["accuracy"] for r in two.history]
+    assert len(checkpoint.load(tmp_path / "dp")["rng"]) == 2            # every process's RNG state
 
 
 def test_wrong_layout_is_refused_by_name():
