@@ -52,8 +52,6 @@ N = sum(LENGTHS)
 def test_softmax(algorithm, mask):
     if algorithm == "sdpa" and mask == "causal-window5":
         pytest.skip("sdpa takes a full or causal mask only (refused with a reason)")
-    if algorithm == "tiled" and mask == "full":
-        pytest.skip("the tiled path with documents is covered by the two causal masks (time budget)")
     m = {"causal": M.Causal(0), "full": None, "causal-window5": M.And(M.Causal(0), M.Window(5))}[mask]
     torch.manual_seed(0)
     q, k, v = (torch.randn(1, 2, N, 8) for _ in range(3))
@@ -69,6 +67,23 @@ def test_document_tiles_skip_whole_blocks():
     plan = P.make_plan(M.And(M.Causal(0), M.Document(ids)), 64, 64, 8, 8, 1, (1, 1))
     dense = P.make_plan(M.Causal(0), 64, 64, 8, 8, 1, (1, 1))
     assert plan is not None and dense is not None
+
+
+@pytest.mark.parametrize("path", ["padded", "per-document", "tile-plan"])
+def test_softmax_tiled_paths(path, monkeypatch):
+    """The three ways the tiled softmax runs packed rows agree with the materialised mask:
+    a padded batch of documents (causal masks), one call per document, the Document tile plan."""
+    from codegen.softmax import torch_impl as T
+    if path == "per-document":
+        monkeypatch.setattr(T, "PAD_WASTE", 0.0)
+    if path == "tile-plan":
+        monkeypatch.setattr(T, "PAD_WASTE", 0.0)
+        monkeypatch.setattr(T, "PER_DOCUMENT_CALLS", 0)
+    torch.manual_seed(3)
+    q, k, v = (torch.randn(1, 2, N, 8) for _ in range(3))
+    _check(lambda q, k, v, d: softmax_attention(q, k, v, M.Causal(0), scale=0.35,
+                                                algorithm="tiled" if d is not None else "materialized",
+                                                block=8, docs=d), q, k, v)
 
 
 def _linear_inputs(kind: str):
