@@ -73,6 +73,7 @@ def softmax_attention(q: Tensor, k: Tensor, v: Tensor, mask: M.Mask | None = Non
         if q.shape[-2] != k.shape[-2]:
             raise ValueError(f"packed rows: attention of {q.shape[-2]} queries to {k.shape[-2]} keys cannot keep "
                              "documents apart (a document mask is for self-attention)")
+        rest = mask
         mask = M.simplify(M.And(mask, M.Document(mixer_ids(docs, q, "softmax attention"))))
         if algorithm == "sdpa":
             return _sdpa_documents(q, k, v, mask, scale, bias, cap)
