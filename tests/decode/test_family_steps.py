@@ -205,3 +205,32 @@ def test_state_moves_selects_and_batches():
     assert both["a.mix"]["k"].shape == (3, 2, 5) and both.position == 7
     with pytest.raises(ValueError, match="different lengths"):
         DecodeState.cat([s, DecodeState(s, position=8)])
+
+
+class _Segment(torch.nn.Module):
+    """A toy segment step: y_i = x_i + Σ_{j ≤ i} x_j + memory (causal in the segment); the
+    carried memory is the segment's sum."""
+
+    def forward(self, x, memory):
+        return x + x.cumsum(-2) + memory, memory + x.sum(-2, keepdim=True)
+
+
+@pytest.mark.parametrize("prompt", [0, 3, 8, 13])
+def test_recurrent_segments_rerun_the_segment_begun(prompt):
+    """recurrent(step, x, state, segment): prefill keeps the state of the last whole segment and
+    the rows begun; a step re-runs them with the new row and carries the state at a segment's end."""
+    g = torch.Generator().manual_seed(9)
+    x, seg, step = torch.randn(2, 24, 3, generator=g), 8, _Segment()
+    rec = rt.recurrent.__wrapped__
+    whole, final = rec(step, x, torch.zeros(2, 1, 3), seg)
+    ys, state = [], None
+    if prompt:
+        (y, _), state = fam.recurrent_prefill(rec, (step, x[:, :prompt], torch.zeros(2, 1, 3), seg), {})
+        ys.append(y)
+    else:
+        state = {"state": torch.zeros(2, 1, 3), "x": x[:, :0]}
+    for t in range(prompt, 24):
+        (y, _), state = fam.recurrent_step(rec, (step, x[:, t:t + 1], torch.zeros(2, 1, 3), seg), {}, state, t)
+        ys.append(y)
+    assert rel(torch.cat(ys, dim=-2), whole) < TOL
+    assert rel(state["state"], final) < TOL and state["x"].shape[-2] == 0
