@@ -6,6 +6,9 @@
     exp        φ(x) = exp(x)
     favor      φ(x) = exp(x ωᵀ − |x|²/2) / √m,  ω = projection [m, Dk]   (Performer, FAVOR+)
     spectral   φ(x) = [cos(x Ωᵀ), sin(x Ωᵀ)] / √m,  Ω = projection [m, Dk]   (width 2m)
+    spectral+s the same with the constant feature s appended (width 2m + 1): φ(q)·φ(k) gains
+               s², which keeps φ(q)·Σφ(k) positive (fast_transformers' smoothed random
+               Fourier features, smoothing 1.0, as On Learning the Transformer Kernel uses)
 
 Stabilising FAVOR+. The exponent x·ω_r − |x|²/2 equals |ω_r|²/2 − |x − ω_r|²/2, so it never
 exceeds c = max_r |ω_r|²/2, a constant of the projection. Performer subtracts maxima taken
@@ -33,8 +36,15 @@ import torch.nn.functional as F
 FEATURES = ("identity", "elu1", "relu", "exp", "favor", "spectral")
 
 
+def spectral_smoothing(kind: str) -> float | None:
+    """s of a ``spectral+s`` kind, else None."""
+    return float(kind.split("+", 1)[1]) if kind.startswith("spectral+") else None
+
+
 def feature_width(kind: str, dk: int, projection: torch.Tensor | None) -> int:
     """The width of φ(x) for inputs of width ``dk``."""
+    if spectral_smoothing(kind) is not None:
+        return feature_width("spectral", dk, projection) + 1
     if kind in ("favor", "spectral"):
         if projection is None:
             raise ValueError(f"feature {kind!r} needs a projection [m, Dk]")
@@ -53,6 +63,10 @@ def feature_map(x: torch.Tensor, kind: str, projection: torch.Tensor | None = No
         return F.relu(x)
     if kind == "exp":
         return torch.exp(x)
+    smoothing = spectral_smoothing(kind)
+    if smoothing is not None:
+        phi = feature_map(x, "spectral", projection)
+        return torch.cat([phi, torch.full_like(phi[..., :1], smoothing)], dim=-1)
     if kind not in ("favor", "spectral"):
         raise ValueError(f"unknown feature map {kind!r}; expected one of {', '.join(FEATURES)}")
     if projection is None:

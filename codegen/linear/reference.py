@@ -33,6 +33,9 @@ def phi(x: torch.Tensor, kind: str, projection: torch.Tensor | None = None, *, k
         return torch.exp(x)
     m = projection.shape[0]
     wx = x @ projection.to(x.dtype).T                                 # [.., N, m]
+    if kind.startswith("spectral+"):                                  # constant feature s appended
+        phi = torch.cat([torch.cos(wx), torch.sin(wx)], dim=-1) / math.sqrt(m)
+        return torch.cat([phi, torch.full_like(phi[..., :1], float(kind.split("+", 1)[1]))], dim=-1)
     if kind == "spectral":
         return torch.cat([torch.cos(wx), torch.sin(wx)], dim=-1) / math.sqrt(m)
     assert kind == "favor", kind

@@ -178,7 +178,9 @@ def feature_width(g: Graph, n: Node, s: MixShapes) -> sympy.Expr:
     f = n.spec.feature
     if f is None or f.features is None:
         return s.dk
-    return 2 * f.features if f.kind == "spectral" else f.features
+    if f.kind.startswith("spectral"):
+        return 2 * f.features + (1 if f.kind.startswith("spectral+") else 0)   # cos, sin (and s)
+    return f.features
 
 
 def _feature_cost(g: Graph, n: Node, s: MixShapes, width) -> Estimates:

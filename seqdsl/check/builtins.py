@@ -374,10 +374,13 @@ def favor(ctx, features, orthogonal, seed):
                   (("favor", features, orthogonal, seed),))
 
 
-@builtin("feature", P("features", "dim"))
-def spectral(ctx, features):
-    """Learned spectral kernel: φ(x) = [cos(Ωx), sin(Ωx)]/√m with learned frequencies Ω."""
-    return Struct("feature", M.Feature("spectral", features), (), (("spectral", features),))
+@builtin("feature", P("features", "dim"), P("smoothing", "scalar", None))
+def spectral(ctx, features, smoothing):
+    """Learned spectral kernel: φ(x) = [cos(Ωx), sin(Ωx)]/√m with learned frequencies Ω;
+    ``smoothing = s`` appends the constant feature s (φ(q)·φ(k) + s², as the smoothed random
+    Fourier features of On Learning the Transformer Kernel, s = 1)."""
+    kind = "spectral" if smoothing is None else f"spectral+{float(smoothing)!r}"   # codegen.linear.features
+    return Struct("feature", M.Feature(kind, features), (), (("spectral", features),))
 
 
 # ======================================================================================

@@ -146,6 +146,7 @@ CASES: dict[tuple[str, str], tuple[str, str]] = {
     ("favor", "orthogonal"): (feat("favor(8)"), feat("favor(8, orthogonal = false)")),
     ("favor", "seed"): (feat("favor(8)"), feat("favor(8, seed = 3)")),
     ("spectral", "features"): (feat("spectral(8)"), feat("spectral(16)")),
+    ("spectral", "smoothing"): (feat("spectral(8)"), feat("spectral(8, smoothing = 1.0)")),
     ("ssm", "kind"): (ssm("diag, state = 4"), ssm("shift, state = 4")),
     ("ssm", "state"): (ssm("diag, state = 4"), ssm("diag, state = 8")),
     ("ssm", "init"): (ssm("diag, state = 4"), ssm("diag, state = 4, init = s4d_inv")),
