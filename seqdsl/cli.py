@@ -343,6 +343,10 @@ def analyze_complexity(
     expand: ExpandOpt = False,
     decode: Annotated[bool, typer.Option("--decode", help="Add the cost of generating one token after a context "
                                          "of N: FLOPs per token and state bytes per layer.")] = False,
+    nproc: Annotated[Optional[int], typer.Option("--nproc", help="Add the cost per rank with the sequence split "
+                                                 "over P ranks: FLOPs, memory, bytes sent.")] = None,
+    memory: Annotated[Optional[str], typer.Option("--memory", help="With --nproc: the largest N whose per-rank "
+                                                  "memory fits this (e.g. 24GB).")] = None,
 ) -> None:
     """FLOPs, matrix FLOPs, parameters, activation memory and memory traffic of every layer
     of FILE, as formulas and numbers, with the algorithm chosen for each mixer and why;
@@ -360,10 +364,16 @@ def analyze_complexity(
         output_path(plot, "--plot")
     report = analyze(file, entry, backward=backward, machine=machine, algorithms=forced, decode=decode,
                      **parse_sets(set_))
+    dist = _distributed_section(file, entry, report, nproc, memory, parse_sets(set_))
     if json_out:
-        typer.echo(json.dumps(_json_safe(report.to_dict()), indent=2, allow_nan=False))
+        typer.echo(json.dumps(_json_safe(report.to_dict() | ({} if dist is None else {"distributed": dist})),
+                              indent=2, allow_nan=False))
     else:
         typer.echo(render(report, formulas=formulas, mixers_only=mixers_only, expand=expand))
+        if dist is not None:
+            from seqdsl.analysis.distributed import render as render_distributed
+
+            typer.echo(render_distributed(dist))
         if decode:
             from seqdsl.analysis.decode import render_decode
 
@@ -373,6 +383,24 @@ def analyze_complexity(
 
         n_crossings = plot_costs(file, entry, parse_sets(set_), plot, machine=machine)
         typer.echo(f"wrote {plot} ({n_crossings} crossover point(s) marked)", err=json_out)
+
+
+def _distributed_section(file, entry, report, nproc: int | None, memory: str | None, sizes: dict) -> dict | None:
+    """``--nproc``/``--memory``: the per-rank costs (seqdsl/analysis/distributed.py)."""
+    if nproc is None:
+        if memory is not None:
+            raise SeqError("--memory needs --nproc (the number of ranks the sequence is split over)")
+        return None
+    if nproc < 1:
+        raise SeqError(f"--nproc must be at least 1, got {nproc}")
+    from seqdsl.analysis.distributed import analyze_distributed, parse_memory
+    from seqdsl.api import check
+
+    try:
+        budget = None if memory is None else parse_memory(memory)
+    except ValueError as err:
+        raise SeqError(str(err)) from None
+    return analyze_distributed(check(file, entry, **sizes).graph, report, nproc, budget)
 
 
 # `seqdsl train` and `seqdsl compare` live with the training package (docs/training.md).
