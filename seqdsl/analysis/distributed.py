@@ -16,7 +16,8 @@ The sequence of N positions is split over P ranks (docs/distributed.md). Per lay
   explicit long convolutions: 2(P−1)/P·|v of n rows|; short convolutions: (P−1)·2(w−1)
   rows of the halo. The backward sends about twice as much (ring: (4P − 2)/(2P − 2)×).
 - **per-rank memory**: the weights (4 bytes each, replicated) + the activation bytes / P +
-  the ring's blocks in flight (two K/V blocks). The largest N that fits ``--memory`` is
+  the buffers of the exchange (the ring: two K/V blocks in flight; Ulysses: q, k, v, o
+  resharded and the send and receive copies of one of them). The largest N that fits ``--memory`` is
   found on that formula by bisection over N.
 """
 
@@ -72,7 +73,9 @@ def _strategy(g: Graph, node, n, sizes: dict, nproc: int) -> tuple[str, sympy.Ex
         per_head = any(isinstance(leaf, M.RandomBlocks) and leaf.per_head for leaf in M.mask_leaves(spec.mask))
         if h.is_number and int(h) % nproc == 0 and not per_head:
             sent = (P - 1) / P * (2 * _rows(q, n) + _rows(k, n) + _rows(v, n)) * BYTES
-            return "Ulysses all-to-all", sent, 0
+            # held: q, k, v, o resharded to [H/P, N] (the size of the rank's rows), plus the
+            # send and receive copies of one tensor in an exchange
+            return "Ulysses all-to-all", sent, (2 * _rows(q, n) + _rows(k, n) + _rows(v, n) + 2 * _rows(q, n)) * BYTES
         return "ring", 2 * (P - 1) * (_rows(k, n) + _rows(v, n)) / 2 * BYTES, 2 * (_rows(k, n) + _rows(v, n)) * BYTES
     if fam in ("linear", "decayed_linear"):
         q, v = t("q"), t("v")
