@@ -82,7 +82,8 @@ def _run(model, inputs):
     out = model(*inputs)
     outs = out if isinstance(out, tuple) else (out,)
     torch.manual_seed(1)
-    loss = sum((o * torch.randn(o.shape, dtype=o.dtype)).sum() for o in outs if o.is_floating_point())
+    # the loss weights drawn in fp32 whatever the model's dtype (the same numbers for a float64 reference)
+    loss = sum((o * torch.randn(o.shape).to(o.dtype)).sum() for o in outs if o.is_floating_point())
     loss.backward()
     grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
     grads.update({f"input {i}": t.grad for i, t in enumerate(inputs) if t.grad is not None})
@@ -115,10 +116,26 @@ def test_examples_with_kernels_match_the_torch_backend(name, compiled):
     # Relative error < 1e-3, measured against the gradient's own size or, for gradients that are
     # mathematically zero (a key bias under softmax), against the largest gradient of the model.
     largest = max(float(g.double().norm()) for g in grads_ref.values())
+    doubtful = {}
     for key, g in grads.items():
         err = float((g.double() - grads_ref[key].double()).norm())
         size = max(float(grads_ref[key].double().norm()), 1e-6 * largest)
-        assert err < 1e-3 * size, f"gradient of {key}: relative error {err / size:.2e}"
+        if err >= 1e-3 * size:
+            doubtful[key] = err / size
+    if doubtful:
+        # A gradient that is a sum with cancellation (a bias before batch norm and pooling) is
+        # uncertain in fp32 on any backend: then, as FlexAttention's tests, the kernel's error
+        # against float64 may be at most twice the fp32 PyTorch backend's own.
+        ref64 = seqdsl.load(ROOT / "examples" / name, **sizes).double()
+        ref64.load_state_dict({k: v.double() for k, v in ref.state_dict().items()})
+        ref64.eval()
+        _, grads64 = _run(ref64, [t.double() if t.is_floating_point() else t for t in inputs])
+        for key, first in doubtful.items():
+            kernel_err = _rel(grads[key], grads64[key])
+            torch_err = _rel(grads_ref[key], grads64[key])
+            assert torch_err < 1e-2 and kernel_err <= 2 * torch_err, (
+                f"gradient of {key}: relative error {first:.2e} against fp32 PyTorch; against float64 "
+                f"{kernel_err:.2e}, PyTorch fp32's own {torch_err:.2e}")
 
 
 def test_h3_gates_are_fused_into_the_kernel_calls(compiled):
