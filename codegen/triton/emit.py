@@ -119,7 +119,7 @@ class TritonWriter(torch_emit._Writer):
             gen, _ = _generator(plan.family)
             name = self.shared.kernels[key] = self._kernel_name(n)
             self.shared.sections.append(_banner(n, plan) + gen.generate(name, **plan.kwargs).strip("\n") + "\n")
-        step = None if n.id in self.folds else torch_mix.call(self, n, choice)   # decoding: the torch step
+        step = self._torch_step(n, choice)        # decoding: the torch family call (no step kernels)
         choice.backend = "triton"
         choice.algorithm = f"triton:{plan.family}"
         choice.note = f"generated kernel {name}" + (f" ({plan.note})" if plan.note else "") + \
@@ -135,6 +135,30 @@ class TritonWriter(torch_emit._Writer):
         fold = self.folds.get(n.id)
         if fold is not None and fold.result != n.id:
             self.var[(fold.result, 0)] = self.var[(n.id, 0)]
+
+    def _torch_step(self, n: Node, choice) -> str | None:
+        """The torch family call that prefill / step run for a kernel-backed mixer; gates folded
+        into a Toeplitz kernel are written around it: post · (mix(v · pre) + v · pre · skip)."""
+        fold = self.folds.get(n.id)
+        if fold is None:
+            return torch_mix.call(self, n, choice)
+        if set(fold.args) - {"pre", "skip", "post"}:
+            return None
+        v = n.input("v")
+        u = f"({self.ref(fold.v)} * {self.ref(fold.args['pre'])})" if "pre" in fold.args else self.ref(v)
+        saved, dropped = self.var.get((v.node, v.index)), set(self.dropped)
+        self.var[(v.node, v.index)], self.dropped = u, self.dropped - {v.node}    # the call reads v · pre
+        try:
+            y = torch_mix.call(self, n, choice)
+        finally:
+            self.dropped = dropped
+            if saved is None:
+                del self.var[(v.node, v.index)]
+            else:
+                self.var[(v.node, v.index)] = saved
+        if "skip" in fold.args:
+            y = f"({y} + {u} * {self.ref(fold.args['skip'])})"
+        return f"{y} * {self.ref(fold.args['post'])}" if "post" in fold.args else y
 
     def _kernel_name(self, n: Node) -> str:
         words = [w for w in n.name.split(".") if not w.isdigit()]     # not the repeat indices

@@ -126,16 +126,22 @@ def test_the_generated_module_lists_its_state():
     assert "('layers.0.mamba_block.mamba_mixer.conv1d', 'conv1d', '')" in model.source
 
 
-def test_a_triton_module_decodes_with_the_torch_step():
+# H3's Triton module (gates folded into its Toeplitz kernels, written around the torch call for
+# decoding) decodes the same way; loading it takes ~50 s on the loaded VM (kernel generation),
+# beyond this folder's budget: checked by hand (relative error 2.8e-7), see issue 13's report.
+@pytest.mark.parametrize("name,call", [("gla", "linear_attention(")])
+def test_a_triton_module_decodes_with_the_torch_step(name, call):
     """A mixer running a generated kernel runs its torch step inside prefill / step (there are
-    no step kernels); the Triton forward is the reference."""
-    model = seqdsl.load(_path("gla"), backend="triton", **_sizes("gla")).eval()
-    assert "if not rt.decoding() else linear_attention(" in model.source
-    tokens = torch.randint(0, 50, (2, 12), generator=torch.Generator().manual_seed(1))
+    no step kernels). The reference is the torch module with the same weights (tests/triton
+    holds the kernels to it)."""
+    model = seqdsl.load(_path(name), backend="triton", **_sizes(name)).eval()
+    assert f"if not rt.decoding() else {call}" in model.source or f"if not rt.decoding() else ({call}" in model.source
+    reference = seqdsl.load(_path(name), **_sizes(name)).eval()
+    tokens = torch.randint(0, 50, (2, 20), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        full = model(tokens)
+        full = reference(tokens)
     logits, state = model.prefill(tokens[:, :5])
     assert _rel(logits, full[:, :5]) < TOL
-    for t in range(5, 12):
+    for t in range(5, 20):
         logits, state = model.step(tokens[:, t], state)
         assert _rel(logits, full[:, t]) < TOL
