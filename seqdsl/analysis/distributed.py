@@ -62,7 +62,7 @@ def _strategy(g: Graph, node, n, sizes: dict, nproc: int) -> tuple[str, sympy.Ex
         x, w = t("x"), t("weight")
         width = sympy.sympify(w[-1]) if w else 1
         return "halo exchange", (P - 1) * 2 * (width - 1) * _numel(x) / sympy.sympify(x[-2]) * BYTES, 0
-    if node.kind != OpKind.MIX:
+    if node.kind != OpKind.MIX or nproc == 1:             # one rank: the one-process algorithm, nothing sent
         return "none", sympy.Integer(0), sympy.Integer(0)
     spec = node.spec
     fam = spec.family
