@@ -111,8 +111,8 @@ def plan(g: Graph, runtime: set[str] | frozenset[str], fixed_by: dict[str, str] 
         return DecodePlan(n.name, reason=f"the module fixes {n.name} ({why}); decoding reads {n.name} from the "
                                          f"inputs, one position at a time")
     if len(g.inputs) != 1:
-        return DecodePlan(n.name, reason=f"decoding feeds one input a position at a time; the entry takes "
-                                         f"{len(g.inputs)} ({', '.join(i.name for i in g.inputs)})")
+        return DecodePlan(n.name, reason=f"{_where(g.inputs[1])}decoding feeds one input a position at a time; "
+                                         f"the entry takes {len(g.inputs)} ({', '.join(i.name for i in g.inputs)})")
     slots, positional = [], set()
     try:
         for node in g.nodes():

@@ -39,7 +39,7 @@ DECODES = ["transformer_decoder", "h3", "h3_hybrid", "mamba", "retnet", "gla", "
 REFUSED = {
     "hyena": "uses the length N as a number",                     # its filter is normalised by the runtime N
     "perceiver_ar": "takes part of the N axis",
-    "switch_moe": "capacity",
+    "switch_moe": "",                                              # an encoder-decoder (tokens, targets)
     "deq": "",                                                     # a fixed point over the whole sequence
 }
 # Classifiers, encoders and bidirectional models: a reason that names why.
