@@ -9,6 +9,7 @@ ordinary layers live in runtime.py). Signatures:
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import torch
@@ -19,8 +20,13 @@ from codegen.softmax import step as softmax_step
 from codegen.toeplitz import step as toeplitz_step
 
 
+@functools.cache
+def _signature(fn) -> inspect.Signature:
+    return inspect.signature(fn)
+
+
 def _conv_args(fn, args: tuple, kw: dict) -> dict:
-    a = inspect.signature(fn).bind(*args, **kw)
+    a = _signature(fn).bind(*args, **kw)
     a.apply_defaults()
     return dict(a.arguments)
 
