@@ -112,7 +112,7 @@ def test_dss_modes_are_the_skew_hippo_eigenvalues(dss_conv):
     ref = hippo_skew_evals(128)[:64] - 0.5
     assert rel(ref, lam) < 1e-6
     assert one(p, "kernel.log_dt").shape == (3, 2)          # Δ for Re Λ and Im Λ per channel
-    assert one(p, "kernel.C_re").shape == (3, 64)
+    assert one(p, "w_re").shape == one(p, "w_im").shape == (3, 64)   # W [H, N] complex, each part N(0, 1)
 
 
 def test_dss_layer_equals_the_released_kernel(dss_conv):
@@ -127,7 +127,7 @@ def test_dss_layer_equals_the_released_kernel(dss_conv):
 
     def reference(rp, u):
         lam = torch.complex(one(rp, "kernel.A_real"), one(rp, "kernel.A_imag"))[0]
-        W = torch.complex(one(rp, "kernel.C_re"), one(rp, "kernel.C_im"))
+        W = torch.complex(one(rp, "w_re"), one(rp, "w_im"))
         K = dss_kernel_released(lam, one(rp, "kernel.log_dt"), W, n)
         return causal_conv(u, K) + u * one(rp, "skip")
 
