@@ -60,6 +60,12 @@ _PHI_NONZERO_AT_0 = ("elu1", "exp")
 #: feature maps that need the projection: applied in PyTorch, identity in the kernels
 _PHI_TORCH = ("favor", "spectral")
 FEATURES = (*_PHI, *_PHI_TORCH)
+
+
+def _phi_torch(feature: str) -> bool:
+    """φ applied in PyTorch before the kernels: favor, spectral and spectral+s (the smoothed
+    map, codegen.linear.features.spectral_smoothing)."""
+    return feature in _PHI_TORCH or feature.startswith("spectral+")
 NORMS = ("none", "sum")
 DECAY_KINDS = (None, "scalar", "head", "token", "channel")
 ALGORITHMS = ("chunked", "recurrent", "quadratic")
@@ -68,7 +74,7 @@ _IEEE = 'input_precision="ieee"'           # exact fp32 products (tf32 would mis
 
 def unsupported(*, feature: str, norm: str, causal: bool, decay_kind: str | None) -> str | None:
     """None when ``generate`` supports the structure, else a one-line reason."""
-    if feature not in FEATURES:
+    if feature not in FEATURES and not _phi_torch(feature):
         return f"feature map {feature!r} has no Triton form (supported: {', '.join(FEATURES)})"
     if norm not in NORMS:
         return f"normalisation {norm!r} is not a linear-attention norm (none, sum)"
@@ -92,7 +98,7 @@ def generate(name: str, *, feature: str, norm: str, causal: bool, decay_kind: st
     if not name.isidentifier():
         raise ValueError(f"section name {name!r} is not an identifier")
     kind = "head" if decay_kind == "scalar" else decay_kind
-    phi = "identity" if feature in _PHI_TORCH else feature
+    phi = "identity" if _phi_torch(feature) else feature
     scale = 1.0 if norm == "sum" else float(scale)      # the normaliser cancels the scale
     g = _Gen(name, kind, phi, scale, with_chunked=algorithm != "recurrent")
     c = lx.chunk_size(int(chunk))
@@ -125,7 +131,7 @@ def _fill(template: str, **slots: str) -> str:
 def _header(name, feature, norm, causal, decay_kind, log_decay, scale, c, algorithm) -> str:
     decay = "no decay" if decay_kind is None else f"decay per {decay_kind}" + (" (log-space)" if log_decay else "")
     torch_phi = ("\n# φ = " + feature + " needs the projection: applied in PyTorch before the kernels, which "
-                 "see identity features") if feature in _PHI_TORCH else ""
+                 "see identity features") if _phi_torch(feature) else ""
     return f'''
 # ==== {name}: linear attention — φ = {feature}, norm = {norm}, {"causal" if causal else "non-causal"}, {decay},
 #      scale {scale!r}, algorithm {algorithm}, chunk {c} ====
@@ -416,7 +422,7 @@ else:
 
 def _entry(name, feature, norm, causal, decay_kind, log_decay, algorithm) -> str:
     normalized = norm == "sum"
-    if feature in _PHI_TORCH:
+    if _phi_torch(feature):
         feats = (f"# φ = {feature} needs the projection: applied here in PyTorch; the kernels see identity features\n"
                  f"fq = lx.feature_map(q.float(), {feature!r}, projection, is_query=True, normalized={normalized})\n"
                  f"fk = lx.feature_map(k.float(), {feature!r}, projection, is_query=False, normalized={normalized})")

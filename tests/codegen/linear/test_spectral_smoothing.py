@@ -44,3 +44,17 @@ def test_smoothed_spectral_attention_equals_the_formula(causal, algo):
     for a, b in zip(got, want):
         assert float((a - b).norm() / b.norm()) < 1e-4
 
+
+
+def test_the_triton_path_applies_the_smoothed_map():
+    """The generated kernels see identity features; φ (with s) is applied before them."""
+    import os
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("Triton needs a GPU or TRITON_INTERPRET=1 (set by tests/conftest.py)")
+    src = SRC.replace("MASK", "causal()").replace("ALGO", "")
+    model = seqdsl.load(src, backend="triton", N=33)
+    assert "spectral+1.0" in model.source and model.choices[0].backend == "triton", model.choices[0]
+    q, k, v = model.example_inputs()
+    out = model(q, k, v)
+    ref = _reference(q, k, v, model.mix.frequencies, True)
+    assert float((out - ref).norm() / ref.norm()) < 1e-4
