@@ -10,25 +10,30 @@ from typer.testing import CliRunner
 from seqdsl.cli import app
 
 runner = CliRunner()
+# The sizes of tests/train/test_loop.py: in one pytest process the checked model is reused.
 TINY = ["--task", "associative_recall", "--task-opt", "vocab=8", "--task-opt", "seq_len=6", "--task-opt",
-        "test_examples=4", "--set", "D=8", "--set", "L=1", "--set", "V=8", "--steps", "2", "--batch", "4",
-        "--eval-every", "2", "--threads", "1", "--no-progress"]
+        "test_examples=4", "--set", "D=8", "--set", "L=1", "--set", "V=8", "--set", "S=4", "--set", "N=8",
+        "--steps", "2", "--batch", "4", "--eval-every", "2", "--threads", "1", "--no-progress"]
 
 
 def test_compare_prints_the_table_and_draws_one_plot(tmp_path):
     out = tmp_path / "cmp"
-    res = runner.invoke(app, ["compare", "examples/models/h3.seq", "examples/models/s4d_lm.seq", *TINY,
-                              "--set", "S=4", "--out", str(out)])     # S: declared by both
+    res = runner.invoke(app, ["compare", "examples/models/h3.seq", *TINY, "--out", str(out)])
     assert res.exit_code == 0, res.output
     rows = [line for line in res.output.splitlines() if line.startswith("| ")]
     assert rows[0].startswith("| model | eval accuracy | eval loss | parameters | FLOPs/token (fwd) | wall s")
-    assert rows[1].startswith("| h3.seq |") and rows[2].startswith("| s4d_lm.seq |")
+    assert rows[1].startswith("| h3.seq |") and len(rows) == 3
     assert (out / "compare.png").stat().st_size > 0 and (out / "compare.md").is_file()
-    for stem in ("h3", "s4d_lm"):
+    for stem in ("h3",):
         records = [json.loads(line) for line in (out / stem / "metrics.jsonl").read_text().splitlines()]
         assert [r["step"] for r in records] == [1, 2, 2] and records[-1]["split"] == "valid"
         assert records[-1]["flops"] == 2 * records[0]["flops"] > 0      # FLOPs from the analysis, per step
         assert (out / stem / "checkpoint.pt").is_file() and (out / stem / "metrics.png").is_file()
+
+
+def test_compare_refuses_a_size_no_file_declares(tmp_path):
+    res = runner.invoke(app, ["compare", "examples/models/h3.seq", *TINY, "--set", "Q=3", "--out", str(tmp_path)])
+    assert res.exit_code == 1 and "--set Q: no file declares it" in res.output
 
 
 def test_train_refuses_a_model_that_does_not_fit():
