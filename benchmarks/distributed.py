@@ -120,7 +120,8 @@ def _formula(nproc: int):
         c = check(FILE, N=1024, **SIZES)
         sec = analyze_distributed(c.graph, analyze_graph(c.graph, c.entry, c.sizes), nproc)
         names = {s: sympy.Symbol(s, positive=True, integer=True) for s in ("N", "P", "B", "H", "Dh", "BLOCK")}
-        _formula_cache[nproc] = sympy.sympify(sec["memory_per_rank"], locals=names)
+        _formula_cache[nproc] = tuple(sympy.sympify(sec[k], locals=names)
+                                      for k in ("memory_per_rank", "inputs_per_rank"))
     return _formula_cache[nproc]
 
 
@@ -130,7 +131,14 @@ def _at(e, n: int, nproc: int) -> float:
 
 
 def predicted_rank_formula(n: int, nproc: int) -> float:
-    return _at(_formula(nproc), n, nproc)
+    """Per-rank memory with the inputs (what must fit)."""
+    return _at(_formula(nproc)[0], n, nproc)
+
+
+def predicted_extra(n: int, nproc: int) -> float:
+    """Per-rank memory above the inputs (what the run measures: inputs exist before the call)."""
+    total, inputs = _formula(nproc)
+    return _at(total, n, nproc) - _at(inputs, n, nproc)
 
 
 def predicted_vanilla_formula(n: int) -> float:
@@ -145,7 +153,7 @@ def report(rows: dict, ns: list[int], wall: float) -> None:
              "process (a loaded 2-core VM: the processes of P = 4 time-share two cores, so times do not show a "
              f"speed-up; memory per rank is what scales), torch {__import__('torch').__version__}, gloo, fp32, "
              f"causal, B = 1, H = 8, Dh = 64, forward. Whole run {wall:.0f} s.", "",
-             "| N | vanilla: time, peak | P = 1 (tiled) | P = 2 | P = 4 | per rank, measured / analysis (P = 1, 2, 4) |",
+             "| N | vanilla: time, peak | P = 1 (tiled) | P = 2 | P = 4 | per-rank peak above the inputs, measured / analysis (P = 1, 2, 4) |",
              "|---|---|---|---|---|---|"]
     ratios = []
     for i, n in enumerate(ns):
@@ -159,19 +167,23 @@ def report(rows: dict, ns: list[int], wall: float) -> None:
                          f"{r['seconds'] / n * 1e6:.1f} µs/token")
         rat = []
         for p in (1, 2, 4):
-            pred = predicted_rank_formula(n, p)
-            rat.append(rows[p][i]["peak"] / pred)
+            rat.append(rows[p][i]["peak"] / predicted_extra(n, p))
         ratios += rat
         lines.append(f"| {n} | " + " | ".join(cells) + " | " + ", ".join(f"{x:.2f}" for x in rat) + " |")
-    lines += ["", f"Largest N whose per-rank memory fits {BUDGET / 2**30:.0f} GiB (from the analysis' formulas):", "",
+    lines += ["", f"Largest N whose per-rank memory (inputs included) fits {BUDGET / 2**30:.0f} GiB, from the "
+              "analysis' formula (`analyze complexity --nproc P --memory 1GiB`) and, for vanilla, scores + q, k, v, o:",
+              "",
               "| | N | vs vanilla |", "|---|---|---|"]
     van = largest(None, BUDGET)
     lines.append(f"| vanilla (scores materialised) | {van} | 1× |")
     for p in (1, 2, 4):
         m = largest(p, BUDGET)
         lines.append(f"| seqdsl, P = {p} | {m} | {m / van:.0f}× |")
-    lines += ["", f"Measured / predicted per-rank memory: {min(ratios):.2f} – {max(ratios):.2f} "
-              "(the analysis counts activations, not the allocator's or the communication buffers' slack).", ""]
+    lines += ["", f"Measured / predicted per-rank memory: {min(ratios):.2f} – {max(ratios):.2f}; at the smallest N a "
+              "fixed ~10-20 MiB per process (allocator, gloo buffers) is most of the measurement.", "",
+              "The seed paper's 40× (Hè & Kabic 2023) compares its distributed attention on 4 GPUs with vanilla "
+              "attention on one; here the comparison is per-rank memory on one CPU machine, where most of the gain is "
+              "the tiled algorithm's O(N) memory and the rest scales with P.", ""]
     (out / "distributed.md").write_text("\n".join(lines))
     print("\n".join(lines))
     import matplotlib
@@ -186,7 +198,7 @@ def report(rows: dict, ns: list[int], wall: float) -> None:
     a.set_title(f"largest N in {BUDGET / 2**30:.0f} GiB per rank")
     for p in (1, 2, 4):
         b.plot(ns, [rows[p][i]["peak"] / 2**20 for i in range(len(ns))], "o-", label=f"measured P={p}")
-        b.plot(ns, [predicted_rank_formula(n, p) / 2**20 for n in ns], "x--", label=f"analysis P={p}")
+        b.plot(ns, [predicted_extra(n, p) / 2**20 for n in ns], "x--", label=f"analysis P={p}")
     b.plot([r["n"] for r in rows["vanilla"]], [r["peak"] / 2**20 for r in rows["vanilla"]], "s-",
            label="vanilla measured")
     b.set_xscale("log")

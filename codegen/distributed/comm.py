@@ -73,7 +73,11 @@ def tie(y: Tensor, *xs: Tensor) -> Tensor:
 
 def _a2a(pieces: list[Tensor], recv_numel: list[int], sp: SequenceParallel, like: Tensor) -> list[Tensor]:
     """Flat piece s to rank s; the flat pieces received from every rank."""
-    send = torch.cat([p.reshape(-1) for p in pieces]) if pieces else like.new_empty(0)
+    send = like.new_empty(sum(p.numel() for p in pieces))
+    off = 0
+    for p in pieces:                         # straight into the send buffer: no second copy of the pieces
+        send[off:off + p.numel()].view(p.shape).copy_(p)
+        off += p.numel()
     recv = like.new_empty(sum(recv_numel))
     dist.all_to_all_single(recv, send, output_split_sizes=recv_numel,
                            input_split_sizes=[p.numel() for p in pieces], group=sp.group)
@@ -89,18 +93,23 @@ def _shape_with(x_shape, dim: int, size: int, fdim: int, fsize: int) -> list[int
 def _to_features(x: Tensor, sp: SequenceParallel, layout: Layout, sdim: int, fdim: int) -> Tensor:
     P, r = sp.size, sp.rank
     feats = _split(x.shape[fdim], P)
-    pieces = [x.narrow(fdim, a, b - a).contiguous() for a, b in feats]
+    pieces = [x.narrow(fdim, a, b - a) for a, b in feats]
     fa, fb = feats[r]
     shapes = [_shape_with(x.shape, sdim, layout.size(s), fdim, fb - fa) for s in range(P)]
     recv = _a2a(pieces, [int(torch.Size(s).numel()) for s in shapes], sp, x)
     y = torch.cat([t.view(s) for t, s in zip(recv, shapes)], dim=sdim)   # rank order
+    if layout.kind == "contiguous":                                         # rank order is global order
+        return y
     return y.index_select(sdim, layout.natural(x.device))                  # global order
 
 
 def _to_sequence(y: Tensor, sp: SequenceParallel, layout: Layout, sdim: int, fdim: int, features: int) -> Tensor:
     P, r = sp.size, sp.rank
     feats = _split(features, P)
-    pieces = [y.index_select(sdim, layout.positions(s, y.device)).contiguous() for s in range(P)]
+    if layout.kind == "contiguous":     # each rank's rows are one range: views, no copy
+        pieces = [y.narrow(sdim, a, b - a) for (a, b), in (layout.segments(s) for s in range(P))]
+    else:
+        pieces = [y.index_select(sdim, layout.positions(s, y.device)) for s in range(P)]
     shapes = [_shape_with(y.shape, sdim, layout.size(r), fdim, b - a) for a, b in feats]
     recv = _a2a(pieces, [int(torch.Size(s).numel()) for s in shapes], sp, y)
     return torch.cat([t.view(s) for t, s in zip(recv, shapes)], dim=fdim)

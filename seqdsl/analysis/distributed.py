@@ -15,7 +15,8 @@ The sequence of N positions is split over P ranks (docs/distributed.md). Per lay
   state and transition, independent of N); SSM convolutions: (P−1)·|SSM state|;
   explicit long convolutions: 2(P−1)/P·|v of n rows|; short convolutions: (P−1)·2(w−1)
   rows of the halo. The backward sends about twice as much (ring: (4P − 2)/(2P − 2)×).
-- **per-rank memory**: the weights (4 bytes each, replicated) + the activation bytes / P +
+- **per-rank memory**: the weights (4 bytes each, replicated) + the rank's rows of the entry's
+  inputs (``inputs_per_rank``) + the activation bytes / P +
   the buffers of the exchange (the ring: two K/V blocks in flight; Ulysses: q, k, v, o
   resharded and the send and receive copies of one of them). The largest N that fits ``--memory`` is
   found on that formula by bisection over N.
@@ -111,7 +112,8 @@ def analyze_distributed(graph: Graph, report, nproc: int, memory: float | None =
                             est.flops / P if split else est.flops,
                             est.activation_bytes / P if split else est.activation_bytes, sympy.simplify(comm)))
     weights = report.total.param_count * BYTES
-    memory_rank = sympy.simplify(weights + sum(r.activation_bytes for r in rows) + flight)
+    inputs = sum((_rows(nd.out.shape, n) for nd in graph.inputs), sympy.Integer(0)) * BYTES   # this rank's rows
+    memory_rank = sympy.simplify(weights + inputs + sum(r.activation_bytes for r in rows) + flight)
     values = dict(report.sizes)
 
     def at(e: sympy.Expr, **extra) -> float:
@@ -129,8 +131,9 @@ def analyze_distributed(graph: Graph, report, nproc: int, memory: float | None =
                                "comm_bytes_per_rank": at(r.comm_bytes)}}
                    for r in rows],
         "memory_per_rank": str(memory_rank),
+        "inputs_per_rank": str(sympy.simplify(inputs)),
         "comm_bytes_per_rank": str(sympy.simplify(sum(r.comm_bytes for r in rows))),
-        "values": {"memory_per_rank": at(memory_rank), "comm_bytes_per_rank": at(sum(r.comm_bytes for r in rows)),
+        "values": {"memory_per_rank": at(memory_rank), "inputs_per_rank": at(inputs), "comm_bytes_per_rank": at(sum(r.comm_bytes for r in rows)),
                    "flops_per_rank": at(sum(r.flops for r in rows))},
     }
     if memory is not None and n is not None:
