@@ -127,6 +127,8 @@ def _positions(g: Graph, node: Node, b, n) -> tuple[str, str]:
     [B, N, …] rows by position inside each document: honoured where every reader adds or
     multiplies it straight into a [B, N, …] activation (right-aligned), refused otherwise."""
     t = node.out
+    if _lags_only(g, node, b, set()):
+        return "none", "the lag axis of a convolution kernel (K[i − j]), not token positions"
     if sympy.sympify(t.shape[0]) != n:
         return "refuse", f"a table whose {n} axis is not its first"
     for r in g.nodes():
@@ -138,6 +140,30 @@ def _positions(g: Graph, node: Node, b, n) -> tuple[str, str]:
             return "refuse", (f"positions over {n} read by {r.name} ({r.kind.value}), not added to a "
                               f"[{b}, {n}, ..] activation: they cannot restart at every document there")
     return "honour", "positions restart at every document"
+
+
+def _lags_only(g: Graph, node: Node, b, seen: set[int]) -> bool:
+    """Whether ``node``'s table reaches the activations only as the kernel of Toeplitz mixes
+    (Hyena's implicit filter from arange(N), a learned long-convolution filter [N, C]): its N
+    axis is then the lag i − j, the same in every document, and the table stays as it is."""
+    if node.id in seen:
+        return True
+    seen.add(node.id)
+    found = False
+    for r in g.nodes():
+        ports = [p for p in r.inputs if p.node == node.id]
+        if not ports:
+            continue
+        found = True
+        if r.kind == OpKind.MIX:
+            kernels = {leaf.kernel.kernel.role for leaf in M.mask_leaves(r.spec.mask)
+                       if isinstance(leaf, M.Toeplitz) and isinstance(leaf.kernel, M.ExplicitKernel)}
+            if any(p.role not in kernels for p in ports):
+                return False
+        elif any(sympy.sympify(d) == b for t in r.outs for d in t.shape) or r.kind == OpKind.OUTPUT \
+                or not _lags_only(g, r, b, seen):
+            return False
+    return found
 
 
 def _batch_first(x, b, n, what: str) -> tuple[str, str]:
@@ -173,7 +199,7 @@ def _mix(g: Graph, node: Node, b, n) -> tuple[str, str]:
         for f in ("size", "block", "stride", "count", "start", "stop"):
             if _uses(getattr(leaf, f, None), n):
                 return "refuse", f"{leaf}: the mask depends on the row's length {n}"
-        absolute = (M.RandomBlocks, M.BlockMap, M.Global, M.KeyRange, M.Butterfly, M.Local)
+        absolute = (M.RandomBlocks, M.BlockMap, M.Global, M.KeyRange, M.QueryRange, M.Butterfly, M.Local)
         if isinstance(leaf, absolute) or (isinstance(leaf, M.Window) and leaf.block != 1):
             return "refuse", f"{leaf}: the mask is laid out on the row's absolute positions"
     return "honour", "document boundaries: " + (

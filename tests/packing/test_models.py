@@ -57,13 +57,23 @@ def test_generated_lines_say_what_honours_documents(tmp_path):
     assert "rt.conv1d_by_document(" in text and "docs=rt.documents())" in text
 
 
+POOLED = """
+dim B, N = 64, D = 8
+model pooled(x: [B, N, D]) -> [B, D] {
+  y = mix(rearrange(x, "b n d -> b 1 n d"), rearrange(x, "b n d -> b 1 n d"), rearrange(x, "b n d -> b 1 n d"),
+          score = dot(scale = 1), mask = causal(), norm = softmax)
+  return mean(rearrange(y, "b 1 n d -> b n d"), axis = 1)
+}
+"""
+
+
 def test_a_layer_that_cannot_keep_documents_apart_refuses_by_name():
-    """RetNet's rotary angles are built from arange(N) through slices: refused, with the layer."""
-    model = seqdsl.load(ROOT / "examples" / "models" / "retnet.seq", D=16, H=2, L=1, F=16, V=32)
-    tokens = torch.randint(0, 32, (1, 12))
-    model(tokens)                                                     # unpacked: unaffected
-    with pytest.raises(SeqError, match=r"arange.*cannot keep the documents.*slice"):
-        model(tokens, doc_ids=torch.tensor([[0] * 5 + [1] * 7]))
+    """A mean over the sequence would mix the documents of a row: refused, naming the layer."""
+    model = seqdsl.load(POOLED)
+    x = torch.randn(1, 12, 8)
+    model(x)                                                          # unpacked: unaffected
+    with pytest.raises(SeqError, match=r"mean: cannot keep the documents of packed rows apart.*over the N axis"):
+        model(x, doc_ids=torch.tensor([[0] * 5 + [1] * 7]))
 
 
 def test_doc_ids_must_fit_the_input():
