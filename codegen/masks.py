@@ -39,7 +39,7 @@ from codegen.tiles import BlockSchedule, TileGrid
 from codegen.tiles import bounds as _bounds
 from codegen.tiles import coarse_tiles as _coarse_tiles
 
-__all__ = ["Mask", "Full", "Causal", "Window", "Local", "Strided", "Global", "RandomBlocks", "KeyRange",
+__all__ = ["Mask", "Full", "Causal", "Window", "Local", "Strided", "Global", "RandomBlocks", "KeyRange", "QueryRange",
            "Butterfly", "Buckets", "Document", "BlockMap", "And", "Or", "BlockSchedule", "TileGrid", "from_ir",
            "conjuncts", "REFINE_BUDGET"]
 
@@ -234,6 +234,26 @@ class KeyRange(Mask):
         klo, khi = _bounds(nk, bk, device)
         a, b = self.start, self._stop(nk)
         return TileGrid.exact(((klo < b) & (khi >= a) & (b > a))[None, :], ((klo >= a) & (khi < b))[None, :])
+
+
+@dataclass(frozen=True)
+class QueryRange(Mask):
+    """start ≤ i < stop sees every key (stop None: to the last query)."""
+
+    start: int
+    stop: int | None = None
+
+    def _stop(self, nq: int) -> int:
+        return nq if self.stop is None else self.stop
+
+    def keep(self, i, j, nq, nk, heads=None):
+        k = (i >= self.start) & (i < self._stop(nq))
+        return k.expand(torch.broadcast_shapes(i.shape, j.shape))
+
+    def tiles(self, nq, nk, bq, bk, heads=None, device=None):
+        qlo, qhi = _bounds(nq, bq, device)
+        a, b = self.start, self._stop(nq)
+        return TileGrid.exact(((qlo < b) & (qhi >= a) & (b > a))[:, None], ((qlo >= a) & (qhi < b))[:, None])
 
 
 @dataclass(frozen=True)
@@ -540,6 +560,8 @@ def from_ir(mask_ir, sizes: dict[str, int], tensors: dict[str, Tensor] | None = 
                 return RandomBlocks(num(c), num(b), int(seed), bool(ph), None if ex is None else go(ex))
             case M.KeyRange(start=a, stop=b):
                 return KeyRange(num(a), None if b is None else num(b))
+            case M.QueryRange(start=a, stop=b):
+                return QueryRange(num(a), None if b is None else num(b))
             case M.Butterfly(block=b):
                 return Butterfly(num(b))
             case M.Buckets(ids=r):

@@ -43,6 +43,8 @@ def mask_source(w, mask, tensors: dict[str, str]) -> str:
             return f"M.RandomBlocks({num(c)}, block={num(b)}, seed={int(seed)}, per_head={bool(ph)}{extra})"
         case M.KeyRange(start=a, stop=b):
             return f"M.KeyRange({num(a)}, {None if b is None else num(b)})"
+        case M.QueryRange(start=a, stop=b):
+            return f"M.QueryRange({num(a)}, {None if b is None else num(b)})"
         case M.Butterfly(block=b):
             return f"M.Butterfly({num(b)})"
         case M.Buckets(ids=r):

@@ -66,6 +66,9 @@ def closed_pairs(mask, nq: sympy.Expr, nk: sympy.Expr, bucket_count=None) -> sym
         case M.KeyRange(start=a, stop=stop):
             width = (nk if stop is None else stop) - a
             return nq * width
+        case M.QueryRange(start=a, stop=stop):
+            b = nq if stop is None else stop
+            return nk * (b - a) if c is None else (b - a) * (a + b + 1) / 2   # causal: row i keeps i + 1
         case M.Butterfly(block=b):
             # block row a meets the block columns a XOR t, t ∈ {0, 1, 2, 4, …} below the longer
             # side's block count: min(nq, nk) · b · (1 + log2(max(nq, nk) / b)) (powers of two)
@@ -126,6 +129,8 @@ def leaf_tiles(mask, nq, nk, block, bucket_count=None) -> sympy.Expr | None:
             return (nq / b) * k * sympy.Max(1, b / block) ** 2
         case M.KeyRange(start=a, stop=stop):
             return tq * (((nk if stop is None else stop) - a) / block + 1)
+        case M.QueryRange(start=a, stop=stop):
+            return (nk / block) * (((nq if stop is None else stop) - a) / block + 1)
         case M.Butterfly(block=b):
             return (nq / b) * (1 + sympy.log(nq / b, 2)) * sympy.Max(1, b / block) ** 2
         case M.Buckets():
@@ -160,6 +165,9 @@ def _predicate(mask, i: np.ndarray, j: np.ndarray, nb_rng) -> np.ndarray | None:
         case M.KeyRange(start=a, stop=b):
             hi = np.inf if b is None else int(b)
             return (j >= int(a)) & (j < hi) & (i >= 0)
+        case M.QueryRange(start=a, stop=b):
+            hi = np.inf if b is None else int(b)
+            return (i >= int(a)) & (i < hi) & (j >= 0)
         case M.Butterfly(block=b):
             x = (i // int(b)) ^ (j // int(b))
             return (x & (x - 1)) == 0

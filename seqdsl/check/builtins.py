@@ -209,6 +209,13 @@ def key_range(ctx, start, stop):
     return _mask(M.KeyRange(sympy.sympify(start), None if stop is None else sympy.sympify(stop)))
 
 
+@builtin("mask", P("start", "scalar"), P("stop", "scalar", None))
+def query_range(ctx, start, stop):
+    """Queries start ≤ i < stop see every key (to the end if no stop): global rows anywhere,
+    with key_range for the columns (BigBird's last block: key_range(N − b) | query_range(N − b))."""
+    return _mask(M.QueryRange(sympy.sympify(start), None if stop is None else sympy.sympify(stop)))
+
+
 @builtin("mask", P("block", "dim"))
 def butterfly(ctx, block):
     """Flat block butterfly: block a sees block b when a XOR b is 0 or a power of two."""

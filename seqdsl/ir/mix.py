@@ -242,6 +242,18 @@ class KeyRange:
 
 
 @dataclass(frozen=True)
+class QueryRange:
+    """Queries start ≤ i < stop see every key (global rows away from the start: BigBird's last
+    block); the mirror of KeyRange."""
+
+    start: Scalar
+    stop: Scalar | None = None
+
+    def __str__(self) -> str:
+        return f"query_range({self.start}, {self.stop})" if self.stop is not None else f"query_range({self.start})"
+
+
+@dataclass(frozen=True)
 class Butterfly:
     """Flat block butterfly: block a sees block b when a XOR b is 0 or a power of two
     (Pixelated Butterfly); ``block`` is the block size."""
@@ -329,12 +341,12 @@ class Or:
         return f"({self.left} | {self.right})"
 
 
-Mask = (Full | Causal | Window | Local | Strided | Global | RandomBlocks | KeyRange | Butterfly | Buckets
+Mask = (Full | Causal | Window | Local | Strided | Global | RandomBlocks | KeyRange | QueryRange | Butterfly | Buckets
         | Document | BlockMap | Decay | Toeplitz | And | Or)
 
-BOOLEAN_MASKS = (Full, Causal, Window, Local, Strided, Global, RandomBlocks, KeyRange, Butterfly, Buckets,
+BOOLEAN_MASKS = (Full, Causal, Window, Local, Strided, Global, RandomBlocks, KeyRange, QueryRange, Butterfly, Buckets,
                  Document, BlockMap)
-STATIC_MASKS = (Full, Causal, Window, Local, Strided, Global, RandomBlocks, KeyRange, Butterfly)
+STATIC_MASKS = (Full, Causal, Window, Local, Strided, Global, RandomBlocks, KeyRange, QueryRange, Butterfly)
 
 
 def mask_leaves(m: Mask) -> list[Mask]:

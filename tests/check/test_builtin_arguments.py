@@ -103,6 +103,8 @@ CASES: dict[tuple[str, str], tuple[str, str]] = {
                                    mask("window(2) | random_blocks(1, 4, seed = 2, exclude = window(2))")),
     ("key_range", "start"): (mask("causal() | key_range(2)"), mask("causal() | key_range(4)")),
     ("key_range", "stop"): (mask("causal() | key_range(2)"), mask("causal() | key_range(2, 6)")),
+    ("query_range", "start"): (mask("causal() | query_range(12)"), mask("causal() | query_range(8)")),
+    ("query_range", "stop"): (mask("causal() | query_range(8)"), mask("causal() | query_range(8, 12)")),
     ("butterfly", "block"): (mask("butterfly(4)"), mask("butterfly(8)")),
     ("document", "length"): (
         "dim B = 1, H = 2, N = 16, Dh = 4\nmodel m(q: [B, H, N, Dh], d: int[B, H, N]) -> [B, H, N, Dh] {\n"

@@ -19,7 +19,8 @@ NB = N // BK
 
 
 def _exclude():
-    return CM.Or(CM.Or(CM.Window(2, block=BK), CM.Global(BK)), CM.KeyRange(N - BK, None))
+    return CM.Or(CM.Or(CM.Or(CM.Window(2, block=BK), CM.Global(BK)), CM.KeyRange(N - BK, None)),
+                 CM.QueryRange(N - BK, None))
 
 
 def test_random_blocks_avoid_window_and_global_blocks_and_never_repeat():
@@ -32,22 +33,25 @@ def test_random_blocks_avoid_window_and_global_blocks_and_never_repeat():
         grid = CM.RandomBlocks(R, BK, layer, True, _exclude()).grid(N, N, HEADS)     # [H, NB, NB]
         assert grid.shape == (HEADS, NB, NB)
         assert not (grid & (window | globals_)).any()          # never a window or a global block
-        assert not grid[:, 0].any()                            # the global row sees all: nothing to draw
-        assert bool((grid[:, 1:].sum(-1) == R).all())          # R per other row
+        assert not grid[:, 0].any() and not grid[:, -1].any()  # the global rows see all: nothing to draw
+        assert bool((grid[:, 1:-1].sum(-1) == R).all())        # R per other row
         patterns.update(tuple(g.flatten().tolist()) for g in grid)
     assert len(patterns) == LAYERS * HEADS     # 144 distinct patterns (seed + h repeated them before)
 
 
 def test_the_union_is_the_papers_pattern():
-    """keep(i, j) = |⌊i/b⌋ − ⌊j/b⌋| ≤ 1 or i < b or j < b or j ≥ N − b or rand[h, ⌊i/b⌋, ⌊j/b⌋]."""
+    """keep(i, j) = |⌊i/b⌋ − ⌊j/b⌋| ≤ 1 or i < b or j < b or i ≥ N − b or j ≥ N − b
+    or rand[h, ⌊i/b⌋, ⌊j/b⌋]."""
     n = 512
     nb = n // BK
-    rb = CM.RandomBlocks(R, BK, 5, True, CM.Or(CM.Or(CM.Window(2, block=BK), CM.Global(BK)), CM.KeyRange(n - BK, None)))
-    mask = CM.Or(CM.Or(CM.Or(CM.Window(2, block=BK), CM.Global(BK)), CM.KeyRange(n - BK, None)), rb)
+    fixed = CM.Or(CM.Or(CM.Or(CM.Window(2, block=BK), CM.Global(BK)), CM.KeyRange(n - BK, None)),
+                  CM.QueryRange(n - BK, None))
+    rb = CM.RandomBlocks(R, BK, 5, True, fixed)
+    mask = CM.Or(fixed, rb)
     i, j = torch.arange(n)[:, None], torch.arange(n)[None, :]
     got = mask.keep(i, j, n, n, heads=2)
     rand = rb.grid(n, n, 2)
     bi, bj = i // BK, j // BK
-    want = ((bi - bj).abs() <= 1) | (i < BK) | (j < BK) | (j >= n - BK) | rand[:, bi, bj]
+    want = ((bi - bj).abs() <= 1) | (i < BK) | (j < BK) | (i >= n - BK) | (j >= n - BK) | rand[:, bi, bj]
     assert torch.equal(got.expand_as(want), want)
-    assert int(rand.sum()) == 2 * (nb - 1) * R
+    assert int(rand.sum()) == 2 * (nb - 2) * R
