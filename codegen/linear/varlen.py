@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from codegen.linear.chunked import OuterGate
+from codegen.linear.chunked import OuterGate, prefer_scan
 
 
 def _per_position(lg, kind: str | None, batch: tuple[int, ...], n: int, f: int, like: Tensor):
@@ -76,6 +76,8 @@ def varlen_linear(fq: Tensor, fk: Tensor, v: Tensor, lg, kind: str | None, ids: 
         return _recurrent(fq, fk, v, x, xc, ids, state)
     if algorithm == "quadratic":
         return _chunked(fq, fk, v, x, xc, ids, state, max(n, 1))
+    if xc is not None and prefer_scan(f, v.shape[-1], chunk):
+        return _chunked_scan(fq, fk, v, xc, ids, state, chunk)
     return _chunked(fq, fk, v, x, xc, ids, state, chunk)
 
 
@@ -143,5 +145,46 @@ def _chunked(fq, fk, v, x, xc, ids, state, chunk):
         entering.append(state)
         state = carries[..., i, :, :] * total[..., i, :, :] * state + local[..., i, :, :]
     s_in = torch.stack(entering, dim=-3)                                                  # [*, nc, F, V]
+    o = intra + reads * (q_in @ s_in)
+    return o.reshape(*batch, nc * c, dv)[..., :n, :], state
+
+
+def _chunked_scan(fq, fk, v, xc, ids, state, chunk):
+    """Per-channel gates with few values per state (Mamba's selective scan: F = 16, V = 1): the
+    C×C decays per channel would cost N·C·F memory, so inside every chunk the recurrence runs
+    position by position, vectorised over all chunks at once (C steps, not N), with the state
+    zeroed where a document starts; across chunks the entering state as in :func:`_chunked`.
+    Memory O(N·F·V) (the states autograd keeps), the gate's own size when V = 1."""
+    n, f, dv = fq.shape[-2], fq.shape[-1], v.shape[-1]
+    batch = fq.shape[:-2]
+    c = max(1, min(chunk, n))
+    nc = -(-n // c)
+    pad = nc * c - n
+    if pad:
+        fq, fk, v = (F.pad(t, (0, 0, 0, pad)) for t in (fq, fk, v))
+        xc = F.pad(xc, (0, 0, 0, pad))
+        ids = torch.cat([ids, ids[..., -1:].expand(*batch, pad)], dim=-1)
+    q4, k4, v4, g4 = (t.reshape(*batch, nc, c, t.shape[-1]) for t in (fq, fk, v, xc))
+    d4 = ids.reshape(*batch, nc, c)
+    same = torch.ones_like(d4, dtype=fq.dtype)
+    same[..., 1:] = (d4[..., 1:] == d4[..., :-1]).to(fq.dtype)                        # 0 where a document starts
+    local = fq.new_zeros(*batch, nc, f, dv)
+    outs = []
+    for t in range(c):                                                                   # C steps, all chunks at once
+        a = torch.exp(g4[..., t, :])[..., None] * same[..., t, None, None]
+        local = a * local + k4[..., t, :, None] * v4[..., t, None, :]
+        outs.append((q4[..., t, :, None] * local).sum(-2))
+    intra = torch.stack(outs, dim=-2)                                                    # [*, nc, C, V]
+    last = d4[..., -1:]
+    prev = torch.cat([d4[..., :1, :1], d4[..., :-1, -1:]], dim=-2)
+    reads = (d4 == prev).to(fq.dtype)[..., None]
+    carries = (last == prev).to(fq.dtype)[..., None]
+    total = torch.exp(g4.sum(-2))[..., None]                                             # [*, nc, F, 1]
+    entering = []
+    for i in range(nc):
+        entering.append(state)
+        state = carries[..., i, :, :] * total[..., i, :, :] * state + local[..., i, :, :]
+    s_in = torch.stack(entering, dim=-3)
+    q_in = q4 * torch.exp(torch.cumsum(g4, dim=-2))
     o = intra + reads * (q_in @ s_in)
     return o.reshape(*batch, nc * c, dv)[..., :n, :], state

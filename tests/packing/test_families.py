@@ -125,6 +125,17 @@ def test_selective_scan():
     _check(fn, u, delta, Bm, C, axis=-1)
 
 
+def test_channel_gates_scan_form():
+    """Per-channel gates with V = 1 (Mamba's shape): the in-chunk recurrence with resets."""
+    from codegen.linear.chunked import prefer_scan
+    assert prefer_scan(16, 1, 16)
+    torch.manual_seed(4)
+    q, k, g = torch.randn(1, 3, N, 16), torch.randn(1, 3, N, 16), torch.randn(1, 3, N, 16)
+    v = torch.randn(1, 3, N, 1)
+    _check(lambda q, k, v, g, d: linear_attention(q, k, v, decay=-torch.sigmoid(g), log_decay=True,
+                                                  algorithm="chunked", chunk=16, docs=d), q, k, v, g)
+
+
 def _scan_packed(u, delta, A, Bm, C, d):
     """The selective scan over packed rows: the same call through linear_attention with docs."""
     from codegen.linear.chunked import OuterGate
