@@ -22,9 +22,16 @@ from seqdsl.errors import SeqError
 
 @contextlib.contextmanager
 def packing(doc_ids: Tensor | None, batch: int, length: int) -> Iterator[None]:
-    """The documents of this call: ``doc_ids`` [batch, length] (or [length]: every row alike)."""
+    """The documents of this call: ``doc_ids`` [batch, length] (or [length]: every row alike), or
+    a ``codegen.varlen.Documents`` (e.g. ``Documents.from_cu_seqlens(cu_seqlens, N)``)."""
     if doc_ids is None:
         with varlen.packing(None):
+            yield
+        return
+    if isinstance(doc_ids, varlen.Documents):
+        if tuple(doc_ids.shape) != (batch, length):
+            raise SeqError(f"doc_ids are {list(doc_ids.shape)}, the input is [B={batch}, N={length}]")
+        with varlen.packing(doc_ids):
             yield
         return
     if not isinstance(doc_ids, Tensor) or doc_ids.dtype.is_floating_point or doc_ids.dtype == torch.bool:

@@ -80,3 +80,13 @@ def test_doc_ids_must_fit_the_input():
     model = seqdsl.load(ROOT / "examples" / "models" / "gla.seq", D=16, H=2, L=1, F=16, V=32)
     with pytest.raises(SeqError, match=r"doc_ids are \[1, 5\], the input is \[B=1, N=6\]"):
         model(torch.zeros(1, 6, dtype=torch.long), doc_ids=torch.zeros(1, 5, dtype=torch.long))
+
+
+def test_cu_seqlens_through_documents():
+    """FlashAttention's cu_seqlens, as Documents, give the same call as the ids."""
+    from codegen.varlen import Documents
+    model = seqdsl.load(ROOT / "examples" / "models" / "gla.seq", D=16, H=2, L=1, F=16, V=32)
+    tokens = torch.randint(0, 32, (1, 12), generator=torch.Generator().manual_seed(0))
+    by_ids = model(tokens, doc_ids=torch.tensor([[0] * 5 + [1] * 7]))
+    by_cu = model(tokens, doc_ids=Documents.from_cu_seqlens([0, 5, 12]))
+    assert torch.equal(by_ids, by_cu)
