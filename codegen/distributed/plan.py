@@ -20,6 +20,9 @@ The writer puts ``rt.unsharded(path, why)`` ahead of a refused layer; it raises 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import sympy
 
 from codegen.source import literal
@@ -135,6 +138,17 @@ def before(w, n: Node) -> None:
         saved.append((key, w.var[key]))
         w.var[key] = f"rt.local_rows({w.var[key]}, {axis})"
     w.sp_saved = saved
+
+
+@contextlib.contextmanager
+def layer_hooks(w, n: Node) -> Iterator[None]:
+    """What the writer puts around one layer's line: packed rows' refusals and position reads
+    (codegen/torch/packing.py), then this module's."""
+    packing.before(w, n)
+    before(w, n)
+    yield
+    after(w, n)
+    packing.after(w, n)
 
 
 def after(w, n: Node) -> None:

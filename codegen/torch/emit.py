@@ -21,7 +21,6 @@ import sympy
 from codegen import fuse
 from codegen.decode.plan import DecodePlan, class_lines, seq_flag
 from codegen.decode.plan import plan as plan_decoding
-from codegen.distributed import plan as sp_plan
 from codegen.source import RESERVED, comment, ident, literal
 from codegen.torch import packing, scoped
 from codegen.torch.choice import Choice, Chooser
@@ -126,11 +125,8 @@ class _Writer(Chooser, scoped.ScopedWriter):
         handler = getattr(self, f"op_{n.kind.value}", None)
         if handler is None:
             raise NotImplementedError(f"the torch backend has no lowering for {n.kind.value} ({n.name})")
-        packing.before(self, n)
-        sp_plan.before(self, n)                     # sequence parallelism: the layers it refuses
-        handler(n)
-        sp_plan.after(self, n)
-        packing.after(self, n)
+        with scoped.layer_hooks(self, n):           # packed rows, sequence parallelism: lines around it
+            handler(n)
 
     def mix_nodes(self) -> list[Node]:
         """The MIX nodes this writer writes (those of its scope)."""

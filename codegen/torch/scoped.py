@@ -234,6 +234,13 @@ def bind_lines(w, dims: list[str]) -> tuple[list[str], list[str]]:
     return out, extra
 
 
+def layer_hooks(w, n):
+    """The lines a layer gets before and after its own (codegen/distributed/plan.py)."""
+    from codegen.distributed.plan import layer_hooks as hooks
+
+    return hooks(w, n)
+
+
 def _is_sequence(w, dim: str) -> bool:
     """Whether ``dim`` is the sequence axis of the entry's first input (packed rows' axis)."""
     from codegen.torch import packing
