@@ -32,12 +32,11 @@ TOTAL = 112    # the full forward's length: a whole number of every example's bl
 # Transformer-XL's recurrent segments with their memory).
 DECODES = ["transformer_decoder", "h3", "h3_hybrid", "mamba", "retnet", "gla", "mega", "mega_chunk", "linear_transformer",
            "local_attention", "performer", "pixelfly", "spade", "block_recurrent", "s4d_lm",
-           "memory_transformer"]
+           "memory_transformer", "hyena"]
 
 # Causal language models that cannot decode (yet): what the refusal names. See the report of
 # issue 13 for each: a fidelity question of the example, or a form not derived.
 REFUSED = {
-    "hyena": "uses the length N as a number",                     # its filter is normalised by the runtime N
     "perceiver_ar": "takes part of the N axis",
     "switch_moe": "",                                              # an encoder-decoder (tokens, targets)
     "deq": "",                                                     # a fixed point over the whole sequence
