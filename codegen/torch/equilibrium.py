@@ -21,7 +21,7 @@ gradient of the loss through z* is uᵀ ∂f/∂(θ, x) where u solves the adjoi
 uᵀ = gᵀ + uᵀJ; u is found by the *same* solver on h(u) = Jᵀu + g from u = 0, each application
 of h one vector–Jacobian product through one application of f at z* (no iterate is stored).
 
-After a forward, the cell module carries ``residual`` and ``steps`` (the forward solve) and,
+After a forward, the cell module carries ``residual``, ``steps`` and ``tol`` (the forward solve) and,
 after a backward, ``backward_residual`` and ``backward_steps``. A residual above ``tol``
 issues a :class:`EquilibriumWarning`.
 """
@@ -212,7 +212,7 @@ def fixed_point(cell: nn.Module, z: torch.Tensor, x: torch.Tensor | None, iters:
     args = () if x is None else (x,)
     with torch.no_grad():
         best = solve(lambda t: cell(t, *args), z.detach(), iters, tol, solver)
-    cell.residual, cell.steps = best.residual, best.steps
+    cell.residual, cell.steps, cell.tol = best.residual, best.steps, tol
     if best.residual > tol:
         warnings.warn(f"fixed_point ({solver}): residual {best.residual:.3g} is above tol = {tol:g} after "
                       f"{best.steps} of {iters} steps", EquilibriumWarning, stacklevel=3)
