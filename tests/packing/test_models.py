@@ -1,6 +1,6 @@
 """Whole models: the same documents packed into one row (``doc_ids``) and padded one per row
-give the same loss and gradients (fp32, 1e-5), for a softmax, a linear-attention and an SSM
-model; layers that cannot keep documents apart refuse by name."""
+give the same loss and gradients (fp32, 1e-5), for a softmax, a linear-attention, an SSM and a
+long-convolution model; layers that cannot keep documents apart refuse by name."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ def _loss(logits: torch.Tensor, tokens: torch.Tensor, ids: torch.Tensor, pad: in
     ("transformer_decoder", dict(D=16, H=2, L=1, F=16, V=32)),
     ("gla", dict(D=16, H=2, L=1, F=16, V=32)),
     ("mamba", dict(D=8, L=1, V=32)),
+    ("hyena", dict(D=32, L=1, V=32)),          # implicit long-convolution filters over the lag axis
 ])
 def test_packed_equals_padded(name, sizes):
     model = seqdsl.load(ROOT / "examples" / "models" / f"{name}.seq", **sizes).eval()
