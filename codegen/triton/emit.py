@@ -27,7 +27,6 @@ from codegen import fuse
 from codegen import masks as runtime_masks
 from codegen.torch import emit as torch_emit
 from codegen.torch import mixers as torch_mix
-from codegen.torch import packing
 from seqdsl.ir import mix as M
 from seqdsl.ir.graph import Graph, Node
 
@@ -130,8 +129,9 @@ class TritonWriter(torch_emit._Writer):
         if step is None:
             self.shared.no_step.append(n.name)
         else:        # prefill / step run the torch family runtime, which keeps the state (no step kernels)
+            # (a decoding call never carries packed rows: the step is written as it is)
             line, note = self.body[-1].split("  # ", 1)
-            self.body[-1] = f"{line} if not rt.decoding() else {packing.rewrite(self, n, step)}  # {note}"
+            self.body[-1] = f"{line} if not rt.decoding() else {step}  # {note}"
         fold = self.folds.get(n.id)
         if fold is not None and fold.result != n.id:
             self.var[(fold.result, 0)] = self.var[(n.id, 0)]
