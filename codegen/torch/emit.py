@@ -22,7 +22,7 @@ from codegen import fuse
 from codegen.decode.plan import DecodePlan, class_lines, seq_flag
 from codegen.decode.plan import plan as plan_decoding
 from codegen.source import RESERVED, comment, ident, literal
-from codegen.torch import packing, scoped
+from codegen.torch import names, packing, scoped
 from codegen.torch.choice import Choice, Chooser
 from codegen.torch.sizes import SizeCode, plan_sizes, runtime_dims, shape_spec, size_check_lines, value_of
 from codegen.torch.structure import Scope, build
@@ -96,7 +96,7 @@ class _Writer(Chooser, scoped.ScopedWriter):
         """Source that reads the weight at ``path`` of the module being written: attribute
         access where every part is a plain name (``self.mixer.conv1d.weight``), else by path."""
         parts = path.split(".")
-        if _MODULE_ATTRS and all(p.isidentifier() and p not in _MODULE_ATTRS and not keyword.iskeyword(p)
+        if names.MODULE_ATTRS and all(p.isidentifier() and p not in names.MODULE_ATTRS and not keyword.iskeyword(p)
                                  and not p.startswith("_") for p in parts):
             return "self." + path
         return f"self.w({literal(path)})"
@@ -122,6 +122,7 @@ class _Writer(Chooser, scoped.ScopedWriter):
         """The line(s) of one node, unless a fold computes it inside a mixer call."""
         if n.id in self.dropped or n.id in self.early:
             return
+        names.check_layer(n)
         handler = getattr(self, f"op_{n.kind.value}", None)
         if handler is None:
             raise NotImplementedError(f"the torch backend has no lowering for {n.kind.value} ({n.name})")
@@ -467,19 +468,6 @@ class _Writer(Chooser, scoped.ScopedWriter):
         lines.append(f"        return {outs}")
         return "\n".join(lines) + "\n"
 
-
-# Names an nn.Module (or SeqModule) already has: a weight path through one of them is read by path.
-def _nn_module_names() -> frozenset:
-    try:
-        from torch import nn
-    except ImportError:       # generating without torch: every weight is read by path
-        return frozenset()
-    return frozenset(dir(nn.Module))
-
-
-_MODULE_ATTRS = _nn_module_names() | {"w", "add_weight", "add_module_at", "module_at", "example_inputs",
-                                             "INPUTS", "SIZES", "RUNTIME", "BOUNDS", "DEFAULTS", "FIXED_BY",
-                                             "ENTRY", "choices", "source", "training"}
 
 def _all_mixers(g: Graph) -> list[Node]:
     out = []

@@ -43,6 +43,11 @@ class SeqModule(nn.Module):
     #: values of the dims and options the module was generated for
     SIZES: dict = {}
 
+    # Weights and layers are kept in nn.Module's own tables (_parameters, _buffers, _modules)
+    # under the names of the .seq file, even a name the class already has as an attribute
+    # (a weight called `w`, `step` or `train`): nn.Module's register_* would refuse those, and
+    # attribute access would find the method. The generated code reads such a path through
+    # ``self.w(path)`` (codegen/torch/emit.py: wref), which looks in the tables first.
     def _scope(self, path: str) -> tuple[nn.Module, str]:
         """The container that holds ``path``'s last name, created on the way if missing."""
         *scopes, leaf = path.split(".")
@@ -50,29 +55,35 @@ class SeqModule(nn.Module):
         for scope in scopes:
             child = owner._modules.get(scope)
             if child is None:
-                child = nn.Module()
-                owner.add_module(scope, child)
+                child = owner._modules[scope] = nn.Module()
             owner = child
         return owner, leaf
 
     def add_weight(self, path: str, tensor: torch.Tensor, trainable: bool = True) -> None:
         owner, leaf = self._scope(path)
         if trainable:
-            owner.register_parameter(leaf, nn.Parameter(tensor))
+            owner._parameters[leaf] = nn.Parameter(tensor)
         else:
-            owner.register_buffer(leaf, tensor)
+            owner._buffers[leaf] = tensor
 
     def add_module_at(self, path: str, module: nn.Module) -> None:
         owner, leaf = self._scope(path)
-        owner.add_module(leaf, module)
+        owner._modules[leaf] = module
 
     def module_at(self, path: str) -> nn.Module:
-        return self.get_submodule(path)
+        module: nn.Module = self
+        for part in path.split(".") if path else ():
+            module = module._modules[part]
+        return module
 
     def w(self, path: str) -> torch.Tensor:
         """The weight or buffer at ``path``."""
         owner, leaf = path.rsplit(".", 1) if "." in path else ("", path)
-        return getattr(self.get_submodule(owner), leaf)
+        module = self.module_at(owner)
+        for table in (module._parameters, module._buffers):
+            if leaf in table:
+                return table[leaf]
+        return getattr(module, leaf)
 
     # decoding (codegen/torch/decode.py): the entry class carries DECODE, its plan
     def prefill(self, *inputs: torch.Tensor):
