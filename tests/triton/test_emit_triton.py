@@ -111,16 +111,16 @@ def test_examples_with_kernels_match_the_torch_backend(name, compiled):
     outs_ref, grads_ref = _run(ref, inputs)
     outs, grads = _run(model, inputs)
     # An equilibrium solve that stopped above its tol (DEQ at init: codegen/torch/equilibrium.py)
-    # returns some point within its residual of the fixed point, chosen by the solver's path:
-    # two backends agree to that residual, not to rounding.
+    # returns a point whose distance to the fixed point is up to residual / (1 − ρ(∂f/∂z)):
+    # rounding differences between backends move it freely.
     loose = max((m.residual for m in model.modules() if getattr(m, "residual", 0.0) > getattr(m, "tol", 1.0)),
                 default=0.0)
+    if loose:
+        pytest.skip(f"{name}: the equilibrium solve ended at residual {loose:.1e}, above its tol: outputs and "
+                    "gradients depend on rounding (the softmax kernels have their own tests)")
     for o, r in zip(outs, outs_ref):
         if o.is_floating_point():
-            assert _rel(o, r) < max(1e-4, 2 * loose), f"forward: relative error {_rel(o, r):.2e}"
-    if loose:
-        pytest.skip(f"{name}: the equilibrium solve ended at residual {loose:.1e}, above its tol: the forward "
-                    "agrees to 2·residual; its gradients depend on the solver's path, not compared")
+            assert _rel(o, r) < 1e-4, f"forward: relative error {_rel(o, r):.2e}"
     assert grads.keys() == grads_ref.keys()
     # Relative error < 1e-3, measured against the gradient's own size or, for gradients that are
     # mathematically zero (a key bias under softmax), against the largest gradient of the model.
