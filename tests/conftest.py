@@ -73,6 +73,25 @@ def check_text():
     return run
 
 
+# Folders whose many small tensors run on one torch thread: at these sizes threads buy
+# nothing, and on a shared machine (more runnable processes than cores) OpenMP's barriers
+# between small ops turn a 10 s folder into minutes (a decoding step of a small model: ~40x
+# slower on two threads). Scoped to each test and restored afterwards.
+ONE_THREAD = ("tests/decode/", "tests/codegen/toeplitz/")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_where_asked(request):
+    where = str(Path(str(request.node.path)).relative_to(ROOT)) if str(request.node.path).startswith(str(ROOT)) else ""
+    if not where.startswith(ONE_THREAD):
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def pytest_addoption(parser):
     parser.addoption("--update-golden", action="store_true", default=False,
                      help="rewrite the golden files (review the diff before committing)")

@@ -9,21 +9,11 @@ from collections.abc import Callable
 
 from seqdsl.distributed.launch import launch
 from seqdsl.errors import SeqError
+from seqdsl.runner import _status
 
 
 def _seq_axis(x) -> int:
     return 1 if x.dim() == 2 else x.dim() - 2
-
-
-def _status(key: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(key):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
 
 
 def worker(source: str, entry: str | None, sizes: dict, numbers: dict, backward: bool, repeat: int,
