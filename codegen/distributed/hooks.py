@@ -112,6 +112,10 @@ def softmax(q, k, v, mask, *, scale, bias, cap, algorithm, block, docs) -> Tenso
 
     if docs is not None:
         _no("softmax attention:", "packed rows (doc_ids) and sequence parallelism together are not supported")
+    if _sp().state.get("replicated_queries"):     # global tokens' queries over every key (rows.py)
+        from codegen.distributed.rows import replicated_queries_attention
+
+        return replicated_queries_attention(q, k, v, mask, scale=scale, bias=bias, cap=cap, sp=_sp())
     return dsm.softmax_attention(q, k, v, mask, scale=scale, bias=bias, cap=cap, algorithm=algorithm, block=block,
                                  sp=_sp())
 
@@ -123,6 +127,9 @@ def given() -> None:
 
 def linear(q, k, v, *, initial_state, return_state, docs, doc_ids, **kw) -> Tensor:
     from codegen.distributed import linear as dlin
+
+    if _sp().state.get("replicated_queries"):
+        _no("linear attention:", "replicated queries over sharded keys have no distributed form (softmax only)")
 
     if initial_state is not None or return_state:
         _no("linear attention:", "an initial or returned state (decoding) runs on one process")

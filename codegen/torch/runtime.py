@@ -17,6 +17,14 @@ from torch import nn
 from codegen.distributed import hooks as _sp_hooks
 from codegen.distributed.context import active as _sp_active
 from codegen.distributed.hooks import unsharded  # noqa: F401  (what generated modules call)
+from codegen.distributed.rows import (  # noqa: F401  (sequence parallelism: rows read whole)
+    seq_concat,
+    seq_local,
+    seq_output,
+    seq_part,
+    seq_replicated_queries,
+    seq_take,
+)
 from codegen.torch import decode
 from codegen.torch.packed import (  # noqa: F401  (packed rows: what generated modules call)
     attention_by_document,

@@ -38,6 +38,30 @@ def softmax_case(mask, heads=4, n=63, layout="contiguous", strategy="ring", cap=
     return fn
 
 
+def rows_case(layout: str, n=63, g=3):
+    """The last ``g`` rows as replicated queries over every key (gathered from their owners,
+    an LSE all-reduce; mask, cap and ALiBi at the one-process query positions 0..g−1, so
+    that ranks whose keys the mask removes contribute nothing), written back over the
+    queries' own rows by a concat; the gradients of the gather and of the concat."""
+    mask = M.Or(M.Causal(0), M.KeyRange(20, 30))
+    kw = dict(scale=8 ** -0.5, cap=5.0, bias=("alibi", None))
+
+    def fn(group):
+        q, k, v = _qkv(2, 4, n, 8, seed=2)
+
+        def ref(q, k, v):
+            top = sm.softmax_attention(q[:, :, n - g:], k, v, mask, algorithm="materialized", **kw)
+            return torch.cat([v[:, :, :n - g], top], dim=2)
+
+        def dst(q, k, v):
+            qg = rt.seq_take(q, 2, n - g, n)
+            top = rt.seq_replicated_queries(lambda: sm.softmax_attention(qg, k, v, mask, **kw))
+            rest = rt.seq_part(v, 2, 0, n - g)
+            return rt.seq_concat([rest, top], 2, (("part", 0, n - g), ("replicated", n - g, None)))
+        return H.compare(ref, dst, {"q": (q, 2), "k": (k, 2), "v": (v, 2)}, group, layout)
+    return fn
+
+
 SOFTMAX = [
     ("full", M.Full()), ("causal", M.Causal(0)), ("causal-window", M.And(M.Causal(0), M.Window(9))),
     ("local", M.Local(16)), ("strided|window", M.Or(M.Strided(5), M.Window(4))),
@@ -152,6 +176,7 @@ def cases() -> list:
         for name, mask in SOFTMAX[1:3]:
             out.append((f"softmax-ulysses-{name}-{layout}-P{P}", P, softmax_case(mask, layout=layout,
                                                                                  strategy="ulysses")))
+        out.append((f"rows-global-queries-P{P}", P, rows_case(layout)))
         out.append((f"softmax-ring-cap-alibi-P{P}", P, softmax_case(M.Causal(0), cap=5.0, bias=("alibi", None))))
         out.append((f"softmax-ulysses-cap-alibi-P{P}", P, softmax_case(M.Causal(0), cap=5.0, bias=("alibi", None),
                                                                      strategy="ulysses")))

@@ -24,6 +24,11 @@ MODELS = [
     ("models/mamba.seq", None, {}),
     ("models/h3.seq", None, {}),
     ("models/hyena.seq", None, {}),
+    # global tokens (x[:, :G] over every key, concat back) and a [CLS] classifier: rows.py
+    ("models/longformer.seq", None, {"W": 6, "G": 2}),
+    # its [CLS] read; blocks of 1 (a module built for a fixed N cannot be split yet, and
+    # N % Bk == 0 with N not a multiple of the ranks needs an odd Bk or N)
+    ("models/bigbird.seq", None, {"Bk": 1, "R": 2}),
 ]
 
 
@@ -31,14 +36,14 @@ _loaded: dict = {}
 
 
 # every model on 4 ranks (zig-zag); one per kind of algorithm on 2 (time budget): Ulysses,
-# state passing with a halo, the all-to-all of a long convolution
-TWO_RANKS = ("models/transformer_decoder.seq", "models/mamba.seq", "models/hyena.seq")
+# state passing with a halo, the all-to-all of a long convolution, replicated global rows
+TWO_RANKS = ("models/transformer_decoder.seq", "models/mamba.seq", "models/hyena.seq", "models/longformer.seq")
 
 
 def model_case(path: str, entry: str | None, extra: dict, layout: str):
     def fn(group):
         if path not in _loaded:          # one module per process for both group sizes
-            sizes = {k: v for k, v in SMALL[path].items() if k not in ("B", "N")}
+            sizes = {k: v for k, v in SMALL[path].items() if k not in ("B", "N") and k not in extra}
             options = {k: v for k, v in extra.items() if k != "N"}
             _loaded[path] = seqdsl.load(str(ROOT / "examples" / path), entry=entry, **sizes, **options)
         model = _loaded[path]

@@ -106,9 +106,10 @@ def compare_module(module: torch.nn.Module, inputs: tuple, group=None, layout: s
         local = [sd.shard(x.detach(), _seq_axis(x)).clone().requires_grad_(x.is_floating_point()) for x in inputs]
         out = module(*local)
         out_dim = _seq_axis(ref)
-        (out * sd.shard(W, out_dim)).sum().backward()
+        replicated = out.shape == ref.shape      # a classifier's logits: the same on every rank
+        (out * (W if replicated else sd.shard(W, out_dim))).sum().backward()   # each rank the same loss
     sd.reduce_gradients(module, group)
-    errs = {"out": _err(sd.shard(ref, out_dim, group, layout), out, group, True)}
+    errs = {"out": _err(ref if replicated else sd.shard(ref, out_dim, group, layout), out, group, True)}
     for i, (x, xl) in enumerate(zip(full, local)):
         if x.is_floating_point():
             errs[f"grad input {i}"] = _err(sd.shard(x.grad, _seq_axis(x), group, layout), xl.grad, group, True)

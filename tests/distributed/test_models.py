@@ -40,16 +40,20 @@ def test_model_equals_one_process(results, name):
 
 TINY = """dim B, N, D = 8
 
-model first(x: [B, N, D]) -> [B, 1, D] {
-  return linear(x[:, :1], D)
+model first(x: [B, N, D]) -> [B, N, D] {
+  g = linear(x[:, :2], D)
+  y = concat([g, x[:, 2:]], axis = 1)
+  rest = linear(x[:, 1:], D)
+  return y + concat([rest, x[:, :1]], axis = 1)
 }
 """
 
 
-def test_a_slice_of_the_sequence_is_refused_by_name(tmp_path):
-    """A layer that takes some positions of the split sequence (Longformer's and BigBird's
-    global tokens, a [CLS] read) carries a refusal naming the layer, which raises inside a
-    sequence-parallel block and is a no-op outside one."""
+def test_rows_read_whole_and_refusals_by_name(tmp_path):
+    """Global rows of the split sequence (a prefix slice: replicated; a concat that completes
+    the sequence) are written with their distributed form (codegen/distributed/rows.py);
+    a part of the sequence read by anything but such a concat carries a refusal naming the
+    layer, which raises inside a sequence-parallel block and is a no-op outside one."""
     import seqdsl
     from codegen.distributed import context, hooks
     from seqdsl.errors import SeqError
@@ -57,11 +61,13 @@ def test_a_slice_of_the_sequence_is_refused_by_name(tmp_path):
     (tmp_path / "first.seq").write_text(TINY)
     seqdsl.compile(tmp_path / "first.seq", tmp_path / "out")
     source = (tmp_path / "out" / "first.py").read_text()
-    assert "rt.unsharded('slice', 'takes part of the N axis" in source
-    hooks.unsharded("slice", "why")                          # no block: nothing happens
+    assert "rt.seq_take(x, 1, 0, 2)" in source
+    assert "rt.seq_concat([" in source and "('part', 2, N)" in source
+    assert "rt.unsharded('rest', 'an axis of size N - 1 depends on the sequence length N')" in source
+    hooks.unsharded("rest", "why")                           # no block: nothing happens
     token = context._active.set(context.SequenceParallel())
     try:
-        with pytest.raises(SeqError, match="slice: cannot run with the sequence split over ranks"):
-            hooks.unsharded("slice", "takes part of the N axis")
+        with pytest.raises(SeqError, match="rest: cannot run with the sequence split over ranks"):
+            hooks.unsharded("rest", "an axis of size N - 1 depends on the sequence length N")
     finally:
         context._active.reset(token)
