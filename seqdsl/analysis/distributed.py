@@ -14,7 +14,8 @@ The sequence of N positions is split over P ranks (docs/distributed.md). Per lay
   linear / decayed / gated / selective scan: (P−1)·|state| (all-gather of every rank's
   state and transition, independent of N); SSM convolutions: (P−1)·|SSM state|;
   explicit long convolutions: 2(P−1)/P·|v of n rows|; short convolutions: (P−1)·2(w−1)
-  rows of the halo. The backward sends about twice as much (ring: (4P − 2)/(2P − 2)×).
+  rows of the halo; softmax of replicated queries (G global rows) over sharded keys:
+  (P−1)·|G rows of (o, lse)|. The backward sends about twice as much (ring: (4P − 2)/(2P − 2)×).
 - **per-rank memory**: the weights (4 bytes each, replicated) + the rank's rows of the entry's
   inputs (``inputs_per_rank``) + the activation bytes / P +
   the buffers of the exchange (the ring: two K/V blocks in flight; Ulysses: q, k, v, o
@@ -71,6 +72,10 @@ def _strategy(g: Graph, node, n, sizes: dict, nproc: int) -> tuple[str, sympy.Ex
         q, k, v = t("q"), t("k"), t("v")
         heads = sympy.sympify(q[-3]) if len(q) >= 3 else sympy.Integer(1)
         h = heads.subs({sympy.Symbol(s, positive=True, integer=True): val for s, val in sizes.items()})
+        if n is not None and sympy.sympify(q[-2]) != n and sympy.sympify(k[-2]) == n:
+            # replicated queries (global tokens): every rank's partial (o, lse) all-gathered
+            piece = _numel(q[:-1]) * (sympy.sympify(v[-1]) + 1)
+            return "replicated queries, LSE merge", (P - 1) * piece * BYTES, P * piece * BYTES
         per_head = any(isinstance(leaf, M.RandomBlocks) and leaf.per_head for leaf in M.mask_leaves(spec.mask))
         if h.is_number and int(h) % nproc == 0 and not per_head:
             sent = (P - 1) / P * (2 * _rows(q, n) + _rows(k, n) + _rows(v, n)) * BYTES

@@ -67,3 +67,14 @@ def test_largest_n_fits_and_the_next_does_not():
     assert parse_memory("24GB") == 24e9 and parse_memory("1GiB") == 2**30
     with pytest.raises(ValueError, match="not a size"):
         parse_memory("3 parsecs")
+
+
+def test_global_tokens_send_their_rows_only():
+    """Longformer's global mixer (G replicated queries over every key): each rank sends its
+    partial (output, log-sum-exp) of the G rows to the P − 1 others, independent of N."""
+    sec = section("models/longformer.seq", 4)
+    row = next(r for r in sec["layers"] if r["name"].endswith("attention.global"))
+    assert row["strategy"] == "replicated queries, LSE merge"
+    B, G, D, H = sympy.symbols("B G D H", positive=True, integer=True)
+    assert sympy.simplify(parse(row["comm_bytes_per_rank"]) - 4 * (P - 1) * B * G * (D + H)) == 0
+    assert N not in parse(row["comm_bytes_per_rank"]).free_symbols
