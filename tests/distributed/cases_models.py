@@ -53,8 +53,36 @@ def model_case(path: str, entry: str | None, extra: dict, layout: str):
     return fn
 
 
+# the last 3 positions attend among themselves (a mixer on replicated rows only: the
+# one-process runtime on every rank) and are written back after the sharded rest
+SUFFIX = """dim B, N, D = 8, H = 2
+
+model suffix(x: [B, N, D]) -> [B, N, D] {
+  g = x[:, N - 3:]
+  q = rearrange(linear(g, D), "b n (h d) -> b h n d", h = H)
+  k = rearrange(linear(g, D), "b n (h d) -> b h n d", h = H)
+  a = mix(q, k, q, score = dot(), mask = causal(), norm = softmax)
+  top = linear(rearrange(a, "b h n d -> b n (h d)"), D)
+  return concat([x[:, :N - 3], top], axis = 1)
+}
+"""
+
+
+def suffix_case(group):
+    import tempfile
+
+    import torch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = pathlib.Path(tmp) / "suffix.seq"
+        path.write_text(SUFFIX)
+        model = seqdsl.load(str(path))
+    x = torch.randn(2, N, 8, generator=torch.Generator().manual_seed(0))
+    return H.compare_module(model, (x,), group, "zigzag")
+
+
 def cases() -> list:
-    out = []
+    out = [("suffix-rows-P4", 4, suffix_case)]
     for P, layout in ((2, "contiguous"), (4, "zigzag")):
         for path, entry, extra in MODELS:
             if P == 2 and path not in TWO_RANKS:
