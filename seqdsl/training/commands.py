@@ -64,7 +64,9 @@ def register(app: typer.Typer, guarded: Callable, parse_sets: Callable, output_p
         checkpoint_every: Annotated[Optional[int], typer.Option("--checkpoint-every", help="Default: --eval-every.")]
         = None,
         resume: Annotated[bool, typer.Option("--resume", help="Continue from the checkpoint in --out.")] = False,
-        nproc: Annotated[int, typer.Option("--nproc", help="Data-parallel local processes (gloo).")] = 1,
+        nproc: Annotated[int, typer.Option("--nproc", help="Data-parallel local processes (gloo; NCCL with "
+                                           "--device cuda, one GPU each).")] = 1,
+        device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
         threads: ThreadsOpt = None, progress: ProgressOpt = True,
         list_tasks: Annotated[bool, typer.Option("--list-tasks", help="List the tasks and their options.")] = False,
     ) -> None:
@@ -82,7 +84,7 @@ def register(app: typer.Typer, guarded: Callable, parse_sets: Callable, output_p
 
         config = _config(file, task, task_opt, set_, entry, steps, batch, lr, warmup, weight_decay, clip, eval_every,
                          eval_batches, seed, out, threads, progress, parse_sets, checkpoint_every=checkpoint_every,
-                         resume=resume, nproc=nproc)
+                         resume=resume, nproc=nproc, device=device)
         result = train(config)
         typer.echo(summary(result))
 

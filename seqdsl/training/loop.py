@@ -54,6 +54,7 @@ class TrainConfig:
     checkpoint_every: int | None = None  # default: at every evaluation
     resume: bool = False
     nproc: int = 1
+    device: str = "cpu"                # cpu, or cuda (each data-parallel rank on its own GPU, NCCL)
     threads: int | None = None         # torch threads per process (default: torch's; cores / nproc with nproc > 1)
     stop_at: int | None = None         # end after this step (as if killed): for tests of --resume
     progress: bool = True
@@ -80,6 +81,12 @@ def train(config: TrainConfig) -> TrainResult:
         raise SeqError(f"--nproc {config.nproc} must divide --batch {config.batch}")
     if config.resume and not config.out:
         raise SeqError("--resume needs --out, the folder of the checkpoint")
+    if config.device != "cpu":
+        if config.device != "cuda" or not torch.cuda.is_available():
+            raise SeqError(f"--device {config.device}: " + ("no CUDA device is available here"
+                           if config.device == "cuda" else "give cpu or cuda"))
+        if config.nproc > torch.cuda.device_count():
+            raise SeqError(f"--nproc {config.nproc}: only {torch.cuda.device_count()} CUDA devices")
     if config.nproc == 1:
         return run(config, 0, 1)
     import torch.multiprocessing as mp
@@ -93,7 +100,10 @@ def _worker(rank: int, config: TrainConfig, tmp: str) -> None:
     import torch.distributed as dist
 
     torch.set_num_threads(config.threads or max(1, (os.cpu_count() or 1) // config.nproc))
-    dist.init_process_group("gloo", init_method=f"file://{tmp}/store", rank=rank, world_size=config.nproc)
+    if config.device == "cuda":
+        torch.cuda.set_device(rank)
+    backend = "nccl" if config.device == "cuda" else "gloo"
+    dist.init_process_group(backend, init_method=f"file://{tmp}/store", rank=rank, world_size=config.nproc)
     try:
         result = run(config, rank, config.nproc)
         if rank == 0:
@@ -137,7 +147,7 @@ def evaluate(model: torch.nn.Module, task: Task, config: TrainConfig) -> dict:
     total = count = correct = scored = 0
     with torch.no_grad():
         for i in range(n):
-            b = task.batch(task.eval_split, i, config.batch, config.seed)
+            b = task.batch(task.eval_split, i, config.batch, config.seed).to(next(model.parameters()).device)
             loss, c, s = loss_terms(model, b, task.layout.kind)
             total, count, correct, scored = total + float(loss), count + b.count(), correct + c, scored + s
     model.train(was)
@@ -166,7 +176,8 @@ def run(config: TrainConfig, rank: int, world: int) -> TrainResult:
     task = make_task(config.task, config.task_options)
     fitted = fit(config.file, task.layout, task.name, entry=config.entry, sizes=config.sizes, seed=config.seed,
                  batch=config.batch)
-    model = fitted.model
+    device = torch.device(f"cuda:{torch.cuda.current_device()}" if config.device == "cuda" else "cpu")
+    model = fitted.model.to(device)
     model.train()
     warmup = config.warmup if config.warmup is not None else config.steps // 10
     opt = make_optimizer(model, fitted.no_decay, config.lr, config.weight_decay)
@@ -197,14 +208,14 @@ def run(config: TrainConfig, rank: int, world: int) -> TrainResult:
             if config.stop_at is not None and step >= config.stop_at:
                 break
             whole = task.batch("train", step, config.batch, config.seed)
-            local = whole.rows(rank * per, (rank + 1) * per) if world > 1 else whole
+            local = (whole.rows(rank * per, (rank + 1) * per) if world > 1 else whole).to(device)
             loss_sum, correct, scored = loss_terms(model, local, task.layout.kind)
             loss = loss_sum / whole.count()
             aux = _aux_loss(model, fitted)
             if aux is not None:
                 loss = loss + aux / world
             loss.backward()
-            stats = torch.tensor([float(loss_sum.detach()), correct, scored], dtype=torch.float64)
+            stats = torch.tensor([float(loss_sum.detach()), correct, scored], dtype=torch.float64, device=device)
             if world > 1:
                 grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
                 flat = torch.cat([g.reshape(-1) for g in grads])

@@ -141,3 +141,17 @@ def test_moe_balance_loss_is_added(tmp_path):
     rec = result.history[0]
     # balance = 0.5: α · E · Σ f_e · P_e is at least α (= 0.5, a perfectly balanced router)
     assert rec["aux_loss"] >= 0.5 - 1e-6
+
+
+def test_device_is_checked_before_training(tmp_path):
+    """--device cuda needs a CUDA device (and one per data-parallel rank); anything else is
+    refused by name. (On a GPU machine the same loop runs there with NCCL between ranks.)"""
+    with pytest.raises(SeqError, match=r"--device tpu: give cpu or cuda"):
+        train(_config(tmp_path, device="tpu"))
+    if not torch.cuda.is_available():
+        with pytest.raises(SeqError, match=r"--device cuda: no CUDA device is available here"):
+            train(_config(tmp_path, device="cuda"))
+    else:
+        with pytest.raises(SeqError, match=r"CUDA devices"):
+            train(_config(tmp_path, device="cuda", nproc=torch.cuda.device_count() + 1,
+                          batch=4 * (torch.cuda.device_count() + 1)))

@@ -60,6 +60,15 @@ class Batch:
     cu_seqlens: torch.Tensor | None = None
     extra: dict = field(default_factory=dict)
 
+    def to(self, device: torch.device) -> Batch:
+        """The batch on ``device`` (the same object when it is there already)."""
+        if self.inputs.device == device:
+            return self
+        def move(t):
+            return None if t is None else t.to(device)
+        return Batch(move(self.inputs), move(self.targets), move(self.loss_mask), move(self.score_mask),
+                     move(self.doc_ids), move(self.cu_seqlens), self.extra)
+
     def rows(self, start: int, stop: int) -> Batch:
         """Rows [start, stop) of the batch (one data-parallel rank's share)."""
         def cut(t):
