@@ -64,8 +64,11 @@ def bind(module, names: tuple, values: tuple) -> tuple:
 
 
 def seq_length(n_local: int) -> int:
-    """The global length of the sequence whose local length is ``n_local``."""
-    return current_layout(n_local).n
+    """The global length of the sequence being run (bound by the entry for this call; a child
+    module's first input may be replicated rows or a table over N, whose length says nothing
+    of the split), else that of the sequence whose local length is ``n_local``."""
+    lay = _sp().state.get("layout")
+    return lay.n if lay is not None else current_layout(n_local).n
 
 
 def by_position(table: Tensor) -> Tensor:

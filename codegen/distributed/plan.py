@@ -111,8 +111,8 @@ def _states(g: Graph, n) -> dict:
             out[node.id] = SHARD                # a part read by anything but a concat: refused
         elif node.kind == OpKind.SLICE and ins[0] == SHARD:
             out[node.id] = _slice_state(g, node, n)
-        elif node.kind == OpKind.CONCAT:
-            out[node.id] = SHARD
+        elif node.kind == OpKind.CONCAT and not all(s in (None, REPL) for s in ins):
+            out[node.id] = SHARD                # along N (a completing concat: honoured) or of sharded pieces
         elif node.kind == OpKind.MIX:
             q = node.input("q")
             out[node.id] = REPL if q is not None and out.get(q.node) == REPL else SHARD

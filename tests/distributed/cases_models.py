@@ -29,6 +29,8 @@ MODELS = [
     # its [CLS] read; blocks of 1 (a module built for a fixed N cannot be split yet, and
     # N % Bk == 0 with N not a multiple of the ranks needs an odd Bk or N)
     ("models/bigbird.seq", None, {"Bk": 1, "R": 2}),
+    # the last M positions as latents: cross-attention of replicated queries, then M-row layers
+    ("models/perceiver_ar.seq", None, {"M": 5}),
 ]
 
 
