@@ -42,6 +42,7 @@ from codegen.toeplitz.kernels import (
     discretize,
     system_kernel,
 )
+from codegen.torch.decode import stateful
 
 ALGORITHMS = ("direct", "fft", "chunked_fft", "scan")
 GROUP_TOKENS = 1 << 15     # tokens per vectorised group of chunks (bounds the working set)
@@ -316,6 +317,7 @@ def _tap0(sys: System) -> Tensor:
     return system_kernel(sys, 1)[0]
 
 
+@stateful("toeplitz")   # prefill / step: the SSM state or the input history (toeplitz/step.py)
 def toeplitz_mix(v: Tensor, *, kind: str | None = None, params: dict[str, Tensor] | None = None,
                  reverse_params: dict[str, Tensor] | None = None, explicit_kernel: Tensor | None = None,
                  causal: bool = True, disc: str | None = None, conj: bool = True, mimo: bool = False,
