@@ -28,8 +28,21 @@ _SEED = re.compile(r"\bseed=\d+")
 def index_set(indices: Iterable[int]) -> str:
     """``{0,1,3..11}``: sorted; a run of three or more consecutive indices as ``a..b``, a run
     of four or more with a constant step as ``a,b,…,c`` (every other layer: ``{0,2,…,126}``;
-    never ``a,b..c``, which would read as ``a`` and the range ``b..c``)."""
+    never ``a,b..c``, which would read as ``a`` and the range ``b..c``). When the indices
+    missing from their range are the shorter list, the set is written as the range minus
+    them: ``{0..126∖3,7,…,123}`` (three local layers, then one strided)."""
     xs = sorted(set(indices))
+    direct = _runs(xs)
+    have = set(xs)
+    missing = [i for i in range(xs[0], xs[-1] + 1) if i not in have] if xs else []
+    if missing:
+        other = f"{xs[0]}..{xs[-1]}∖{_runs(missing)}"
+        if len(other) + 8 < len(direct):
+            return "{" + other + "}"
+    return "{" + direct + "}"
+
+
+def _runs(xs: list[int]) -> str:
     parts: list[str] = []
     i = 0
     while i < len(xs):
@@ -45,7 +58,7 @@ def index_set(indices: Iterable[int]) -> str:
             parts.append(str(xs[i]))
             j = i
         i = j + 1
-    return "{" + ",".join(parts) + "}"
+    return ",".join(parts)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,8 @@ from seqdsl.viz import drawing, to_dot, write_graph
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "examples" / "models"
 HYBRID = MODELS / "h3_hybrid.seq"
-H3_SET = "{0,1,3..5,7..11}"          # h3_hybrid: attention at 2 and L // 2 = 6
+H3_SET = "{0,2..7,9..11}"            # h3_hybrid: attention at 1 and 8 (safari pile/h3.yaml)
+ATTN_SET = "{1,8}"
 PAGE_PX = 3000                       # a side of a drawing at the default settings
 
 runner = CliRunner()
@@ -46,6 +47,7 @@ def _number(text: str) -> int:
 @pytest.mark.parametrize("indices, text", [
     ([0, 1, 3, 4, 5, 6, 7, 8, 9, 10, 11], "{0,1,3..11}"),
     ([2, 6], "{2,6}"),
+    ([i for i in range(128) if i % 4 != 3], "{0..126∖3,7,…,123}"),   # three local layers, then one strided
     ([0, 1, 2], "{0..2}"),                 # three consecutive: a range
     ([0, 1], "{0,1}"),
     ([7], "{7}"),
@@ -80,7 +82,7 @@ def test_check_folds_the_hybrid():
     out = invoke("check", HYBRID)
     lines = out.splitlines()
     h3 = [line for line in lines if line.startswith(f"  layers.{H3_SET}.h3_block ×10: block h3_block")]
-    attn = [line for line in lines if line.startswith("  layers.{2,6}.attention_block ×2: block attention_block")]
+    attn = [line for line in lines if line.startswith(f"  layers.{ATTN_SET}.attention_block ×2: block attention_block")]
     assert len(h3) == 1 and len(attn) == 1, out
     # parameters per instance and in all, and the second is ten times the first
     m = re.search(r"= ([\d,]+) each, ([\d,]+) in all", h3[0])
@@ -89,7 +91,7 @@ def test_check_folds_the_hybrid():
     assert m and _number(m[2]) == 2 * _number(m[1]), attn[0]
     assert "(identical repeat iterations folded: 10 not listed, --expand lists all)" in out
     assert f"  layers.{H3_SET}.h3_block.h3.y ×10: toeplitz:" in out
-    assert "  layers.{2,6}.attention_block.attention.y ×2: softmax:" in out
+    assert f"  layers.{ATTN_SET}.attention_block.attention.y ×2: softmax:" in out
     assert not re.search(r"layers\.\d+\.", out), "a single layer is listed although all are folded"
     assert "mixers: 22" in out                     # the count is of every mixer
 
@@ -97,7 +99,7 @@ def test_check_folds_the_hybrid():
 def test_check_expand_lists_every_layer():
     out = invoke("check", HYBRID, "--expand")
     tops = re.findall(r"^  (layers\.\d+\.\w+): ", out, flags=re.M)
-    assert tops == [f"layers.{i}.{'attention_block' if i in (2, 6) else 'h3_block'}" for i in range(12)]
+    assert tops == [f"layers.{i}.{'attention_block' if i in (1, 8) else 'h3_block'}" for i in range(12)]
     assert "×" not in out
     assert len(re.findall(r"^  layers\.\d+\.\w+\.h3\.y: toeplitz", out, flags=re.M)) == 10
 
@@ -107,11 +109,11 @@ def test_check_folds_seeds_and_strides(checked_example):
     assert "layers.{0..11}.bigbird_layer ×12: block bigbird_layer" in out
     assert "random seeds differ" in out                          # seed = i: one group, said so
     assert re.search(r"bigbird_attention\.y ×12: .*random_blocks\(R, block=Bk, seed=\{0\.\.11\}", out), out
-    out = check_report(checked_example(MODELS / "sparse_transformer.seq"))
-    assert "  layers.{0,2,…,126}.sparse_layer ×64: block sparse_layer" in out
-    assert "  layers.{1,3,…,127}.sparse_layer ×64: block sparse_layer" in out
-    assert re.search(r"layers\.\{0,2,…,126\}\.sparse_layer\.sparse_attention\.y ×64: .*window\(S \+ 1\)", out)
-    assert re.search(r"layers\.\{1,3,…,127\}\.sparse_layer\.sparse_attention\.y ×64: .*strided\(S\)", out)
+    out = check_report(checked_example(MODELS / "sparse_transformer.seq"))    # three local, then one strided
+    assert "  layers.{0..126∖3,7,…,123}.sparse_layer ×96: block sparse_layer" in out
+    assert "  layers.{3,7,…,127}.sparse_layer ×32: block sparse_layer" in out
+    assert re.search(r"layers\.\{0\.\.126∖3,7,…,123\}\.sparse_layer\.sparse_attention\.y ×96: .*window\(S \+ 1\)", out)
+    assert re.search(r"layers\.\{3,7,…,127\}\.sparse_layer\.sparse_attention\.y ×32: .*strided\(S\)", out)
 
 
 def _expand_set(path: str) -> list[str]:
@@ -120,6 +122,11 @@ def _expand_set(path: str) -> list[str]:
     m = re.search(r"\{([^}]*)\}", path)
     if m is None:
         return [path]
+    if "∖" in m[1]:             # {a..b∖…}: the range a..b without the listed indices
+        whole, minus = m[1].split("∖")
+        a, b = map(int, whole.split(".."))
+        gone = {int(p.split(".")[-1]) for p in _expand_set("{" + minus + "}")}
+        return [path[:m.start()] + str(k) + path[m.end():] for k in range(a, b + 1) if k not in gone]
     indices: list[int] = []
     parts = m[1].split(",")
     i = 0
@@ -160,6 +167,7 @@ def test_expand_set():
         [f"layers.{i}.h3_block" for i in (0, 1, 3, 4, 5, 7, 8, 9, 10, 11)]
     assert _expand_set("layers.{1,3,…,9}.x") == [f"layers.{i}.x" for i in (1, 3, 5, 7, 9)]
     assert _expand_set("layers.{1,3..5}.x") == [f"layers.{i}.x" for i in (1, 3, 4, 5)]
+    assert _expand_set("layers.{0..9∖3,7}.x") == [f"layers.{i}.x" for i in (0, 1, 2, 4, 5, 6, 8, 9)]
 
 
 def test_check_folding_loses_nothing(example, checked_example):
@@ -194,11 +202,11 @@ def test_table_folds_and_sums():
     lines = text.splitlines()
     start = lines.index(f"layers.{H3_SET}.h3_block ×10  (costs of one instance, then the sums for one and "
                         "for all 10)")
-    assert "layers.{2,6}.attention_block ×2  (costs of one instance, then the sums for one and for all 2)" in lines
+    assert f"layers.{ATTN_SET}.attention_block ×2  (costs of one instance, then the sums for one and for all 2)" in lines
     one = next(line for line in lines[start:] if line.startswith("  = one instance"))
     every = next(line for line in lines[start:] if line.startswith("  = all 10"))
     # the sums against the JSON, which keeps every layer
-    h3_units = [i for i in range(12) if i not in (2, 6)]
+    h3_units = [i for i in range(12) if i not in (1, 8)]
     assert {r["name"] for r in d["layers"] if r["name"].endswith(".h3.y")} == \
         {f"layers.{i}.h3_block.h3.y" for i in h3_units}
     keys = ("flops", "matmul_flops", "param_count", "activation_bytes", "hbm_bytes")
@@ -237,7 +245,7 @@ def test_graph_folds_the_hybrid(checked_example):
     dot = to_dot(g)
     titles = re.findall(r'subgraph "cluster_\d+" \{\n    graph \[label="([^"]*)"', dot)
     assert titles == [f"layers.{H3_SET}.h3_block ×10: block h3_block",
-                      "layers.{2,6}.attention_block ×2: block attention_block"], titles
+                      f"layers.{ATTN_SET}.attention_block ×2: block attention_block"], titles
     assert "style=dashed, constraint=false" in dot         # into the next iteration
     assert not re.search(r'label="layers\.\d+\.', dot)
     folded, full = drawing(g), drawing(g, expand=True)

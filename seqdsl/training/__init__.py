@@ -5,7 +5,19 @@ trains a file's model on a task; ``seqdsl compare A.seq B.seq --task T`` trains 
 with the same budget. Tasks are in ``seqdsl.training.tasks`` (``TASKS``).
 """
 
-from seqdsl.training.loop import TrainConfig, TrainResult, run, train
-from seqdsl.training.tasks import TASKS, make_task
+from __future__ import annotations
+
+import importlib
 
 __all__ = ["TASKS", "TrainConfig", "TrainResult", "make_task", "run", "train"]
+
+# Imported on first use: the command line registers `seqdsl train` through
+# seqdsl.training.commands, and must start (check, analyze, graph) where torch is absent.
+_HOME = {"TrainConfig": "loop", "TrainResult": "loop", "run": "loop", "train": "loop",
+         "TASKS": "tasks", "make_task": "tasks"}
+
+
+def __getattr__(name: str):
+    if name in _HOME:
+        return getattr(importlib.import_module(f"seqdsl.training.{_HOME[name]}"), name)
+    raise AttributeError(f"module 'seqdsl.training' has no attribute {name!r}")

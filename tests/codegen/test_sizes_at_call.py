@@ -31,7 +31,6 @@ DOMAIN = {
 N_FIXED = {
     "models/hierarchical.seq": "chunk_order",
     "models/linformer.seq": "seq_project",
-    "models/mega.seq": "relative",
     "models/reformer.seq": "axial_positions",
     "models/sinkhorn.seq": "structure",
     "models/sparse_transformer.seq": "row_position",
