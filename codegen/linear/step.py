@@ -16,14 +16,13 @@ import inspect
 from torch import Tensor
 
 from codegen.linear.torch_impl import linear_attention
+from codegen.torch.decode import arguments
 
 _SIG = inspect.signature(linear_attention)
 
 
 def _bind(args: tuple, kw: dict) -> dict:
-    a = _SIG.bind(*args, **kw)
-    a.apply_defaults()
-    return dict(a.arguments)
+    return arguments(_SIG, args, kw)
 
 
 def prefill(fn, args: tuple, kw: dict, detail: str = "") -> tuple[Tensor, dict[str, Tensor]]:

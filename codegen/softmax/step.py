@@ -24,14 +24,13 @@ from torch import Tensor
 from codegen import masks as M
 from codegen.softmax.scores import normalize_bias, positional_bias
 from codegen.softmax.torch_impl import masked_softmax, softmax_attention
+from codegen.torch.decode import arguments
 
 _SIG = inspect.signature(softmax_attention)
 
 
 def _bind(args: tuple, kw: dict) -> dict:
-    a = _SIG.bind(*args, **kw)
-    a.apply_defaults()
-    return dict(a.arguments)
+    return arguments(_SIG, args, kw)
 
 
 def first_kept(mask: M.Mask, i: int) -> int:

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from codegen.toeplitz.kernels import System, discretize
 from codegen.toeplitz.torch_impl import _compute_dtype, recurrent_step, toeplitz_mix
+from codegen.torch.decode import arguments
 
 _SIG = inspect.signature(toeplitz_mix)
 _SYSTEMS: dict[tuple, tuple[list, list[int], System]] = {}   # the last discretisations, by weights
@@ -50,9 +51,7 @@ def _system(a: dict, rd: torch.dtype) -> System:
 
 
 def _bind(args: tuple, kw: dict) -> dict:
-    a = _SIG.bind(*args, **kw)
-    a.apply_defaults()
-    return dict(a.arguments)
+    return arguments(_SIG, args, kw)
 
 
 def prefill(fn, args: tuple, kw: dict, detail: str = "") -> tuple[Tensor, dict[str, Tensor]]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import inspect
 from collections.abc import Callable
 
 import torch
@@ -131,6 +132,13 @@ def offset() -> int:
 def running() -> bool:
     """True inside prefill / step."""
     return _CTX.get() is not None
+
+
+def arguments(sig: inspect.Signature, args: tuple, kw: dict) -> dict:
+    """A family call's arguments by name, defaults filled in (what its step reads)."""
+    bound = sig.bind(*args, **kw)
+    bound.apply_defaults()
+    return dict(bound.arguments)
 
 
 def stateful(kind: str) -> Callable[[Callable], Callable]:

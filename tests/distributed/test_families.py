@@ -9,7 +9,6 @@ are in cases_families.py, the comparison in harness.py.
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
 import pytest
@@ -26,14 +25,8 @@ TOL = 1e-5       # fp32, relative
 
 
 @pytest.fixture(scope="module")
-def results() -> dict:
-    import seqdsl.distributed as sd
-
-    os.environ.setdefault("SEQDSL_DIST_TIMEOUT", "60")
-    merged: dict = {}
-    for one in sd.launch(f"{HERE / 'cases_families.py'}:main", 4):        # each rank has the cases of its groups
-        merged.update(one)
-    return merged
+def results(launched) -> dict:
+    return launched("cases_families.py")
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if not n.startswith("control")])

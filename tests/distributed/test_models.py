@@ -20,14 +20,8 @@ TOL = 1e-5       # fp32, relative
 
 
 @pytest.fixture(scope="module")
-def results() -> dict:
-    import seqdsl.distributed as sd
-
-    os.environ.setdefault("SEQDSL_DIST_TIMEOUT", "60")
-    merged: dict = {}
-    for one in sd.launch(f"{HERE / 'cases_models.py'}:main", 4):        # each rank has the cases of its groups
-        merged.update(one)
-    return merged
+def results(launched) -> dict:
+    return launched("cases_models.py")
 
 
 @pytest.mark.parametrize("name", NAMES)
