@@ -32,6 +32,7 @@ class Generation:
     state_bytes_prompt: int          # the state after the prompt, per batch (B = 1: per sequence)
     state_bytes: int                 # the state after the last token
     state_layout: str = field(default="", repr=False)
+    state_bytes_held: int = 0        # the same with the KV caches' spare rows (state.nbytes)
 
     @property
     def text(self) -> str:
@@ -60,7 +61,9 @@ class Generation:
             f"({self.step_tokens_per_s:.4g} tokens/s, {ms:.3g} ms/token)" if self.steps else
             "step:    none (the first new token comes from the prefill's logits)",
             f"state:   {_size(self.state_bytes)} per sequence after {len(self.prompt_ids) + self.steps} tokens "
-            f"({_size(self.state_bytes_prompt)} after the prompt)",
+            f"({_size(self.state_bytes_prompt)} after the prompt)" +
+            (f"; {_size(self.state_bytes_held)} held with the caches' spare rows"
+             if self.state_bytes_held > self.state_bytes else ""),
         ])
 
 
@@ -206,9 +209,9 @@ def generate(source: str | Path, prompt: str | list[int], tokens: int = 200, *, 
     gen = torch.Generator().manual_seed(seed)
     x = torch.tensor([ids], dtype=torch.long)
     t0 = time.perf_counter()
-    logits, state = model.prefill(x)
+    logits, state = model.prefill(x, max_tokens=len(ids) + tokens)     # a KV cache made that large at once
     prefill_s = time.perf_counter() - t0
-    prompt_bytes = state.nbytes
+    prompt_bytes = state.used_nbytes
     new: list[int] = []
     step_s, steps = 0.0, 0
     if tokens > 0:
@@ -219,5 +222,5 @@ def generate(source: str | Path, prompt: str | list[int], tokens: int = 200, *, 
         step_s += time.perf_counter() - t0
         steps += 1
         new.append(sample(logits[0], temperature, top_k, gen))
-    return Generation(ids, new, byte_level, vocab, prefill_s, step_s, steps, prompt_bytes, state.nbytes,
-                      state.describe() if hasattr(state, "describe") else "")
+    return Generation(ids, new, byte_level, vocab, prefill_s, step_s, steps, prompt_bytes, state.used_nbytes,
+                      state.describe() if hasattr(state, "describe") else "", state.nbytes)

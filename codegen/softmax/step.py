@@ -9,9 +9,12 @@ holds only the keys a later query can still see, read from the mask's top-level 
 - ``local(C)`` (block-local, Mega-chunk): the keys of the current block of C;
 - otherwise (plain causal, strided, butterfly, global tokens, buckets): every key.
 
-A step appends the new key and value, evaluates the mask's predicate and the positional
+The cache's tensors are views of buffers with spare rows (``codegen/torch/decode_buffer.py``):
+a step writes the new key and value in place (a copy of the kept rows only when the buffer
+is full; a buffer made by doubling, up to twice the mask's bound — 2W for a window — or
+the ``max_tokens`` given to prefill), evaluates the mask's predicate and the positional
 bias at the absolute positions (query t, keys t − T … t), and runs one row of softmax:
-O(T · d) per token.
+O(T · d) per token, with no O(T) copy.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from torch import Tensor
 from codegen import masks as M
 from codegen.softmax.scores import normalize_bias, positional_bias
 from codegen.softmax.torch_impl import masked_softmax, softmax_attention
+from codegen.torch import decode
+from codegen.torch import decode_buffer as buf
 from codegen.torch.decode import arguments
 
 _SIG = inspect.signature(softmax_attention)
@@ -64,40 +69,57 @@ def _ids(mask: M.Mask) -> Tensor | None:
     return mask.ids if isinstance(mask, M.Buckets) else None
 
 
-def _trim(cache: dict[str, Tensor], lo: int, start: int) -> dict[str, Tensor]:
-    """Drop the cached positions before ``lo``; the cache starts at position ``start``."""
-    cut = max(0, lo - start)
-    return {name: t[..., cut:, :] if name != "ids" else t[..., cut:] for name, t in cache.items()}
+def kept_bound(mask: M.Mask) -> int | None:
+    """The most keys a query sees from the cache, its own included (w · b for ``window(w,
+    block=b)``, C for ``local(C)``); None when the cache keeps every key."""
+    bound = None
+    for term in M.conjuncts(M.simplify(mask)):
+        if isinstance(term, M.Window) and term.size > 0:
+            n = term.size * term.block
+        elif isinstance(term, M.Local):
+            n = term.size
+        else:
+            continue
+        bound = n if bound is None else min(bound, n)
+    return bound
 
 
 def prefill(fn, args: tuple, kw: dict, detail: str = "") -> tuple[Tensor, dict[str, Tensor]]:
+    """The prompt's attention, and its keys and values from the first one a later query sees,
+    in buffers with room for ``max_tokens`` positions (or twice the rows kept)."""
     a = _bind(args, kw)
     out = fn(**a)
     mask = M.Full() if a["mask"] is None else a["mask"]
     n = a["k"].shape[-2]
-    cache = {"k": a["k"], "v": a["v"]}
-    if _has_buckets(mask):
-        cache["ids"] = _ids(mask)
-        return out, cache                  # bucket ids index every position: the whole cache stays
-    return out, _trim(cache, first_kept(mask, n), 0)
+    rows = {"k": (a["k"], -2), "v": (a["v"], -2)}
+    buckets = _has_buckets(mask)
+    if buckets:                            # bucket ids index every position: the whole cache stays
+        rows["ids"] = (_ids(mask), -1)
+    lo = 0 if buckets else first_kept(mask, n)
+    total = decode.max_tokens()
+    room = buf.capacity(n - lo + 1, None if buckets else kept_bound(mask),
+                        None if total is None else max(total, n + 1) - lo)
+    return out, buf.slot({name: buf.hold(t.narrow(dim, lo, n - lo), dim, room) for name, (t, dim) in rows.items()})
 
 
 def step(fn, args: tuple, kw: dict, cache: dict[str, Tensor], t: int, detail: str = "") -> tuple[Tensor, dict]:
-    """One query at position ``t`` against the cache and its own key."""
+    """One query at position ``t`` against the cache and its own key (written into the cache's
+    buffer: no copy of the cache unless it is full)."""
     a = _bind(args, kw)
     q, mask, scale = a["q"], (M.Full() if a["mask"] is None else a["mask"]), a["scale"]
-    k = torch.cat([cache["k"], a["k"]], dim=-2)
-    v = torch.cat([cache["v"], a["v"]], dim=-2)
+    buckets = _has_buckets(mask)
+    bound = None if buckets else kept_bound(mask)
+    kb, vb = buf.append(cache, "k", a["k"], -2, bound), buf.append(cache, "v", a["v"], -2, bound)
+    k, v = kb.view, vb.view
     total = k.shape[-2]
     start = t + 1 - total
-    new = {"k": k, "v": v}
     i = torch.full((1, 1), t, device=q.device)
     j = torch.arange(start, t + 1, device=q.device)[None, :]
     batch = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
     heads = batch[-1] if batch else 1                                  # as softmax_attention reads it
-    if _has_buckets(mask):
-        new["ids"] = torch.cat([cache["ids"], _ids(mask)], dim=-1)
-        mask = _with_ids(mask, new["ids"])          # the whole history is cached: start == 0
+    if buckets:
+        ib = buf.append(cache, "ids", _ids(mask), -1)
+        mask = _with_ids(mask, ib.view)             # the whole history is cached: start == 0
     s = torch.matmul(q, k.transpose(-1, -2)) * scale                   # [..., 1, T]
     bias = normalize_bias(a["bias"])
     if bias is not None:
@@ -106,7 +128,7 @@ def step(fn, args: tuple, kw: dict, cache: dict[str, Tensor], t: int, detail: st
         s = a["cap"] * torch.tanh(s / a["cap"])
     keep = None if isinstance(M.simplify(mask), M.Full) else mask.keep(i, j, t + 1, t + 1, heads)
     out = torch.matmul(masked_softmax(s, keep), v)
-    if "ids" in new:
-        return out, new
-    return out, _trim(new, first_kept(mask, t + 1), start)
-
+    if buckets:
+        return out, buf.slot({"k": kb, "v": vb, "ids": ib})
+    drop = first_kept(mask, t + 1) - start                             # keys no later query sees
+    return out, buf.slot({"k": buf.trim(kb, drop), "v": buf.trim(vb, drop)})

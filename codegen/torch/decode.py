@@ -30,13 +30,15 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from codegen.torch import decode_buffer as buf
 from seqdsl.errors import SeqError
 
 _CTX: contextvars.ContextVar[Context | None] = contextvars.ContextVar("seqdsl_decode", default=None)
 
 
 class DecodeState(dict):
-    """Layer path -> {name: tensor} (batch first), after ``position`` tokens."""
+    """Layer path -> {name: tensor} (batch first), after ``position`` tokens. A KV cache's
+    tensors are views of buffers with room to grow (:mod:`codegen.torch.decode_buffer`)."""
 
     def __init__(self, *args, position: int = 0, **kw):
         super().__init__(*args, **kw)
@@ -44,47 +46,62 @@ class DecodeState(dict):
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by every tensor of the state."""
-        return sum(t.numel() * t.element_size() for part in self.values() for t in part.values())
+        """Bytes the state keeps alive: every tensor, and a growing cache's whole buffer (its
+        spare capacity included)."""
+        return sum(part.held_nbytes() if isinstance(part, buf.Slot) else _bytes(part) for part in self.values())
+
+    @property
+    def used_nbytes(self) -> int:
+        """Bytes of the tensors themselves (a cache's rows, not its spare capacity): what
+        ``analyze complexity --decode`` predicts."""
+        return sum(_bytes(part) for part in self.values())
 
     def to(self, *args, **kw) -> DecodeState:
         """A copy with every tensor moved / cast as ``Tensor.to(*args, **kw)`` does (complex SSM
-        states keep their complex dtype under a float cast)."""
+        states keep their complex dtype under a float cast; caches keep their spare capacity)."""
         def move(t: Tensor) -> Tensor:
             if t.is_complex() and any(isinstance(a, torch.dtype) for a in (*args, *kw.values())):
                 return t.to(*(a for a in args if not isinstance(a, torch.dtype)),
                             **{k: v for k, v in kw.items() if k != "dtype"})
             return t.to(*args, **kw)
-        return DecodeState({k: {n: move(t) for n, t in part.items()} for k, part in self.items()},
-                           position=self.position)
+        return DecodeState({k: buf.remake(part, move) for k, part in self.items()}, position=self.position)
 
     def select(self, rows) -> DecodeState:
         """The state of some sequences of the batch (an index, slice or index tensor)."""
         rows = [rows] if isinstance(rows, int) else rows
-        return DecodeState({k: {n: t[rows] for n, t in part.items()} for k, part in self.items()},
+        return DecodeState({k: buf.remake(part, lambda t: t[rows]) for k, part in self.items()},
                            position=self.position)
 
     @staticmethod
     def cat(states: list[DecodeState]) -> DecodeState:
-        """One batch from the states of sequences that have seen the same number of tokens."""
+        """One batch from the states of sequences that have seen the same number of tokens.
+        Sequences of different lengths are refused: a step runs every row at one position (the
+        positional ops, the masks and the cache's rows are the same for the whole batch)."""
         positions = {s.position for s in states}
         if len(positions) != 1:
-            raise ValueError(f"states of different lengths cannot share a batch: {sorted(positions)}")
+            raise ValueError(f"states of different lengths cannot share a batch: {sorted(positions)} tokens "
+                             "(a step runs every sequence of its batch at the same position)")
         first = states[0]
-        return DecodeState({k: {n: torch.cat([s[k][n] for s in states]) for n in part} for k, part in first.items()},
-                           position=first.position)
+        return DecodeState({k: buf.concat([s[k] for s in states]) for k in first}, position=first.position)
 
     def describe(self) -> str:
-        """One line per tensor: path, name, shape, dtype."""
-        return "\n".join(f"{k}.{n}: {list(t.shape)} {str(t.dtype).removeprefix('torch.')}"
+        """One line per tensor: path, name, shape, dtype (and a cache's capacity in rows)."""
+        def room(part: dict, name: str) -> str:
+            b = part.buffer(name) if isinstance(part, buf.Slot) else None
+            return "" if b is None else f" (buffer of {b.capacity} rows)"
+        return "\n".join(f"{k}.{n}: {list(t.shape)} {str(t.dtype).removeprefix('torch.')}{room(part, n)}"
                          for k, part in self.items() for n, t in part.items())
+
+
+def _bytes(part: dict) -> int:
+    return sum(t.numel() * t.element_size() for t in part.values())
 
 
 class Context:
     """The decoding context of one forward call."""
 
-    def __init__(self, mode: str, slots: tuple, state: DecodeState, position: int):
-        self.mode, self.slots, self.position = mode, slots, position
+    def __init__(self, mode: str, slots: tuple, state: DecodeState, position: int, max_tokens: int | None = None):
+        self.mode, self.slots, self.position, self.max_tokens = mode, slots, position, max_tokens
         self.state_in = state
         self.state_out = DecodeState(position=position)
         self.next = 0
@@ -127,6 +144,18 @@ def offset() -> int:
     """The position of the first token of this call (0 outside decoding)."""
     ctx = _CTX.get()
     return 0 if ctx is None else ctx.position
+
+
+def max_tokens() -> int | None:
+    """The tokens a prefill expects its sequences to reach (prompt and generated; a growing
+    cache is made that large), None when not said."""
+    ctx = _CTX.get()
+    return None if ctx is None else ctx.max_tokens
+
+
+def batch_size() -> int:
+    """The number of sequences of the call being decoded."""
+    return _CTX.get().batch
 
 
 def running() -> bool:
@@ -175,9 +204,11 @@ def _plan(module) -> tuple[str, tuple]:
     return type(module).DECODE
 
 
-def _forward(module, mode: str, state: DecodeState, inputs: tuple) -> tuple[Tensor, DecodeState]:
+def _forward(module, mode: str, state: DecodeState, inputs: tuple,
+             max_tokens: int | None = None) -> tuple[Tensor, DecodeState]:
     seq, slots = _plan(module)
-    ctx = Context(mode, slots, state, state.position)
+    ctx = Context(mode, slots, state, state.position, max_tokens)
+    ctx.batch = int(inputs[0].shape[0])     # the sequences (a window of a shared table keeps a copy each)
     bound = getattr(module, "BOUNDS", {}).get(seq)
     length = int(inputs[0].shape[1])
     if bound is not None and state.position + length > bound:
@@ -195,10 +226,14 @@ def _forward(module, mode: str, state: DecodeState, inputs: tuple) -> tuple[Tens
     return out, ctx.state_out
 
 
-def prefill(module, *inputs: Tensor) -> tuple[Tensor, DecodeState]:
+def prefill(module, *inputs: Tensor, max_tokens: int | None = None) -> tuple[Tensor, DecodeState]:
     """Run the prompt with the usual (parallel / chunked) algorithms: (the forward's output,
-    the state after the prompt)."""
-    return _forward(module, "prefill", DecodeState(), inputs)
+    the state after the prompt). ``max_tokens``: the length the sequences are expected to
+    reach (prompt and generated); a KV cache is made that large at once (it still grows past
+    it, doubling)."""
+    if max_tokens is not None and max_tokens < 1:
+        raise ValueError(f"max_tokens must be ≥ 1, got {max_tokens}")
+    return _forward(module, "prefill", DecodeState(), inputs, max_tokens)
 
 
 def step(module, token: Tensor, state: DecodeState) -> tuple[Tensor, DecodeState]:

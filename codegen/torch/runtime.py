@@ -94,9 +94,10 @@ class SeqModule(nn.Module):
         return getattr(module, leaf)
 
     # decoding (codegen/torch/decode.py): the entry class carries DECODE, its plan
-    def prefill(self, *inputs: torch.Tensor):
-        """(the forward's output over the prompt, the state after it): the usual algorithms."""
-        return decode.prefill(self, *inputs)
+    def prefill(self, *inputs: torch.Tensor, max_tokens: int | None = None):
+        """(the forward's output over the prompt, the state after it): the usual algorithms.
+        ``max_tokens``: the length the sequences will reach (a KV cache's capacity)."""
+        return decode.prefill(self, *inputs, max_tokens=max_tokens)
 
     def step(self, token: torch.Tensor, state):
         """(the output at the next position — [B, V] for a [B, N, V] model —, the new state)."""
@@ -328,6 +329,17 @@ def conv1d(x, weight, bias=None, causal: bool = True):
     pad = (width - 1, 0) if causal else ((width - 1) // 2, width // 2)
     y = F.conv1d(F.pad(u, pad), weight.unsqueeze(1), bias, groups=c)
     return y.transpose(1, 2).reshape(*lead, n, c)
+
+
+@decode.stateful("window")   # prefill / step: the last size − 1 rows (decode_families.py)
+def last_rows(x, axis: int, size: int):
+    """``x[:, N - size:]`` along ``axis``: the last ``size`` rows (a suffix of the sequence)."""
+    if _sp_active() is not None:           # the sequence split over ranks: the global last rows, replicated
+        return seq_take(x, axis, -size, 1 << 62)
+    n = x.shape[axis]
+    if n < size:
+        raise SeqError(f"the last {size} rows of an axis of {n}: the sequence is shorter than the window")
+    return x.narrow(axis, n - size, size)
 
 
 def pool(x, size: int, fn: str):

@@ -145,9 +145,9 @@ def test_the_analysis_and_the_generated_module_agree(name):
 
 @pytest.mark.parametrize("name", ["h3", "spade"])
 def test_state_bytes_equal_the_generated_modules_state(name):
-    """The formulas against what a generated module keeps: `state.nbytes` after a prefill
-    of 21 tokens and one step (H3: a shift register and complex diagonal states; SPADE: a
-    DPLR S4 state and a sliding window's ring buffer)."""
+    """The formulas against what a generated module keeps: `state.used_nbytes` (a cache's rows,
+    not its buffer's spare ones) after a prefill of 21 tokens and one step (H3: a shift
+    register and complex diagonal states; SPADE: a DPLR S4 state and a sliding window's keys)."""
     sizes = {k: v for k, v in SMALL[f"models/{name}.seq"].items() if k not in ("N", "B")} | {"L": 1, "S": 8}
     path = f"examples/models/{name}.seq"
     model = seqdsl.load(path, **sizes)
@@ -156,7 +156,7 @@ def test_state_bytes_equal_the_generated_modules_state(name):
     _, state = model.prefill(tokens)
     _, state = model.step(tokens[:, -1], state)
     predicted = seqdsl.analyze(path, **sizes, B=2, N=22, decode=True).to_dict()["decode"]
-    assert predicted["total"]["values"]["state_bytes"] == state.nbytes, state.describe()
+    assert predicted["total"]["values"]["state_bytes"] == state.used_nbytes, state.describe()
 
 
 def test_cli_decode_table_and_json():
