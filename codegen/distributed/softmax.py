@@ -8,15 +8,18 @@ block it holds, with the mask evaluated at *global* positions (the layout's), an
 the partial result into a running (row maximum, row sum, weighted values) in fp32 — the
 log-sum-exp merge of online softmax. Sub-blocks of query rows whose mask against the
 block is empty are skipped (a causal mask empties half of them; with the zig-zag layout
-every rank skips the same amount). Memory per rank: O(n·D + rows·n) with n = N/P.
+every rank skips the same amount); the scores are computed in tiles of ROWS × KEYS. Memory per
+rank: the inputs, the output and its fp32 statistics, and two K/V blocks in flight (the one
+held, sent as it is, and the one arriving): O(n·D) with n = N/P, plus one tile's scores.
 Backward: the same ring again, the K/V blocks travelling with their dK/dV accumulators,
 which one extra hop brings home. Sends per rank: 2(P−1)·n·H·D forward,
 (4P − 2)·n·H·D backward.
 
 **Ulysses** (Jacobs et al., DeepSpeed-Ulysses): an all-to-all turns [H, n] shards into
 [H/P, N] (all positions of a slice of the heads), the ordinary one-process runtime
-attends them, another all-to-all turns the output back. Needs H ≥ P. Sends per rank
-4·(P−1)/P·n·H·D forward (q, k, v, o), the same backward.
+attends them, another all-to-all turns the output back. Needs H ≥ P. Run in rounds of
+ULYSSES_HEADS heads per rank, so that a rank holds its inputs, its output and one round's
+resharded tensors. Sends per rank 4·(P−1)/P·n·H·D forward (q, k, v, o), the same backward.
 
 Cost rule (``choose``): Ulysses when the heads split evenly over the ranks and the mask
 has no per-head term (its per-rank traffic is 4(P−1)/P·nHD against the ring's 2(P−1)·nHD,
@@ -36,10 +39,9 @@ from codegen import masks as M
 from codegen.distributed import comm
 from codegen.distributed.context import SequenceParallel, suspended
 from codegen.distributed.layout import Layout
+from codegen.distributed.memory import KEYS, ROWS, ULYSSES_HEADS
 from codegen.softmax import torch_impl as local
 from codegen.softmax.scores import normalize_bias, positional_bias
-
-ROWS = 512     # query rows per sub-block of the ring: the scores of one step are ROWS × n
 
 
 def choose(sp: SequenceParallel, heads: int, mask: M.Mask) -> tuple[str, str]:
@@ -76,12 +78,11 @@ def softmax_attention(q: Tensor, k: Tensor, v: Tensor, mask: M.Mask | None, *, s
     if strategy == "ulysses":
         if heads < sp.size:
             raise ValueError(f"Ulysses needs at least as many heads as ranks ({heads} < {sp.size})")
+        if mask.lead(heads):
+            raise ValueError(f"Ulysses splits the heads over the ranks: the mask {mask} has a per-head term "
+                             "(use the ring)")
         qc, kc, vc = (local._canon(x, batch) for x in (q, k, v))
-        qh, kh, vh = (comm.to_features(x, sp, layout, 2, 1) for x in (qc, kc, vc))
-        with suspended():
-            oh = local.softmax_attention(qh, kh, vh, mask, scale=scale, bias=_head_slice(bias, heads, sp),
-                                         cap=cap, algorithm=algorithm, block=block)
-        o = comm.to_sequence(oh, sp, layout, 2, 1, heads)
+        o = _ulysses(qc, kc, vc, mask, scale, bias, cap, algorithm, block, sp, layout)
         return o.reshape(*batch, q.shape[-2], v.shape[-1])
     dtype = torch.promote_types(torch.promote_types(q.dtype, v.dtype), torch.float32)
     qc, kc, vc = (local._canon(x, batch).to(dtype) for x in (q, k, v))
@@ -90,8 +91,36 @@ def softmax_attention(q: Tensor, k: Tensor, v: Tensor, mask: M.Mask | None, *, s
     return o.to(v.dtype).reshape(*batch, q.shape[-2], v.shape[-1])
 
 
-def _head_slice(bias, heads: int, sp: SequenceParallel):
-    """The bias of this rank's heads after the all-to-all (heads split as comm splits them)."""
+def _ulysses(qc: Tensor, kc: Tensor, vc: Tensor, mask: M.Mask, scale: float, bias, cap: float | None,
+             algorithm: str, block: int, sp: SequenceParallel, layout: Layout) -> Tensor:
+    """Ulysses on [B, H, n, D] shards, in rounds of ``ULYSSES_HEADS`` heads per rank: each
+    round resharding only its heads, so that what a rank holds besides its inputs and output is
+    a (P·ULYSSES_HEADS)/H fraction of them (all heads at once held q, k, v, o resharded and an
+    exchange's send and receive copies: 2.5× the inputs). Same bytes sent, H/(P·ULYSSES_HEADS)
+    times the all-to-alls. Uneven heads (forced): one round."""
+    heads, P = qc.shape[1], sp.size
+    step = P * ULYSSES_HEADS if heads % P == 0 else heads
+    out = None
+    for h0 in range(0, heads, step):
+        h1 = min(heads, h0 + step)
+        qh, kh, vh = (comm.to_features(x[:, h0:h1], sp, layout, 2, 1) for x in (qc, kc, vc))
+        with suspended():
+            oh = local.softmax_attention(qh, kh, vh, mask, scale=scale, bias=_head_slice(bias, heads, h0, h1, sp),
+                                         cap=cap, algorithm=algorithm, block=block)
+        del qh, kh, vh                     # held by autograd when it needs them, freed otherwise
+        og = comm.to_sequence(oh, sp, layout, 2, 1, h1 - h0)
+        del oh
+        if step == heads:
+            return og
+        if out is None:
+            out = og.new_empty(og.shape[0], heads, *og.shape[2:])
+        out[:, h0:h1] = og                 # differentiable (a copy into a slice)
+    return out
+
+
+def _head_slice(bias, heads: int, h0: int, h1: int, sp: SequenceParallel):
+    """The bias of this rank's heads after the all-to-all of heads [h0, h1) (split as comm
+    splits them)."""
     if bias is None:
         return None
     kind, table = bias
@@ -100,8 +129,8 @@ def _head_slice(bias, heads: int, sp: SequenceParallel):
         table = alibi_slopes(heads)
     if table.shape[0] == 1:
         return kind, table
-    a, b = comm._split(heads, sp.size)[sp.rank]
-    return kind, table[a:b]
+    a, b = comm._split(h1 - h0, sp.size)[sp.rank]
+    return kind, table[h0 + a:h0 + b]
 
 
 @dataclass(frozen=True)
@@ -139,6 +168,10 @@ def _unflat(buf: Tensor, shapes: list[tuple[int, ...]]) -> list[Tensor]:
     return [t.view(s) for t, s in zip(torch.split(buf, sizes), shapes)]
 
 
+def _block_shapes(k: Tensor, v: Tensor, rows: int) -> list[tuple[int, ...]]:
+    return [(*k.shape[:2], rows, k.shape[-1]), (*v.shape[:2], rows, v.shape[-1])]
+
+
 class _Ring(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, cfg: _Config) -> Tensor:
@@ -149,31 +182,38 @@ class _Ring(torch.autograd.Function):
         m = q.new_full((B, H, n), float("-inf"))
         rowsum = q.new_zeros(B, H, n)
         acc = q.new_zeros(B, H, n, v.shape[-1])
-        kb, vb = k.contiguous(), v.contiguous()
+        # the block held is one flat buffer: it is sent as it is (no copy per hop) while it is
+        # computed on, so two blocks are in flight: the one held and the one arriving
+        buf = _flat(k, v) if P > 1 else None
+        kb, vb = _unflat(buf, _block_shapes(k, v, n)) if P > 1 else (k, v)
         for step in range(P):
             src = (r - step) % P
             pending = None
             if step < P - 1:        # the next block travels while this one is computed
-                nxt = (r - step - 1) % P
-                shapes = [(*k.shape[:2], lay.size(nxt), k.shape[-1]), (*v.shape[:2], lay.size(nxt), v.shape[-1])]
-                pending = _start(_flat(kb, vb), sum(math.prod(s) for s in shapes), sp), shapes
+                shapes = _block_shapes(k, v, lay.size((r - step - 1) % P))
+                pending = _start(buf, sum(math.prod(s) for s in shapes), sp), shapes
             pk = lay.positions(src, q.device)
-            for a in range(0, n, ROWS):
-                b = min(n, a + ROWS)
-                _, s = cfg.scores(q[:, :, a:b], kb, pq[a:b], pk)
-                if s is None:
-                    continue                                              # an empty block: skipped
-                m_new = torch.maximum(m[:, :, a:b], s.amax(-1))
-                shift = torch.where(torch.isinf(m_new), 0.0, m_new)
-                p = torch.exp(s - shift[..., None])
-                alpha = torch.exp(m[:, :, a:b] - shift)
-                rowsum[:, :, a:b] = rowsum[:, :, a:b] * alpha + p.sum(-1)
-                acc[:, :, a:b] = acc[:, :, a:b] * alpha[..., None] + torch.matmul(p, vb)
-                m[:, :, a:b] = m_new
+            for c in range(0, kb.shape[2], KEYS):       # scores of one tile: ROWS × KEYS, whatever n
+                kc, vc, pkc = kb[:, :, c:c + KEYS], vb[:, :, c:c + KEYS], pk[c:c + KEYS]
+                for a in range(0, n, ROWS):
+                    b = min(n, a + ROWS)
+                    s = cfg.scores(q[:, :, a:b], kc, pq[a:b], pkc)[1]
+                    if s is None:
+                        continue                                          # an empty tile: skipped
+                    m_new = torch.maximum(m[:, :, a:b], s.amax(-1))
+                    shift = torch.where(torch.isinf(m_new), 0.0, m_new)
+                    p = torch.exp(s.sub_(shift[..., None]))
+                    del s
+                    alpha = torch.exp(m[:, :, a:b] - shift)
+                    rowsum[:, :, a:b] = rowsum[:, :, a:b] * alpha + p.sum(-1)
+                    acc[:, :, a:b] = acc[:, :, a:b] * alpha[..., None] + torch.matmul(p, vc)
+                    m[:, :, a:b] = m_new
             if pending is not None:
-                kb, vb = _unflat(_finish(pending[0]), pending[1])
+                buf = _finish(pending[0])
+                kb, vb = _unflat(buf, pending[1])
+        del buf, kb, vb
         empty = rowsum == 0                                               # rows with no kept key give 0
-        o = acc / torch.where(empty, 1.0, rowsum)[..., None]
+        o = acc.div_(torch.where(empty, 1.0, rowsum)[..., None])         # in place: no second [n, D] copy
         lse = torch.where(empty, float("-inf"), m + torch.log(torch.where(empty, 1.0, rowsum)))
         ctx.save_for_backward(q, k, v, o, lse)
         ctx.cfg = cfg
@@ -191,37 +231,40 @@ class _Ring(torch.autograd.Function):
         lse_safe = torch.where(torch.isinf(lse), 0.0, lse)
         pq = lay.positions(r, q.device)
         dq = torch.zeros_like(q)
-        kb, vb = k.contiguous(), v.contiguous()
-        dkb, dvb = torch.zeros_like(kb), torch.zeros_like(vb)
+        # K, V and their dK, dV accumulators travel as one flat buffer, sent as it is
+        shapes = _block_shapes(k, v, n)
+        buf = torch.cat([k.reshape(-1), v.reshape(-1), q.new_zeros(k.numel() + v.numel())])
+        kb, vb, dkb, dvb = _unflat(buf, shapes + shapes)
         for step in range(P):
             src = (r - step) % P
             pk = lay.positions(src, q.device)
-            for a in range(0, n, ROWS):
-                b = min(n, a + ROWS)
-                raw, s = cfg.scores(q[:, :, a:b], kb, pq[a:b], pk)
-                if s is None:
-                    continue
-                p = torch.exp(s - lse_safe[:, :, a:b, None])              # the forward's probabilities
-                dos = do[:, :, a:b]
-                dvb += torch.matmul(p.transpose(-1, -2), dos).sum_to_size(dvb.shape)
-                dp = torch.matmul(dos, vb.transpose(-1, -2))
-                ds = p * (dp - delta[:, :, a:b, None])
-                if cfg.cap is not None:
-                    ds = ds * (1 - torch.tanh(raw / cfg.cap) ** 2)
-                ds = ds * cfg.scale
-                dq[:, :, a:b] += torch.matmul(ds, kb)
-                dkb += torch.matmul(ds.transpose(-1, -2), q[:, :, a:b])
+            for c in range(0, kb.shape[2], KEYS):
+                kc, vc, pkc = kb[:, :, c:c + KEYS], vb[:, :, c:c + KEYS], pk[c:c + KEYS]
+                for a in range(0, n, ROWS):
+                    b = min(n, a + ROWS)
+                    raw, s = cfg.scores(q[:, :, a:b], kc, pq[a:b], pkc)
+                    if s is None:
+                        continue
+                    p = torch.exp(s - lse_safe[:, :, a:b, None])          # the forward's probabilities
+                    dos = do[:, :, a:b]
+                    dvb[:, :, c:c + KEYS] += torch.matmul(p.transpose(-1, -2), dos).sum_to_size(vc.shape)
+                    dp = torch.matmul(dos, vc.transpose(-1, -2))
+                    ds = p * (dp - delta[:, :, a:b, None])
+                    if cfg.cap is not None:
+                        ds = ds * (1 - torch.tanh(raw / cfg.cap) ** 2)
+                    ds = ds * cfg.scale
+                    dq[:, :, a:b] += torch.matmul(ds, kc)
+                    dkb[:, :, c:c + KEYS] += torch.matmul(ds.transpose(-1, -2), q[:, :, a:b])
             if P > 1:
                 nxt = (r - step - 1) % P
                 if step < P - 1:   # K, V and their accumulators move on
-                    shapes = [(*k.shape[:2], lay.size(nxt), k.shape[-1]), (*v.shape[:2], lay.size(nxt), v.shape[-1])]
-                    shapes = shapes + shapes
-                    kb, vb, dkb, dvb = _unflat(comm.ring_shift(_flat(kb, vb, dkb, dvb),
-                                                               sum(math.prod(s) for s in shapes), sp), shapes)
+                    shapes = _block_shapes(k, v, lay.size(nxt))
+                    buf = comm.ring_shift(buf, sum(math.prod(s) for s in shapes) * 2, sp)
+                    kb, vb, dkb, dvb = _unflat(buf, shapes + shapes)
                 else:              # one more hop brings each accumulator to its owner
-                    shapes = [tuple(k.shape), tuple(v.shape)]
-                    dkb, dvb = _unflat(comm.ring_shift(_flat(dkb, dvb), sum(math.prod(s) for s in shapes), sp),
-                                       shapes)
+                    half = kb.numel() + vb.numel()
+                    dkb, dvb = _unflat(comm.ring_shift(buf[half:], k.numel() + v.numel(), sp),
+                                       [tuple(k.shape), tuple(v.shape)])
         return dq, dkb, dvb, None
 
 

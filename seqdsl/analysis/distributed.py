@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import sympy
 
+from codegen.distributed import memory as mem
+from codegen.distributed import plan
 from seqdsl.ir import mix as M
 from seqdsl.ir.graph import Graph, OpKind
 
@@ -57,9 +59,27 @@ def _rows(shape, n) -> sympy.Expr:
     return _numel(shape).subs(n, n / P) if n is not None else _numel(shape)
 
 
-def _strategy(g: Graph, node, n, sizes: dict, nproc: int) -> tuple[str, sympy.Expr, sympy.Expr]:
+def take_elements(g: Graph, node, n) -> sympy.Expr | None:
+    """Elements of the buffer that ``rt.seq_take`` all-reduces for a slice that reads rows of
+    a sharded tensor whole (global tokens ``x[:, :G]``, a [CLS] row ``x[:, 0]``): the sliced
+    tensor with its N axis cut to the rows taken (the other axes are sliced afterwards)."""
+    found = plan._n_item(g, node, n)
+    if found is None:
+        return None
+    shape = g.type_of(node.input("x")).shape
+    _, item = found
+    rows = sympy.Integer(1) if item[0] == "index" else sympy.sympify(item[2]) - sympy.sympify(item[1])
+    return sympy.simplify(_numel(shape) / n * rows)
+
+
+def _strategy(g: Graph, node, n, sizes: dict, nproc: int, states: dict) -> tuple[str, sympy.Expr, sympy.Expr]:
     """(strategy, bytes sent per rank forward, bytes in flight) of one layer."""
     t = lambda role: g.type_of(node.input(role)).shape if node.input(role) is not None else None  # noqa: E731
+    if node.kind == OpKind.SLICE and nproc > 1 and states.get(node.id) == plan.REPL \
+            and states.get(node.inputs[0].node) == plan.SHARD:
+        # rt.seq_take: one all-reduce (sum) of the rows taken, a ring all-reduce sending
+        # 2(P − 1)/P of its buffer per rank; the buffer is the layer's output (counted whole)
+        return "rows gathered (all-reduce)", 2 * (P - 1) / P * take_elements(g, node, n) * BYTES, sympy.Integer(0)
     if node.kind == OpKind.CONV1D:
         x, w = t("x"), t("weight")
         width = sympy.sympify(w[-1]) if w else 1
@@ -75,14 +95,15 @@ def _strategy(g: Graph, node, n, sizes: dict, nproc: int) -> tuple[str, sympy.Ex
         if n is not None and sympy.sympify(q[-2]) != n and sympy.sympify(k[-2]) == n:
             # replicated queries (global tokens): every rank's partial (o, lse) all-gathered
             piece = _numel(q[:-1]) * (sympy.sympify(v[-1]) + 1)
-            return "replicated queries, LSE merge", (P - 1) * piece * BYTES, P * piece * BYTES
+            scores = 2 * _numel(q[:-1]) * n / P                  # scores and weights, G × n per (batch, head)
+            return "replicated queries, LSE merge", (P - 1) * piece * BYTES, (P * piece + scores) * BYTES
         per_head = any(isinstance(leaf, M.RandomBlocks) and leaf.per_head for leaf in M.mask_leaves(spec.mask))
+        qr, kr, vr = _rows(q, n), _rows(k, n), _rows(v, n)
         if h.is_number and int(h) % nproc == 0 and not per_head:
-            sent = (P - 1) / P * (2 * _rows(q, n) + _rows(k, n) + _rows(v, n)) * BYTES
-            # held: q, k, v, o resharded to [H/P, N] (the size of the rank's rows), plus the
-            # send and receive copies of one tensor in an exchange
-            return "Ulysses all-to-all", sent, (2 * _rows(q, n) + _rows(k, n) + _rows(v, n) + 2 * _rows(q, n)) * BYTES
-        return "ring", 2 * (P - 1) * (_rows(k, n) + _rows(v, n)) / 2 * BYTES, 2 * (_rows(k, n) + _rows(v, n)) * BYTES
+            sent = (P - 1) / P * (2 * qr + kr + vr) * BYTES
+            return "Ulysses all-to-all", sent, mem.ulysses_bytes(qr, kr, vr, heads, P, BYTES)
+        bh, rows = _numel(q[:-2]), (n / P if n is not None else sympy.Integer(1))
+        return "ring", 2 * (P - 1) * (kr + vr) / 2 * BYTES, mem.ring_bytes(kr, vr, bh, rows, BYTES)
     if fam in ("linear", "decayed_linear"):
         q, v = t("q"), t("v")
         lead = [sympy.Max(sympy.sympify(a), sympy.sympify(b)) for a, b in zip(q[:-2], v[:-2])]
@@ -106,12 +127,13 @@ def analyze_distributed(graph: Graph, report, nproc: int, memory: float | None =
     n = report.n_symbol
     nodes = {nd.name: nd for nd in graph.nodes()}
     rows, flight = [], sympy.Integer(0)
+    states = plan._states(graph, n) if n is not None else {}
     for lr in report.layers:
         est = lr.estimates
         node = nodes.get(lr.name)
         split = n is not None and n in est.flops.free_symbols | est.activation_bytes.free_symbols
         strategy, comm, inflight = ("none", sympy.Integer(0), sympy.Integer(0)) if node is None else \
-            _strategy(graph, node, n, report.sizes, nproc)
+            _strategy(graph, node, n, report.sizes, nproc, states)
         flight += inflight
         rows.append(RankRow(lr.name, strategy if split or strategy != "none" else "replicated",
                             est.flops / P if split else est.flops,

@@ -23,7 +23,7 @@ def section(path: str, nproc: int, memory: float | None = None, **sizes) -> dict
 
 def parse(text: str) -> sympy.Expr:
     """A formula of the section (every name a positive integer symbol, N and P included)."""
-    names = set(re.findall(r"[A-Za-z_][A-Za-z_0-9]*", text))
+    names = set(re.findall(r"[A-Za-z_][A-Za-z_0-9]*", text)) - {"Min", "Max"}
     return sympy.sympify(text, locals={k: sympy.Symbol(k, positive=True, integer=True) for k in names})
 
 
