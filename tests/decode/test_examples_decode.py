@@ -2,7 +2,8 @@
 (fp32, 1e-4 relative) over 64 steps after prompts of several lengths (5 and 37: not
 multiples of any chunk or block of the examples; the full forward runs 112 tokens, a whole
 number of every example's blocks, as their ``require``s ask); every other example says why it cannot,
-naming the layer and its place in the file.
+naming the layer and its place in the file (every file of examples/models is walked: a causal
+one that decodes must be in DECODES).
 
 Models are loaded without B and N (decoding reads N from the inputs) at the examples' small
 sizes (tests/codegen/small_sizes.json), most with one layer (TWO_LAYERS keep two)."""
@@ -20,6 +21,7 @@ torch = pytest.importorskip("torch", reason="decoding needs torch")
 import seqdsl  # noqa: E402
 from codegen.decode.plan import plan as decode_plan  # noqa: E402
 from codegen.torch.sizes import plan_sizes, value_of  # noqa: E402
+from seqdsl.ir.graph import OpKind  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = json.loads((ROOT / "tests" / "codegen" / "small_sizes.json").read_text())
@@ -32,17 +34,17 @@ TOTAL = 112    # the full forward's length: a whole number of every example's bl
 # Transformer-XL's recurrent segments with their memory).
 DECODES = ["transformer_decoder", "h3", "h3_hybrid", "mamba", "retnet", "gla", "mega", "mega_chunk", "linear_transformer",
            "local_attention", "performer", "pixelfly", "spade", "block_recurrent", "s4d_lm",
-           "memory_transformer", "hyena"]
+           "memory_transformer", "hyena", "gss"]
 
-# Causal language models that cannot decode (yet): what the refusal names. See the report of
-# issue 13 for each: a fidelity question of the example, or a form not derived.
+# What some refusals name (test_every_example_decodes_or_says_why holds every other example
+# to a reason with a position or a stated mechanism, whatever it is).
 REFUSED = {
-    "perceiver_ar": "takes part of the N axis",
-    "switch_moe": "",                                              # an encoder-decoder (tokens, targets)
-    "deq": "",                                                     # a fixed point over the whole sequence
+    "switch_moe": "the entry takes 2",                             # an encoder-decoder (tokens, targets)
+    "deq": "reads the whole sequence",                             # a fixed point over the whole sequence
 }
-# Classifiers, encoders and bidirectional models: a reason that names why.
-NOT_CAUSAL = ["transformer_encoder", "s4", "bigbird", "longformer", "linformer", "luna", "vit"]
+EXAMPLES = sorted(p.stem for p in (ROOT / "examples" / "models").glob("*.seq"))
+# The refusals that name no layer: a stated mechanism (the weight that fixes the length).
+MECHANISMS = [r"the module fixes \w+ \(the weights were built for it \(\S.*\)\); decoding reads"]
 
 
 # One layer is enough to hold each family's state to the full forward; these keep two, so that
@@ -85,21 +87,50 @@ def test_prefill_and_steps_give_the_full_forward(name):
         assert state.position == prompt + STEPS and state.nbytes > 0
 
 
-def _plan(name: str):
+def _plan(name: str, checked=None):
     """The decoding plan from the checked graph, as the code generator makes it."""
     sizes = _sizes(name, fewer_layers=False)
-    checked = seqdsl.check(_path(name), **sizes)
+    checked = checked or seqdsl.check(_path(name), **sizes)
     values = {k: value_of(k, v) for k, v in checked.sizes.items()}
     sp = plan_sizes(checked.graph, values, set(sizes), checked.concretized)
     return decode_plan(checked.graph, set(sp.runtime), sp.fixed_by)
 
 
-@pytest.mark.parametrize("name", list(REFUSED) + NOT_CAUSAL)
-def test_models_that_cannot_decode_say_why(name):
-    p = _plan(name)
-    assert not p.ok, f"{name} decodes: move it to DECODES"
+def _not_causal(checked) -> str | None:
+    """Why the entry is not causal, read from the IR apart from the decoding plan: a mixer whose
+    mask lets a position see later ones, or an output without an axis of positions ([B, C]: a
+    classifier; [B, N, V] or Perceiver AR's last M positions [B, M, V] have one)."""
+    g = checked.graph
+    n = g.inputs[0].out.shape[1] if g.inputs and g.inputs[0].out.rank >= 2 else None
+    for node in g.nodes():
+        if node.kind == OpKind.MIX and not node.spec.causal:
+            return f"{node.pos}: {node.name}: the mask {node.spec.mask} is not causal"
+    for port in g.outputs:
+        shape = g.type_of(port).shape
+        if n is None or len(shape) < 2 or (shape[1] != n and len(shape) < 3):
+            return f"its output {list(shape)} has no axis of positions after the batch"
+    return None
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_every_example_decodes_or_says_why(name):
+    """Completeness: every example model either decodes and is held to its full forward above
+    (DECODES), or refuses with a reason naming a layer and its place in the file, or a stated
+    mechanism; one whose IR is not causal refuses. A new causal example that decodes without
+    an equality test fails here by name."""
+    sizes = _sizes(name, fewer_layers=False)
+    checked = seqdsl.check(_path(name), **sizes)
+    p = _plan(name, checked)
+    why_not = _not_causal(checked)
+    if p.ok:
+        assert why_not is None, f"{name} decodes, yet {why_not}"
+        assert name in DECODES, (f"{name} decodes but has no prefill/step equality test: add it to DECODES "
+                                 f"in tests/decode/test_examples_decode.py")
+        return
+    assert name not in DECODES, f"{name} is in DECODES but cannot decode: {p.reason}"
     where = re.search(r"models/" + name + r"\.seq:\d+:\d+: ", p.reason)
-    assert where or "weights were built for it" in p.reason, p.reason
+    assert where or any(re.search(m, p.reason) for m in MECHANISMS), \
+        f"{name}: the refusal names no layer, position or known mechanism: {p.reason}"
     assert REFUSED.get(name, "") in p.reason
 
 
