@@ -258,20 +258,24 @@ class QueryRange(Mask):
 
 @dataclass(frozen=True)
 class Butterfly(Mask):
-    """Block a sees block b when a XOR b is 0 or a power of two (blocks of ``block``)."""
+    """Whole blocks of ``block``: block a sees block b when a XOR b is 0 or a power of two below
+    2^factors; with ``size``, the blocks an s × s butterfly stretched over [nq, nk] touches
+    (``seqdsl.analysis.butterfly``, the one definition the analysis counts)."""
 
     block: int
+    factors: int | None = None
+    size: int | None = None
+
+    def grid(self, nq: int, nk: int, device=None) -> Tensor:
+        from seqdsl.analysis.butterfly import block_grid
+        return torch.as_tensor(block_grid(nq, nk, self.block, self.factors, self.size), device=device)
 
     def keep(self, i, j, nq, nk, heads=None):
-        x = (i // self.block) ^ (j // self.block)
-        return (x & (x - 1)) == 0
+        g = self.grid(nq, nk, i.device)
+        return g[(i // self.block).clamp(max=g.shape[0] - 1), (j // self.block).clamp(max=g.shape[1] - 1)]
 
     def tiles(self, nq, nk, bq, bk, heads=None, device=None):
-        b = self.block
-        a = torch.arange(-(-nq // b), device=device)[:, None]
-        c = torch.arange(-(-nk // b), device=device)[None, :]
-        x = a ^ c
-        return _coarse_tiles((x & (x - 1)) == 0, b, b, nq, nk, bq, bk)
+        return _coarse_tiles(self.grid(nq, nk, device), self.block, self.block, nq, nk, bq, bk)
 
 
 @functools.lru_cache(maxsize=16)
@@ -562,8 +566,8 @@ def from_ir(mask_ir, sizes: dict[str, int], tensors: dict[str, Tensor] | None = 
                 return KeyRange(num(a), None if b is None else num(b))
             case M.QueryRange(start=a, stop=b):
                 return QueryRange(num(a), None if b is None else num(b))
-            case M.Butterfly(block=b):
-                return Butterfly(num(b))
+            case M.Butterfly(block=b, factors=f, size=sz):
+                return Butterfly(num(b), f, sz)
             case M.Buckets(ids=r):
                 return Buckets(ref(r))
             case M.BlockMap(ids=r, block=b):

@@ -57,6 +57,8 @@ def _unknown_leaf(mask) -> str | None:
                 "no static block schedule for a generated kernel")
     if not isinstance(mask, (*sx.INTERVAL_LEAVES, M.RandomBlocks, M.Butterfly)):
         return f"the Triton softmax kernels do not know the mask {type(mask).__name__}"
+    if isinstance(mask, M.Butterfly) and mask.size is not None:     # the checker allows it on weights only
+        return f"{mask}: a stretched butterfly has no in-kernel predicate"
     return None
 
 
@@ -82,8 +84,8 @@ def mask_constructor_source(mask: M.Mask) -> str:
             return f"M.Global({i(c)})"
         case M.KeyRange(start=a, stop=b):
             return f"M.KeyRange({i(a)}, {'None' if b is None else i(b)})"
-        case M.Butterfly(block=b):
-            return f"M.Butterfly({i(b)})"
+        case M.Butterfly(block=b, factors=f, size=None):
+            return f"M.Butterfly({i(b)}{'' if f is None else f', factors={i(f)}'})"
         case M.RandomBlocks(count=c, block=b, seed=s, per_head=p, exclude=ex):
             extra = "" if ex is None else f", exclude={mask_constructor_source(ex)}"
             return f"M.RandomBlocks({i(c)}, block={i(b)}, seed={i(s)}, per_head={bool(p)!r}{extra})"
@@ -114,9 +116,10 @@ def predicate(mask: M.Mask, leaves: list[M.RandomBlocks] | None = None) -> str:
             return f"((qi < {i(c)}) | (kj < {i(c)}))"
         case M.KeyRange(start=a, stop=b):
             return f"((kj >= {i(a)}) & (kj < {'seqlen_k' if b is None else i(b)}))"
-        case M.Butterfly(block=b):
+        case M.Butterfly(block=b, factors=f, size=None):
             x = f"((qi // {i(b)}) ^ (kj // {i(b)}))"
-            return f"(({x} & ({x} - 1)) == 0)"
+            below = "" if f is None else f" & ({x} < {i(1 << int(f))})"
+            return f"((({x} & ({x} - 1)) == 0){below})"
         case M.RandomBlocks(block=b, per_head=ph):
             n = next(k for k, leaf in enumerate(leaves) if leaf is mask)
             head = f"i_h * tl.cdiv(seqlen_q, {i(b)}) * tl.cdiv(seqlen_k, {i(b)}) + " if ph else ""

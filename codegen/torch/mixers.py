@@ -45,8 +45,9 @@ def mask_source(w, mask, tensors: dict[str, str]) -> str:
             return f"M.KeyRange({num(a)}, {None if b is None else num(b)})"
         case M.QueryRange(start=a, stop=b):
             return f"M.QueryRange({num(a)}, {None if b is None else num(b)})"
-        case M.Butterfly(block=b):
-            return f"M.Butterfly({num(b)})"
+        case M.Butterfly(block=b, factors=f, size=sz):
+            extra = "".join(f", {k}={int(v)}" for k, v in (("factors", f), ("size", sz)) if v is not None)
+            return f"M.Butterfly({num(b)}{extra})"
         case M.Buckets(ids=r):
             return f"M.Buckets({tensors[r.role]})"
         case M.BlockMap(ids=r, block=b):

@@ -15,6 +15,7 @@ import math
 import numpy as np
 import sympy
 
+from seqdsl.analysis import butterfly
 from seqdsl.ir import mix as M
 
 _ONE = sympy.Integer(1)
@@ -69,10 +70,8 @@ def closed_pairs(mask, nq: sympy.Expr, nk: sympy.Expr, bucket_count=None) -> sym
         case M.QueryRange(start=a, stop=stop):
             b = nq if stop is None else stop
             return nk * (b - a) if c is None else (b - a) * (a + b + 1) / 2   # causal: row i keeps i + 1
-        case M.Butterfly(block=b):
-            # block row a meets the block columns a XOR t, t ∈ {0, 1, 2, 4, …} below the longer
-            # side's block count: min(nq, nk) · b · (1 + log2(max(nq, nk) / b)) (powers of two)
-            return sympy.Min(nq, nk) * b * (1 + sympy.log(sympy.Max(nq, nk) / b, 2))
+        case M.Butterfly(block=b, factors=f, size=s):
+            return butterfly.closed_pairs(nq, nk, b, f, s)
         case M.Buckets():
             if bucket_count is None:
                 return None
@@ -131,8 +130,8 @@ def leaf_tiles(mask, nq, nk, block, bucket_count=None) -> sympy.Expr | None:
             return tq * (((nk if stop is None else stop) - a) / block + 1)
         case M.QueryRange(start=a, stop=stop):
             return (nk / block) * (((nq if stop is None else stop) - a) / block + 1)
-        case M.Butterfly(block=b):
-            return (nq / b) * (1 + sympy.log(nq / b, 2)) * sympy.Max(1, b / block) ** 2
+        case M.Butterfly(block=b, factors=f, size=s):
+            return (nq / b) * butterfly.tiles_per_row(nq, b, f, s) * sympy.Max(1, b / block) ** 2
         case M.Buckets():
             # sorted by bucket first (Reformer), the pairs pack into dense tiles
             pairs = closed_pairs(mask, nq, nk, bucket_count)
@@ -168,9 +167,8 @@ def _predicate(mask, i: np.ndarray, j: np.ndarray, nb_rng) -> np.ndarray | None:
         case M.QueryRange(start=a, stop=b):
             hi = np.inf if b is None else int(b)
             return (i >= int(a)) & (i < hi) & (j >= 0)
-        case M.Butterfly(block=b):
-            x = (i // int(b)) ^ (j // int(b))
-            return (x & (x - 1)) == 0
+        case M.Butterfly(block=b, factors=f, size=None):
+            return butterfly.meets((i // int(b)) ^ (j // int(b)), f)
         case M.RandomBlocks(count=k, block=b, seed=seed):
             return nb_rng(int(k), int(b), int(seed), i, j)
         case M.Decay() | M.Toeplitz():

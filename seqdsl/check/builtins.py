@@ -216,10 +216,21 @@ def query_range(ctx, start, stop):
     return _mask(M.QueryRange(sympy.sympify(start), None if stop is None else sympy.sympify(stop)))
 
 
-@builtin("mask", P("block", "dim"))
-def butterfly(ctx, block):
-    """Flat block butterfly: block a sees block b when a XOR b is 0 or a power of two."""
-    return _mask(M.Butterfly(block))
+@builtin("mask", P("block", "dim"), P("factors", "int", None), P("size", "int", None))
+def butterfly(ctx, block, factors, size):
+    """Flat block butterfly: block a sees block b when a XOR b is 0 or a power of two below
+    2^factors (all powers by default). ``size = s`` (a weight's sparsity only) stretches an s × s
+    butterfly over the matrix and keeps every block that its pattern touches, as Pixelated
+    Butterfly's FlatBlockButterflySparsityConfig(butterfly_size = s, n_factors, block)."""
+    if factors is not None and factors < 1:
+        raise ctx.error(f"butterfly(): factors must be at least 1, got {factors}")
+    if size is not None:
+        if size < 2 or size & (size - 1):
+            raise ctx.error(f"butterfly(): size must be a power of two (at least 2), got {size}")
+        if factors is not None and factors > size.bit_length() - 1:
+            raise ctx.error(f"butterfly(): a {size} × {size} butterfly has {size.bit_length() - 1} factors, "
+                            f"not {factors}", hint=f"factors between 1 and log2(size) = {size.bit_length() - 1}")
+    return _mask(M.Butterfly(block, factors, size))
 
 
 @builtin("mask", P("ids", "tensor"))

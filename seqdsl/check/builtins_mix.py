@@ -75,6 +75,10 @@ def mix(ctx: Ctx, q, k, v, score, feature, mask, norm, algorithm, chunk, block, 
         raise ctx.error("only one decay(...) per mix")
     n_keys = v.type.shape[-2]
     for leaf in leaves:
+        if isinstance(leaf, M.Butterfly) and leaf.size is not None:
+            raise ctx.error(f"{leaf}: size stretches the butterfly over a weight's shape; an attention "
+                            "pattern would change with the sequence length",
+                            hint="in a mix use butterfly(block, factors = k); size is for linear(sparsity =)")
         if isinstance(leaf, M.RandomBlocks):
             ctx.el.require(sympy.Le(leaf.count * leaf.block, n_keys),
                            f"random_blocks({leaf.count}, block = {leaf.block}) draws more blocks than the "

@@ -255,13 +255,18 @@ class QueryRange:
 
 @dataclass(frozen=True)
 class Butterfly:
-    """Flat block butterfly: block a sees block b when a XOR b is 0 or a power of two
-    (Pixelated Butterfly); ``block`` is the block size."""
+    """Flat block butterfly (Pixelated Butterfly): cell a sees cell b when a XOR b is 0 or a
+    power of two below 2^factors (any power when None); the cells are the ``block``-sized blocks,
+    or, with ``size``, the cells of a size × size butterfly stretched over the matrix and rounded
+    up to whole blocks (``seqdsl.analysis.butterfly``)."""
 
     block: Scalar
+    factors: int | None = None
+    size: int | None = None
 
     def __str__(self) -> str:
-        return f"butterfly({self.block})"
+        extra = "".join(f", {k} = {v}" for k, v in (("factors", self.factors), ("size", self.size)) if v is not None)
+        return f"butterfly({self.block}{extra})"
 
 
 @dataclass(frozen=True)

@@ -106,6 +106,9 @@ CASES: dict[tuple[str, str], tuple[str, str]] = {
     ("query_range", "start"): (mask("causal() | query_range(12)"), mask("causal() | query_range(8)")),
     ("query_range", "stop"): (mask("causal() | query_range(8)"), mask("causal() | query_range(8, 12)")),
     ("butterfly", "block"): (mask("butterfly(4)"), mask("butterfly(8)")),
+    ("butterfly", "factors"): (mask("butterfly(4)"), mask("butterfly(4, factors = 1)")),
+    ("butterfly", "size"): (xd("linear(x, D, sparsity = butterfly(2))"),
+                            xd("linear(x, D, sparsity = butterfly(2, size = 2))")),
     ("document", "length"): (
         "dim B = 1, H = 2, N = 16, Dh = 4\nmodel m(q: [B, H, N, Dh], d: int[B, H, N]) -> [B, H, N, Dh] {\n"
         "  return mix(q, q, q, score = dot(), mask = causal() & document(d), norm = softmax)\n}\n",

@@ -86,6 +86,7 @@ CASES = [  # id, mask, (B, H, Nq, Nk, D)
     ("B1-H2-N100-D16-random-per-head", M.And(M.Causal(0), M.RandomBlocks(2, block=24, seed=3, per_head=True)),
      (1, 2, 100, 100, 16)),
     ("B1-H1-N100-D16-butterfly", M.Butterfly(16), (1, 1, 100, 100, 16)),
+    ("B1-H1-N100-D16-butterfly(12,factors=2)", M.Butterfly(12, factors=2), (1, 1, 100, 100, 16)),
     ("B1-H1-Nq63-Nk100-D24-causal+37", M.Causal(37), (1, 1, 63, 100, 24)),
     ("B1-H1-N100-D16-keyrange&causal-empty-rows", M.And(M.KeyRange(50, 70), M.Causal(0)), (1, 1, 100, 100, 16)),
     ("B1-H1-N100-D16-global&window(block8)", M.And(M.Global(40), M.Window(2, block=8)), (1, 1, 100, 100, 16)),
