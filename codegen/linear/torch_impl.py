@@ -247,8 +247,19 @@ def _quadratic(fq, fk, v, lg, kind, state):
 # ---- recurrent: one step per position ---------------------------------------------------
 
 
+def step_kernel_wanted(fq: torch.Tensor) -> bool:
+    """One position on a CUDA device, fp32, no gradient (a decoding step): the fused Triton
+    step (step_kernel.py) instead of the loop below; anywhere else the loop."""
+    return fq.shape[-2] == 1 and fq.is_cuda and fq.dtype == torch.float32 and not torch.is_grad_enabled()
+
+
 def _recurrent(fq, fk, v, lg, kind, state):
     """S_t = a_t ⊙ S_{t−1} + φ(k_t)ᵀ v_t, o_t = φ(q_t) S_t, a loop over t (decoding, reference)."""
+    if step_kernel_wanted(fq):                               # a decoding step on a GPU: one kernel
+        from codegen.linear.step_kernel import fused_step
+        a = _gate_factor(lg, kind, 0)
+        o, state = fused_step(fq[..., 0, :], fk[..., 0, :], v[..., 0, :], None if a is None else a[..., 0], state)
+        return o[..., None, :], state
     outs = []
     for t in range(fq.shape[-2]):
         kv = fk[..., t, :, None] * v[..., t, None, :]                                   # [*, F, V]
