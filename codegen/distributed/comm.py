@@ -9,9 +9,16 @@
 - :func:`ring_shift`: one step of a ring, a flat buffer to the next rank and one from the
   previous (no autograd: ring attention's backward is its own ring).
 - :func:`gather_sequence`: the whole sequence on every rank, in global order.
+- :func:`all_reduce`: a sum over the ranks, in place (rows read whole, rows.py).
+
+Every collective here reports the bytes it hands over to :func:`counting` (a test hook: the
+analysis' formulas are checked against it).
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
@@ -20,10 +27,37 @@ from torch import Tensor
 from codegen.distributed.context import SequenceParallel
 from codegen.distributed.layout import Layout, _split
 
+_counters: list[dict[str, int]] = []
+
+
+@contextlib.contextmanager
+def counting() -> Iterator[dict[str, int]]:
+    """Within the block, the bytes this rank hands to each kind of collective, by kind:
+    'all_reduce' (the buffer reduced), 'all_gather' (this rank's piece), 'all_to_all' (the
+    pieces for the other ranks), 'ring' (the block sent to the next rank)."""
+    c: dict[str, int] = {}
+    _counters.append(c)
+    try:
+        yield c
+    finally:
+        _counters.remove(c)
+
+
+def _count(kind: str, x: Tensor, numel: int | None = None) -> None:
+    for c in _counters:
+        c[kind] = c.get(kind, 0) + (x.numel() if numel is None else numel) * x.element_size()
+
+
+def all_reduce(x: Tensor, sp: SequenceParallel) -> None:
+    """``x`` ← the sum of every rank's ``x``, in place."""
+    _count("all_reduce", x)
+    dist.all_reduce(x, group=sp.group)
+
 
 def all_gather_into(out: Tensor, x: Tensor, group) -> None:
     """``out`` [P, *x.shape] (contiguous) ← every rank's ``x`` (all_gather_single where this
     torch has it, on flat views: it concatenates along dim 0 where the older call stacked)."""
+    _count("all_gather", x)
     fn = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
     fn(out.view(-1), x.contiguous().view(-1), group=group)
 
@@ -79,6 +113,7 @@ def _a2a(pieces: list[Tensor], recv_numel: list[int], sp: SequenceParallel, like
         send[off:off + p.numel()].view(p.shape).copy_(p)
         off += p.numel()
     recv = like.new_empty(sum(recv_numel))
+    _count("all_to_all", send, send.numel() - pieces[sp.rank].numel())
     dist.all_to_all_single(recv, send, output_split_sizes=recv_numel,
                            input_split_sizes=[p.numel() for p in pieces], group=sp.group)
     return list(torch.split(recv, recv_numel))
@@ -155,6 +190,7 @@ def ring_shift(send: Tensor, recv_numel: int, sp: SequenceParallel) -> Tensor:
     """Send the flat ``send`` to rank r+1, receive ``recv_numel`` elements from rank r−1."""
     P, r = sp.size, sp.rank
     recv = send.new_empty(recv_numel)
+    _count("ring", send)
     ops = [dist.P2POp(dist.isend, send.contiguous(), sp.global_rank((r + 1) % P), sp.group),
            dist.P2POp(dist.irecv, recv, sp.global_rank((r - 1) % P), sp.group)]
     for req in dist.batch_isend_irecv(ops):

@@ -24,11 +24,14 @@ SOFTMAX_STRATEGIES = ("auto", "ring", "ulysses")
 @dataclass(frozen=True)
 class SequenceParallel:
     """A sequence-parallel group: ``group`` (None: the default group), the layout kind of the
-    sequence over its ranks, and the softmax strategy (auto: the cost rule picks)."""
+    sequence over its ranks, the softmax strategy (auto: the cost rule picks) and ``memory``,
+    the bytes per rank one attention call may hold (inputs, output and the strategy's buffers;
+    None: no limit), which the cost rule weighs with the traffic."""
 
     group: object | None = None
     layout: str = "contiguous"
     softmax: str = "auto"
+    memory: float | None = None
     #: the layout of the call being run (set by the entry's ``bind_sizes``, read by the layers
     #: that need positions or the global length; see codegen/distributed/hooks.py)
     state: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
@@ -71,12 +74,14 @@ def active() -> SequenceParallel | None:
 
 
 @contextlib.contextmanager
-def sequence_parallel(group=None, layout: str = "contiguous", softmax: str = "auto") -> Iterator[SequenceParallel]:
-    """Run the mixers called inside the block sequence-parallel over ``group``."""
+def sequence_parallel(group=None, layout: str = "contiguous", softmax: str = "auto",
+                      memory: float | None = None) -> Iterator[SequenceParallel]:
+    """Run the mixers called inside the block sequence-parallel over ``group`` (``memory``: a
+    per-rank budget in bytes for one attention call, see :class:`SequenceParallel`)."""
     if not dist.is_available() or not dist.is_initialized():
         raise RuntimeError("sequence_parallel needs an initialised torch.distributed process group "
                            "(seqdsl.distributed.init() or torchrun)")
-    sp = SequenceParallel(group, layout, softmax)
+    sp = SequenceParallel(group, layout, softmax, memory)
     token = _active.set(sp)
     try:
         yield sp

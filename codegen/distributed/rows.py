@@ -31,9 +31,9 @@ from __future__ import annotations
 import contextlib
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
+from codegen.distributed import comm
 from codegen.distributed.context import SequenceParallel, active, suspended
 
 
@@ -65,7 +65,7 @@ class _Rows(torch.autograd.Function):
         shape[axis] = hi - lo
         buf = x.new_zeros(shape)
         buf.index_copy_(axis, pos[sel] - lo, x.index_select(axis, sel))
-        dist.all_reduce(buf, group=sp.group)              # owners' rows, zeros elsewhere: exact
+        comm.all_reduce(buf, sp)             # owners' rows, zeros elsewhere: exact
         ctx.args = (sp, axis, lo, sel, pos[sel] - lo, tuple(x.shape))
         return buf
 
@@ -73,7 +73,7 @@ class _Rows(torch.autograd.Function):
     def backward(ctx, g: Tensor):
         sp, axis, lo, sel, at, shape = ctx.args
         g = g.contiguous().clone()
-        dist.all_reduce(g, group=sp.group)                # the partial gradients of every rank
+        comm.all_reduce(g, sp)               # the partial gradients of every rank
         dx = g.new_zeros(shape)
         dx.index_copy_(axis, sel, g.index_select(axis, at))
         return dx, None, None, None, None, None
@@ -185,7 +185,6 @@ def replicated_queries_attention(q: Tensor, k: Tensor, v: Tensor, mask, *, scale
     query positions 0..G−1) to this rank's keys and values (sharded); the ranks' partial
     results merged by their log-sum-exp in fp32. Scores per rank: G × n."""
     from codegen import masks as M
-    from codegen.distributed import comm
     from codegen.softmax import torch_impl as local
     from codegen.softmax.scores import normalize_bias, positional_bias
 

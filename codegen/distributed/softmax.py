@@ -36,7 +36,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from codegen import masks as M
-from codegen.distributed import comm
+from codegen.distributed import comm, memory
 from codegen.distributed.context import SequenceParallel, suspended
 from codegen.distributed.layout import Layout
 from codegen.distributed.memory import KEYS, ROWS, ULYSSES_HEADS
@@ -44,8 +44,9 @@ from codegen.softmax import torch_impl as local
 from codegen.softmax.scores import normalize_bias, positional_bias
 
 
-def choose(sp: SequenceParallel, heads: int, mask: M.Mask) -> tuple[str, str]:
-    """(strategy, why) for ``heads`` heads under ``mask`` on ``sp``."""
+def choose(sp: SequenceParallel, heads: int, mask: M.Mask, shapes: tuple | None = None) -> tuple[str, str]:
+    """(strategy, why) for ``heads`` heads under ``mask`` on ``sp``. ``shapes``: (elements of
+    this rank's q, k, v rows, batch × heads, rows n) for the memory budget ``sp.memory``."""
     P = sp.size
     if sp.softmax != "auto":
         return sp.softmax, "forced by sequence_parallel(softmax=...)"
@@ -53,7 +54,17 @@ def choose(sp: SequenceParallel, heads: int, mask: M.Mask) -> tuple[str, str]:
         return "ring", "the mask has a per-head term (Ulysses would split its heads)"
     if heads % P:
         return "ring", f"{heads} heads do not split evenly over {P} ranks"
-    return "ulysses", f"{heads} heads over {P} ranks: all-to-all sends 4(P−1)/P·nHD, the ring 2(P−1)·nHD"
+    why = f"{heads} heads over {P} ranks: all-to-all sends 4(P−1)/P·nHD, the ring 2(P−1)·nHD"
+    if sp.memory is None or shapes is None:
+        return "ulysses", why
+    qe, ke, ve, bh, n = shapes
+    base = (qe + ke + 2 * ve) * 4 + bh * n * 4                # inputs, output and its log-sum-exp (fp32)
+    uly = base + memory.ulysses_bytes(qe, ke, ve, heads, P)
+    ring = base + memory.ring_bytes(ke, ve, bh, n)
+    if uly <= sp.memory or uly <= ring:
+        return "ulysses", f"{why}; holds {uly / 2**20:.1f} MiB per rank (the ring {ring / 2**20:.1f})"
+    return "ring", (f"Ulysses would hold {uly / 2**20:.1f} MiB per rank, over the budget of "
+                    f"{sp.memory / 2**20:.1f} MiB; the ring holds {ring / 2**20:.1f}")
 
 
 def softmax_attention(q: Tensor, k: Tensor, v: Tensor, mask: M.Mask | None, *, scale: float, sp: SequenceParallel,
@@ -74,7 +85,8 @@ def softmax_attention(q: Tensor, k: Tensor, v: Tensor, mask: M.Mask | None, *, s
     batch = tuple(torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2]))
     heads = batch[-1] if batch else 1
     layout = sp.layout_of(q.shape[-2])
-    strategy, _ = choose(sp, heads, mask)
+    shapes = tuple(math.prod((*batch, x.shape[-2], x.shape[-1])) for x in (q, k, v)) + (math.prod(batch), q.shape[-2])
+    strategy, _ = choose(sp, heads, mask, shapes)
     if strategy == "ulysses":
         if heads < sp.size:
             raise ValueError(f"Ulysses needs at least as many heads as ranks ({heads} < {sp.size})")
@@ -271,6 +283,7 @@ class _Ring(torch.autograd.Function):
 def _start(send: Tensor, recv_numel: int, sp: SequenceParallel):
     P, r = sp.size, sp.rank
     recv = send.new_empty(recv_numel)
+    comm._count("ring", send)
     ops = [dist.P2POp(dist.isend, send, sp.global_rank((r + 1) % P), sp.group),
            dist.P2POp(dist.irecv, recv, sp.global_rank((r - 1) % P), sp.group)]
     return dist.batch_isend_irecv(ops), recv

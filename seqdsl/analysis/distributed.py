@@ -72,8 +72,10 @@ def take_elements(g: Graph, node, n) -> sympy.Expr | None:
     return sympy.simplify(_numel(shape) / n * rows)
 
 
-def _strategy(g: Graph, node, n, sizes: dict, nproc: int, states: dict) -> tuple[str, sympy.Expr, sympy.Expr]:
-    """(strategy, bytes sent per rank forward, bytes in flight) of one layer."""
+def _strategy(g: Graph, node, n, sizes: dict, nproc: int, states: dict,
+              alt: dict | None = None) -> tuple[str, sympy.Expr, sympy.Expr]:
+    """(strategy, bytes sent per rank forward, bytes in flight) of one layer; ``alt`` gets,
+    for a softmax layer that could run either way, what the ring would hold instead."""
     t = lambda role: g.type_of(node.input(role)).shape if node.input(role) is not None else None  # noqa: E731
     if node.kind == OpKind.SLICE and nproc > 1 and states.get(node.id) == plan.REPL \
             and states.get(node.inputs[0].node) == plan.SHARD:
@@ -99,10 +101,12 @@ def _strategy(g: Graph, node, n, sizes: dict, nproc: int, states: dict) -> tuple
             return "replicated queries, LSE merge", (P - 1) * piece * BYTES, (P * piece + scores) * BYTES
         per_head = any(isinstance(leaf, M.RandomBlocks) and leaf.per_head for leaf in M.mask_leaves(spec.mask))
         qr, kr, vr = _rows(q, n), _rows(k, n), _rows(v, n)
+        bh, rows = _numel(q[:-2]), (n / P if n is not None else sympy.Integer(1))
         if h.is_number and int(h) % nproc == 0 and not per_head:
             sent = (P - 1) / P * (2 * qr + kr + vr) * BYTES
+            if alt is not None:
+                alt[node.name] = ("ring", mem.ring_bytes(kr, vr, bh, rows, BYTES))
             return "Ulysses all-to-all", sent, mem.ulysses_bytes(qr, kr, vr, heads, P, BYTES)
-        bh, rows = _numel(q[:-2]), (n / P if n is not None else sympy.Integer(1))
         return "ring", 2 * (P - 1) * (kr + vr) / 2 * BYTES, mem.ring_bytes(kr, vr, bh, rows, BYTES)
     if fam in ("linear", "decayed_linear"):
         q, v = t("q"), t("v")
@@ -126,21 +130,25 @@ def analyze_distributed(graph: Graph, report, nproc: int, memory: float | None =
     report's sizes with P = ``nproc``); per-rank memory; the largest N fitting ``memory``."""
     n = report.n_symbol
     nodes = {nd.name: nd for nd in graph.nodes()}
-    rows, flight = [], sympy.Integer(0)
+    rows, held, flight, alt_flight, alt = [], [], sympy.Integer(0), sympy.Integer(0), {}
     states = plan._states(graph, n) if n is not None else {}
     for lr in report.layers:
         est = lr.estimates
         node = nodes.get(lr.name)
         split = n is not None and n in est.flops.free_symbols | est.activation_bytes.free_symbols
         strategy, comm, inflight = ("none", sympy.Integer(0), sympy.Integer(0)) if node is None else \
-            _strategy(graph, node, n, report.sizes, nproc, states)
+            _strategy(graph, node, n, report.sizes, nproc, states, alt)
         flight += inflight
+        held.append(sympy.simplify(inflight) if inflight != 0 else sympy.Integer(0))
+        alt_flight += alt[lr.name][1] if lr.name in alt else inflight
         rows.append(RankRow(lr.name, strategy if split or strategy != "none" else "replicated",
                             est.flops / P if split else est.flops,
-                            est.activation_bytes / P if split else est.activation_bytes, sympy.simplify(comm)))
+                            est.activation_bytes / P if split else est.activation_bytes,
+                            sympy.simplify(comm) if comm != 0 else sympy.Integer(0)))
     weights = report.total.param_count * BYTES
     inputs = sum((_rows(nd.out.shape, n) for nd in graph.inputs), sympy.Integer(0)) * BYTES   # this rank's rows
     memory_rank = sympy.simplify(weights + inputs + sum(r.activation_bytes for r in rows) + flight)
+    memory_ring = memory_rank + sympy.simplify(alt_flight - flight) if alt else memory_rank
     values = dict(report.sizes)
 
     def at(e: sympy.Expr, **extra) -> float:
@@ -150,22 +158,39 @@ def analyze_distributed(graph: Graph, report, nproc: int, memory: float | None =
             return float(sympy.sympify(e).xreplace(sub))
         except TypeError:
             return float("nan")
+    def layer(r: RankRow, h: sympy.Expr) -> dict:
+        d = {"name": r.name, "strategy": r.strategy, "flops_per_rank": str(r.flops),
+             "activation_bytes_per_rank": str(r.activation_bytes), "comm_bytes_per_rank": str(r.comm_bytes),
+             "held_bytes_per_rank": str(h),
+             "values": {"flops_per_rank": at(r.flops), "activation_bytes_per_rank": at(r.activation_bytes),
+                        "comm_bytes_per_rank": at(r.comm_bytes), "held_bytes_per_rank": at(h)}}
+        if r.name in alt:          # the softmax rule's other choice, what it would hold
+            name, e = alt[r.name]
+            d["alternative"] = {"strategy": name, "held_bytes_per_rank": str(sympy.simplify(e)),
+                                "value": at(e)}
+        return d
     out = {
         "nproc": nproc,
-        "layers": [{"name": r.name, "strategy": r.strategy, "flops_per_rank": str(r.flops),
-                    "activation_bytes_per_rank": str(r.activation_bytes), "comm_bytes_per_rank": str(r.comm_bytes),
-                    "values": {"flops_per_rank": at(r.flops), "activation_bytes_per_rank": at(r.activation_bytes),
-                               "comm_bytes_per_rank": at(r.comm_bytes)}}
-                   for r in rows],
+        "layers": [layer(r, h) for r, h in zip(rows, held)],
         "memory_per_rank": str(memory_rank),
         "inputs_per_rank": str(sympy.simplify(inputs)),
         "comm_bytes_per_rank": str(sympy.simplify(sum(r.comm_bytes for r in rows))),
         "values": {"memory_per_rank": at(memory_rank), "inputs_per_rank": at(inputs), "comm_bytes_per_rank": at(sum(r.comm_bytes for r in rows)),
                    "flops_per_rank": at(sum(r.flops for r in rows))},
     }
+    if alt:
+        out["memory_per_rank_ring"] = str(memory_ring)
+        out["values"]["memory_per_rank_ring"] = at(memory_ring)
     if memory is not None and n is not None:
         out["memory_budget"] = memory
         out["max_n"] = largest_n(lambda N: at(memory_rank, N=N), memory)
+        out["max_n_strategy"] = "as chosen"
+        if alt:
+            # the cost rule with a budget (sequence_parallel(memory=...)): Ulysses while it fits
+            # or holds no more than the ring, the ring beyond
+            ring_n = largest_n(lambda N: at(memory_ring, N=N), memory)
+            if ring_n is not None and (out["max_n"] is None or ring_n > out["max_n"]):
+                out["max_n"], out["max_n_strategy"] = ring_n, "ring"
     return out
 
 
@@ -206,13 +231,21 @@ def render(section: dict) -> str:
             continue
         v = r["values"]
         lines.append(f"  {r['name']}: {r['strategy']}; flops {v['flops_per_rank']:.3g} = {r['flops_per_rank']}; "
-                     f"sends {v['comm_bytes_per_rank']:.3g} B = {r['comm_bytes_per_rank']}")
+                     f"sends {v['comm_bytes_per_rank']:.3g} B = {r['comm_bytes_per_rank']}; "
+                     f"holds {v['held_bytes_per_rank']:.3g} B = {r['held_bytes_per_rank']}")
+        if "alternative" in r:
+            a = r["alternative"]
+            lines.append(f"    (the {a['strategy']} would hold {a['value']:.3g} B = {a['held_bytes_per_rank']})")
     v = section["values"]
     lines.append("  every other layer: position-wise (its cost / P, nothing sent) or without N (whole on every rank)")
     lines.append(f"  flops per rank: {section['values']['flops_per_rank']:.3g}")
     lines.append(f"  memory per rank: {v['memory_per_rank'] / 2**30:.3g} GiB = {section['memory_per_rank']}")
     lines.append(f"  sent per rank per forward: {v['comm_bytes_per_rank'] / 2**20:.3g} MiB = "
                  f"{section['comm_bytes_per_rank']}")
+    if "memory_per_rank_ring" in section:
+        lines.append(f"  memory per rank with the ring for softmax: {v['memory_per_rank_ring'] / 2**30:.3g} GiB = "
+                     f"{section['memory_per_rank_ring']}")
     if "max_n" in section:
-        lines.append(f"  largest N in {section['memory_budget'] / 2**30:.3g} GiB per rank: {section['max_n']}")
+        how = " (the ring: Ulysses would not fit)" if section.get("max_n_strategy") == "ring" else ""
+        lines.append(f"  largest N in {section['memory_budget'] / 2**30:.3g} GiB per rank: {section['max_n']}{how}")
     return "\n".join(lines)

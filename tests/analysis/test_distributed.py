@@ -78,3 +78,21 @@ def test_global_tokens_send_their_rows_only():
     B, G, D, H = sympy.symbols("B G D H", positive=True, integer=True)
     assert sympy.simplify(parse(row["comm_bytes_per_rank"]) - 4 * (P - 1) * B * G * (D + H)) == 0
     assert N not in parse(row["comm_bytes_per_rank"]).free_symbols
+
+
+def test_softmax_memory_of_both_strategies_and_the_rule_under_a_budget():
+    """Each softmax layer states what it holds and what the other strategy would hold; with
+    ``--memory`` the largest N follows the rule (Ulysses while it fits, then the ring): 4 heads
+    on 4 ranks, where the ring holds less at large N; 8 heads on 2 ranks, where Ulysses does."""
+    tight = section("mixers/softmax_attention.seq", 4, memory=2**30, B=1, H=4, N=4096, Dh=64)
+    row = mixer_row(tight)
+    assert row["strategy"] == "Ulysses all-to-all" and row["alternative"]["strategy"] == "ring"
+    assert tight["max_n_strategy"] == "ring"
+    ring_mem, uly_mem = parse(tight["memory_per_rank_ring"]), parse(tight["memory_per_rank"])
+    vals = {"P": 4, "B": 1, "H": 4, "Dh": 64}
+    at = lambda e, n: float(e.xreplace({s: {**vals, "N": n}.get(s.name, 1) for s in e.free_symbols}))  # noqa: E731
+    m = tight["max_n"]
+    assert at(ring_mem, m) <= 2**30 < at(ring_mem, m + 1) and at(uly_mem, m) > 2**30
+    roomy = section("mixers/softmax_attention.seq", 2, memory=2**30, B=1, H=8, N=4096, Dh=64)
+    assert roomy["max_n_strategy"] == "as chosen"
+    assert mixer_row(roomy)["values"]["held_bytes_per_rank"] < mixer_row(roomy)["alternative"]["value"]

@@ -48,13 +48,17 @@ _loaded: dict = {}
 TWO_RANKS = ("models/transformer_decoder.seq", "models/mamba.seq", "models/hyena.seq", "models/longformer.seq")
 
 
+def _model(path: str, entry: str | None, extra: dict):
+    if path not in _loaded:          # one module per process for both group sizes
+        sizes = {k: v for k, v in SMALL[path].items() if k not in ("B", "N") and k not in extra}
+        options = {k: v for k, v in extra.items() if k != "N"}
+        _loaded[path] = seqdsl.load(str(ROOT / "examples" / path), entry=entry, **sizes, **options)
+    return _loaded[path]
+
+
 def model_case(path: str, entry: str | None, extra: dict, layout: str):
     def fn(group):
-        if path not in _loaded:          # one module per process for both group sizes
-            sizes = {k: v for k, v in SMALL[path].items() if k not in ("B", "N") and k not in extra}
-            options = {k: v for k, v in extra.items() if k != "N"}
-            _loaded[path] = seqdsl.load(str(ROOT / "examples" / path), entry=entry, **sizes, **options)
-        model = _loaded[path]
+        model = _model(path, entry, extra)
         model.zero_grad(set_to_none=True)
         inputs = model.example_inputs(**{"B": 2, "N": N, **extra})
         return H.compare_module(model, inputs, group, layout)
@@ -89,8 +93,30 @@ def suffix_case(group):
     return H.compare_module(model, (x,), group, "zigzag")
 
 
+LONGFORMER = ("models/longformer.seq", None, {"W": 6, "G": 2})
+
+
+def longformer_bytes_case(group):
+    """Longformer's forward on 2 ranks with the bytes handed to each kind of collective
+    counted (codegen/distributed/comm.py: counting); test_models.py sets them beside the
+    analysis' formulas."""
+    import torch
+
+    import seqdsl.distributed as sd
+    from codegen.distributed import comm
+
+    path, entry, extra = LONGFORMER
+    model = _model(path, entry, extra)
+    inputs = model.example_inputs(**{"B": 2, "N": N, **extra})
+    with torch.no_grad(), sd.sequence_parallel(group):
+        local = [sd.shard(x, 1) for x in inputs]
+        with comm.counting() as counted:
+            model(*local)
+    return dict(counted)
+
+
 def cases() -> list:
-    out = [("suffix-rows-P4", 4, suffix_case)]
+    out = [("suffix-rows-P4", 4, suffix_case), ("bytes:longformer-P2", 2, longformer_bytes_case)]
     for P, layout in ((2, "contiguous"), (4, "zigzag")):
         for path, entry, extra in MODELS + (EXTRA if os.environ.get("SEQDSL_DIST_EXTRA") == "1" else []):
             if P == 2 and path not in TWO_RANKS:

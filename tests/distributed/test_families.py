@@ -57,3 +57,29 @@ def test_refusals_need_no_group():
     table = torch.zeros(2, 8, requires_grad=True)
     with pytest.raises(ValueError, match="trainable positional bias"):
         dsm.softmax_attention(q, q, q, M.Causal(0), scale=0.5, bias=("relative", table), sp=SequenceParallel())
+
+
+def test_softmax_rule_weighs_memory_under_a_budget():
+    """With ``sequence_parallel(memory=...)`` the cost rule keeps Ulysses (less traffic) while
+    it fits or holds no more than the ring, and takes the ring when only the ring fits (4
+    heads on 4 ranks: one round of Ulysses holds q, k and an exchange of v, more than the
+    ring's two K/V blocks at this length); without a budget it weighs traffic only."""
+    from codegen.distributed import memory
+    from codegen.distributed import softmax as dsm
+
+    class Group:                       # the rule reads the size, strategy and budget only
+        def __init__(self, size: int, mem: float | None):
+            self.size, self.softmax, self.memory = size, "auto", mem
+
+    bh, n, d = 4, 1 << 16, 64
+    shapes = (bh * n * d, bh * n * d, bh * n * d, bh, n)
+    base = 4 * bh * n * d * 4 + bh * n * 4
+    uly, ring = base + memory.ulysses_bytes(*shapes[:3], 4, 4), base + memory.ring_bytes(*shapes[1:3], bh, n)
+    assert ring < uly
+    assert dsm.choose(Group(4, None), 4, M.Causal(0), shapes)[0] == "ulysses"
+    assert dsm.choose(Group(4, uly), 4, M.Causal(0), shapes)[0] == "ulysses"
+    strategy, why = dsm.choose(Group(4, (uly + ring) / 2), 4, M.Causal(0), shapes)
+    assert strategy == "ring" and "over the budget" in why
+    assert dsm.choose(Group(4, ring / 2), 4, M.Causal(0), shapes)[0] == "ring"       # neither fits: the smaller
+    # 8 heads on 2 ranks: rounds of 2 of 8 heads hold less than the ring, whatever the budget
+    assert dsm.choose(Group(2, 1.0), 8, M.Causal(0), (bh * n * d,) * 3 + (8, n))[0] == "ulysses"
