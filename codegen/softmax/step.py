@@ -126,8 +126,11 @@ def step(fn, args: tuple, kw: dict, cache: dict[str, Tensor], t: int, detail: st
         s = s + positional_bias(bias[0], bias[1], i, j, heads, s.dtype)
     if a["cap"] is not None:
         s = a["cap"] * torch.tanh(s / a["cap"])
-    keep = None if isinstance(M.simplify(mask), M.Full) else mask.keep(i, j, t + 1, t + 1, heads)
-    out = torch.matmul(masked_softmax(s, keep), v)
+    simple = M.simplify(mask)
+    if isinstance(simple, M.Full) or (isinstance(simple, M.Causal) and simple.offset == 0):
+        out = torch.matmul(torch.softmax(s, dim=-1), v)          # every cached key is visible (its own among them)
+    else:
+        out = torch.matmul(masked_softmax(s, mask.keep(i, j, t + 1, t + 1, heads)), v)
     if buckets:
         return out, buf.slot({"k": kb, "v": vb, "ids": ib})
     drop = first_kept(mask, t + 1) - start                             # keys no later query sees
