@@ -25,7 +25,7 @@ from codegen.distributed.layout import LAYOUTS, Layout
 from seqdsl.distributed.launch import init, launch
 
 __all__ = ["init", "launch", "sequence_parallel", "active", "shard", "gather", "Layout", "LAYOUTS",
-           "SequenceParallel", "reduce_gradients"]
+           "SequenceParallel", "reduce_gradients", "preferred_layout"]
 
 
 def _sp(group, layout: str | None) -> SequenceParallel:
@@ -58,3 +58,22 @@ def reduce_gradients(module: torch.nn.Module, group=None) -> None:
     for p in module.parameters():
         if p.grad is not None:
             dist.all_reduce(p.grad, group=group)
+
+
+def preferred_layout(graph) -> str:
+    """The layout a checked graph (``seqdsl.check(...).graph``) is best split with: ``zigzag``
+    when a softmax mixer has a causal mask (every rank then has the same work under the
+    mask), else ``contiguous`` (one segment per rank: state passing merges fewer summaries)."""
+    from seqdsl.ir import mix as M
+    from seqdsl.ir.graph import OpKind
+
+    stack = [graph]
+    while stack:
+        g = stack.pop()
+        for node in g.nodes():
+            if node.attr("body") is not None:
+                stack.append(node.attr("body"))
+            if node.kind == OpKind.MIX and node.spec.family == "softmax" and any(
+                    isinstance(leaf, M.Causal) for leaf in M.mask_leaves(node.spec.mask)):
+                return "zigzag"
+    return "contiguous"

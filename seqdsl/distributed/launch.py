@@ -60,11 +60,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, nproc: int, port: int, target: str, args: tuple, out_dir: str, threads: int) -> None:
+def _worker(rank: int, nproc: int, port: int, target: str, args: tuple, out_dir: str, threads: int,
+            backend: str, timeout_s: float) -> None:
     torch.set_num_threads(threads)
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(nproc), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=nproc, timeout=datetime.timedelta(seconds=float(os.environ.get("SEQDSL_DIST_TIMEOUT", "300"))))
+    if backend == "nccl":
+        torch.cuda.set_device(rank)             # one GPU per rank
+    dist.init_process_group(backend, rank=rank, world_size=nproc, timeout=datetime.timedelta(seconds=timeout_s))
     try:
         try:
             result = resolve(target)(*args)
@@ -78,21 +81,29 @@ def _worker(rank: int, nproc: int, port: int, target: str, args: tuple, out_dir:
         dist.destroy_process_group()
 
 
-def launch(target: str, nproc: int, *args: Any, threads: int = 1) -> list[Any]:
-    """Run ``target(*args)`` in ``nproc`` local processes joined into one gloo group; their
-    results (picklable) in rank order. A failing rank raises here with its traceback."""
+def launch(target: str, nproc: int, *args: Any, threads: int = 1, backend: str = "gloo",
+           timeout_s: float | None = None, preload: tuple[str, ...] = ()) -> list[Any]:
+    """Run ``target(*args)`` in ``nproc`` local processes joined into one group (``backend``:
+    gloo, or nccl with rank r on GPU r); their results (picklable) in rank order. A rank that
+    raises ``SeqError`` raises it here; another failure raises with its traceback.
+    ``timeout_s``: how long a collective waits for the other ranks (default
+    ``$SEQDSL_DIST_TIMEOUT`` or 300 s). ``preload``: more modules for the process that forks
+    the ranks to import once (when this process starts it: the first launch)."""
     if nproc < 1:
         raise ValueError(f"nproc must be at least 1, got {nproc}")
+    if timeout_s is None:
+        timeout_s = float(os.environ.get("SEQDSL_DIST_TIMEOUT", "300"))
     with tempfile.TemporaryDirectory(prefix="seqdsl-launch-") as out:
         # forkserver: one fresh server process imports torch and the algorithms once, then
         # forks the ranks (spawning imports torch in each; forking this process could
         # inherit its OpenMP thread pool, which does not survive a fork)
         import multiprocessing
         multiprocessing.set_forkserver_preload(["torch", "seqdsl.distributed", "codegen.distributed.softmax",
-                                                "codegen.distributed.linear", "codegen.distributed.toeplitz"])
+                                                "codegen.distributed.linear", "codegen.distributed.toeplitz",
+                                                *preload])
         try:
-            mp.start_processes(_worker, args=(nproc, _free_port(), target, args, out, threads), nprocs=nproc,
-                               join=True, start_method="forkserver")
+            mp.start_processes(_worker, args=(nproc, _free_port(), target, args, out, threads, backend, timeout_s),
+                               nprocs=nproc, join=True, start_method="forkserver")
         except ProcessException:
             for r in range(nproc):
                 path = os.path.join(out, f"rank{r}.err")

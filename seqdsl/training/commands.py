@@ -64,8 +64,12 @@ def register(app: typer.Typer, guarded: Callable, parse_sets: Callable, output_p
         checkpoint_every: Annotated[Optional[int], typer.Option("--checkpoint-every", help="Default: --eval-every.")]
         = None,
         resume: Annotated[bool, typer.Option("--resume", help="Continue from the checkpoint in --out.")] = False,
-        nproc: Annotated[int, typer.Option("--nproc", help="Data-parallel local processes (gloo; NCCL with "
-                                           "--device cuda, one GPU each).")] = 1,
+        nproc: Annotated[int, typer.Option("--nproc", help="Local processes (gloo; NCCL with --device cuda, one GPU "
+                                           "each): data parallel, in groups of --seq-parallel.")] = 1,
+        seq_parallel: Annotated[int, typer.Option("--seq-parallel", help="Processes sharing each sequence, split along "
+                                                  "N (must divide --nproc; the groups split the batch).")] = 1,
+        layout: Annotated[str, typer.Option("--layout", help="With --seq-parallel: auto (zigzag for causal softmax, "
+                                            "else contiguous), contiguous or zigzag.")] = "auto",
         device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
         threads: ThreadsOpt = None, progress: ProgressOpt = True,
         list_tasks: Annotated[bool, typer.Option("--list-tasks", help="List the tasks and their options.")] = False,
@@ -84,7 +88,7 @@ def register(app: typer.Typer, guarded: Callable, parse_sets: Callable, output_p
 
         config = _config(file, task, task_opt, set_, entry, steps, batch, lr, warmup, weight_decay, clip, eval_every,
                          eval_batches, seed, out, threads, progress, parse_sets, checkpoint_every=checkpoint_every,
-                         resume=resume, nproc=nproc, device=device)
+                         resume=resume, nproc=nproc, seq_parallel=seq_parallel, layout=layout, device=device)
         result = train(config)
         typer.echo(summary(result))
 

@@ -148,17 +148,13 @@ _CACHE: dict[tuple, tuple] = {}   # one process's checked and generated models (
 
 
 def fit(file: str | Path, layout: Layout, task: str, *, entry: str | None = None, sizes: dict | None = None,
-        seed: int = 0, batch: int = 1) -> Fitted:
+        seed: int = 0, batch: int = 1, split_sequence: bool = False) -> Fitted:
     """Check ``file`` against ``layout`` and build its module with weights from ``seed``
     (a fresh module each call; the checking and code generation are cached per process,
-    keyed by the file's path and modification time, the entry, sizes, layout and batch)."""
-    path = Path(file)
-    key = (str(path.resolve()), path.stat().st_mtime_ns if path.is_file() else 0, entry,
-           tuple(sorted((k, str(v)) for k, v in (sizes or {}).items())), layout, batch)
-    if key not in _CACHE:
-        if len(_CACHE) >= 8:
-            _CACHE.pop(next(iter(_CACHE)))
-        _CACHE[key] = _build(file, layout, task, entry, dict(sizes or {}), batch)
+    keyed by the file's path and modification time, the entry, sizes, layout and batch).
+    ``split_sequence``: a module that reads the input's length at each call (each rank of a
+    sequence-parallel run holds a part of the sequence), with the same weights."""
+    key = _built(file, layout, task, entry, sizes, batch, split_sequence)
     cls, choices, source, checked, sizes, flops, train_flops = _CACHE[key]
     model = cls(seed=seed)
     model.choices, model.source = choices, source
@@ -167,7 +163,41 @@ def fit(file: str | Path, layout: Layout, task: str, *, entry: str | None = None
     return Fitted(model, checked, sizes, decay_rule(model, checked.graph), has_aux, params, flops, train_flops)
 
 
-def _build(file, layout: Layout, task: str, entry: str | None, sizes: dict, batch: int) -> tuple:
+def _built(file, layout: Layout, task: str, entry: str | None, sizes: dict | None, batch: int,
+           split_sequence: bool) -> tuple:
+    """The cache key of the checked and generated model, built if needed."""
+    path = Path(file)
+    key = (str(path.resolve()), path.stat().st_mtime_ns if path.is_file() else 0, entry,
+           tuple(sorted((k, str(v)) for k, v in (sizes or {}).items())), layout, batch, split_sequence)
+    if key not in _CACHE:
+        if len(_CACHE) >= 8:
+            _CACHE.pop(next(iter(_CACHE)))
+        _CACHE[key] = _build(file, layout, task, entry, dict(sizes or {}), batch, split_sequence)
+    return key
+
+
+def export(file: str | Path, layout: Layout, task: str, *, entry: str | None = None, sizes: dict | None = None,
+           batch: int = 1, split_sequence: bool = False) -> dict:
+    """What ``fit`` builds, in a picklable form that :func:`adopt` installs in another process
+    (the ranks of a run get the parent's checked graph and generated source instead of
+    checking and generating it once each)."""
+    key = _built(file, layout, task, entry, sizes, batch, split_sequence)
+    cls, *rest = _CACHE[key]
+    return {"key": key, "class": cls.__name__, "entry": rest[2].entry, "rest": rest}
+
+
+def adopt(built: dict) -> None:
+    """Install an :func:`export`ed model in this process's cache (the generated source is
+    imported through the module cache, verified byte for byte)."""
+    from codegen.torch.emit import _ident
+    from codegen.torch.load import load_source
+
+    source = built["rest"][1]
+    cls = getattr(load_source(source, _ident(built["entry"])), built["class"])
+    _CACHE[built["key"]] = (cls, *built["rest"])
+
+
+def _build(file, layout: Layout, task: str, entry: str | None, sizes: dict, batch: int, split_sequence: bool) -> tuple:
     from seqdsl import api
 
     checked = api.check(file, entry, **sizes)
@@ -179,10 +209,39 @@ def _build(file, layout: Layout, task: str, entry: str | None, sizes: dict, batc
             checked = api.check(file, entry, **sizes)
     check_layout(file, checked, layout, task)
     first = api.load(file, entry, **sizes)
+    if split_sequence:
+        first = _length_at_call(file, entry, sizes, ins[0][1].shape[1] if ins and ins[0][1].rank >= 2 else None,
+                                first)
     bdim = ins[0][1].shape[0] if ins and ins[0][1].rank else None
     bname = bdim.name if isinstance(bdim, sympy.Symbol) and bdim.name not in sizes else None
     flops, train_flops = _flops(checked, bname, batch, layout.length)
     return type(first), first.choices, first.source, checked, sizes, flops, train_flops
+
+
+def _length_at_call(file, entry: str | None, sizes: dict, length, fixed: torch.nn.Module) -> torch.nn.Module:
+    """The module of ``file`` built without its input's length dim, so that it reads N from
+    each call (a rank's part of the sequence); refused by name where that changes a weight's
+    shape (a position table over N is then built for the file's default N), since the run
+    would no longer train the model it was asked to. Where the length stays fixed (the
+    structure depends on it), the module refuses the split at its first call, by name."""
+    from seqdsl import api
+
+    if not isinstance(length, sympy.Symbol) or length.name not in sizes:
+        return fixed
+    try:
+        free = api.load(file, entry, **{k: v for k, v in sizes.items() if k != length.name})
+    except SeqError as err:
+        raise SeqError(f"sequence parallelism: the module split along {length.name} reads it at each call, "
+                       f"and cannot be built so: {err}") from None
+    want = {k: tuple(v.shape) for k, v in fixed.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in free.state_dict().items()}
+    if want != have:
+        diff = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
+        raise SeqError(f"{file}: sequence parallelism: the weights {', '.join(diff[:3])} depend on "
+                       f"{length.name} (shape {want.get(diff[0])} at {length.name} = {sizes[length.name]}); a module "
+                       f"split along {length.name} reads it at each call and would build them for the file's "
+                       f"default instead; train it on one sequence per process (--seq-parallel 1)")
+    return free
 
 
 def _all_nodes(graph: Graph) -> list:

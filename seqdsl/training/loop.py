@@ -5,14 +5,15 @@ this rank's rows of it, the loss as a sum over the targets divided by the global
 count (plus the model's auxiliary losses), backward, gradients summed over ranks, norm
 clipping, AdamW, the schedule. So P data-parallel processes compute what one process
 computes, up to the order of the sums; a resumed run repeats an uninterrupted one bit for
-bit on a CPU (same batches, same states, same RNG).
+bit on a CPU (same batches, same states, same RNG). With ``--seq-parallel S`` each group of
+S ranks also splits every sequence along N (``parallel.py``); the same equality holds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,7 +23,8 @@ import torch.nn.functional as F
 
 from seqdsl.errors import SeqError
 from seqdsl.training import checkpoint
-from seqdsl.training.fit import Fitted, fit
+from seqdsl.training import parallel as par
+from seqdsl.training.fit import Fitted, adopt, export, fit
 from seqdsl.training.metrics import append_jsonl, plot_runs, write_jsonl
 from seqdsl.training.optim import make_optimizer, make_scheduler
 from seqdsl.training.tasks import Batch, Task, make_task
@@ -54,6 +56,8 @@ class TrainConfig:
     checkpoint_every: int | None = None  # default: at every evaluation
     resume: bool = False
     nproc: int = 1
+    seq_parallel: int = 1              # ranks sharing one sequence (split along N); must divide nproc
+    layout: str = "auto"               # with seq_parallel > 1: auto (zigzag for causal softmax), contiguous, zigzag
     device: str = "cpu"                # cpu, or cuda (each data-parallel rank on its own GPU, NCCL)
     threads: int | None = None         # torch threads per process (default: torch's; cores / nproc with nproc > 1)
     stop_at: int | None = None         # end after this step (as if killed): for tests of --resume
@@ -76,9 +80,11 @@ class TrainResult:
 
 
 def train(config: TrainConfig) -> TrainResult:
-    """Train ``config.file`` on ``config.task``; ``nproc`` > 1 spawns local processes."""
-    if config.nproc < 1 or config.batch % config.nproc:
-        raise SeqError(f"--nproc {config.nproc} must divide --batch {config.batch}")
+    """Train ``config.file`` on ``config.task``; ``nproc`` > 1 starts local processes
+    (``seq_parallel`` of them sharing each sequence)."""
+    if config.nproc < 1:
+        raise SeqError(f"--nproc {config.nproc}: give at least one process")
+    par.check(config.nproc, config.seq_parallel, config.batch, config.device, config.layout)
     if config.resume and not config.out:
         raise SeqError("--resume needs --out, the folder of the checkpoint")
     if config.device != "cpu":
@@ -89,27 +95,32 @@ def train(config: TrainConfig) -> TrainResult:
             raise SeqError(f"--nproc {config.nproc}: only {torch.cuda.device_count()} CUDA devices")
     if config.nproc == 1:
         return run(config, 0, 1)
-    import torch.multiprocessing as mp
+    from seqdsl.distributed import launch
 
-    with tempfile.TemporaryDirectory(prefix="seqdsl-dp-") as tmp:
-        mp.start_processes(_worker, args=(config, tmp), nprocs=config.nproc, join=True, start_method="spawn")
-        return torch.load(Path(tmp) / "result.pt", weights_only=False)
+    task = make_task(config.task, config.task_options)
+    if config.seq_parallel > 1:                              # refused here, before any process starts
+        par.shard(task.batch("train", 0, config.batch, config.seed), par.Ranks(1, 0, 1, 0, 2), task.layout.kind,
+                  check_only=True)
+    built = export(config.file, task.layout, task.name, entry=config.entry, sizes=config.sizes, batch=config.batch,
+                   split_sequence=config.seq_parallel > 1)  # checked and generated once, here
+    layout = par.resolve_layout(config.layout, built["rest"][2].graph, config.seq_parallel)
+    par.check_length(task.layout.length, config.seq_parallel, layout, config.file)
+    # a rank waits in a collective while the others checkpoint or log: a generous timeout
+    results = launch("seqdsl.training.loop:rank_main", config.nproc, config, built,
+                     threads=config.threads or max(1, (os.cpu_count() or 1) // config.nproc),
+                     backend="nccl" if config.device == "cuda" else "gloo", timeout_s=1800.0,
+                     preload=("torch._dynamo", "seqdsl.training.loop"))   # (AdamW imports dynamo: seconds)
+    return results[0]
 
 
-def _worker(rank: int, config: TrainConfig, tmp: str) -> None:
+def rank_main(config: TrainConfig, built: dict) -> TrainResult | None:
+    """One of ``config.nproc`` processes (started by ``launch``, with the model the parent
+    built): its loop; rank 0's result."""
     import torch.distributed as dist
 
-    torch.set_num_threads(config.threads or max(1, (os.cpu_count() or 1) // config.nproc))
-    if config.device == "cuda":
-        torch.cuda.set_device(rank)
-    backend = "nccl" if config.device == "cuda" else "gloo"
-    dist.init_process_group(backend, init_method=f"file://{tmp}/store", rank=rank, world_size=config.nproc)
-    try:
-        result = run(config, rank, config.nproc)
-        if rank == 0:
-            torch.save(result, Path(tmp) / "result.pt")
-    finally:
-        dist.destroy_process_group()
+    adopt(built)
+    result = run(config, dist.get_rank(), dist.get_world_size())
+    return result if dist.get_rank() == 0 else None
 
 
 def _aux_loss(model: torch.nn.Module, fitted: Fitted) -> torch.Tensor | None:
@@ -136,22 +147,45 @@ def loss_terms(model: torch.nn.Module, batch: Batch, kind: str) -> tuple[torch.T
     return loss, int(hit.sum()), int(batch.score_mask.sum())
 
 
-def evaluate(model: torch.nn.Module, task: Task, config: TrainConfig) -> dict:
+def _split(ranks: par.Ranks):
+    """The block in which the model runs with this rank's part of the sequence (if split)."""
+    if not ranks.split:
+        return contextlib.nullcontext()
+    import seqdsl.distributed as sd
+
+    return sd.sequence_parallel(group=ranks.group, layout=ranks.layout)
+
+
+def evaluate(model: torch.nn.Module, task: Task, config: TrainConfig, ranks: par.Ranks | None = None) -> dict:
+    """Loss and accuracy over the evaluation batches. With several ranks (``ranks``) every rank
+    calls it: the data-parallel groups take turns over the batches, a sequence-parallel group
+    splits each one along N, and the sums are all-reduced."""
     n = task.eval_size(config.batch)
     if config.eval_batches is not None:
         n = config.eval_batches if n is None else min(n, config.eval_batches)
     if n is None:
         raise SeqError(f"task {task.name}: give --eval-batches (its evaluation split is a stream)")
+    ranks = ranks or par.Ranks(1, 0, 1, 0, 1)
+    kind = task.layout.kind
+    device = next(model.parameters()).device
     was = model.training
     model.eval()
-    total = count = correct = scored = 0
-    with torch.no_grad():
-        for i in range(n):
-            b = task.batch(task.eval_split, i, config.batch, config.seed).to(next(model.parameters()).device)
-            loss, c, s = loss_terms(model, b, task.layout.kind)
-            total, count, correct, scored = total + float(loss), count + b.count(), correct + c, scored + s
+    sums = torch.zeros(4, dtype=torch.float64, device=device)      # loss, count, correct, scored
+    with torch.no_grad(), _split(ranks):
+        for i in range(ranks.dp, n, ranks.dp_size):
+            whole = task.batch(task.eval_split, i, config.batch, config.seed)
+            loss, c, s = loss_terms(model, par.shard(whole, ranks, kind).to(device), kind)
+            if par.counts_here(ranks, kind):
+                sums += torch.tensor([float(loss), 0.0, c, s], dtype=torch.float64, device=device)
+            if ranks.sp == 0:
+                sums[1] += whole.count()
+    if ranks.world > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(sums)
     model.train(was)
-    out = {"loss": total / count, "accuracy": correct / max(1, scored)}
+    total, count, correct, scored = (float(v) for v in sums)
+    out = {"loss": total / count, "accuracy": correct / max(1.0, scored)}
     if task.metric == "bits_per_byte":
         out["bits_per_byte"] = out["loss"] / math.log(2)
     return out
@@ -174,8 +208,13 @@ def run(config: TrainConfig, rank: int, world: int) -> TrainResult:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     task = make_task(config.task, config.task_options)
+    split = config.seq_parallel > 1
     fitted = fit(config.file, task.layout, task.name, entry=config.entry, sizes=config.sizes, seed=config.seed,
-                 batch=config.batch)
+                 batch=config.batch, split_sequence=split)
+    layout = par.resolve_layout(config.layout, fitted.checked.graph, config.seq_parallel)
+    par.check_length(task.layout.length, config.seq_parallel, layout, config.file)
+    ranks = par.make_ranks(rank, world, config.seq_parallel, layout)
+    kind = task.layout.kind
     device = torch.device(f"cuda:{torch.cuda.current_device()}" if config.device == "cuda" else "cpu")
     model = fitted.model.to(device)
     model.train()
@@ -197,7 +236,6 @@ def run(config: TrainConfig, rank: int, world: int) -> TrainResult:
     if out is not None and lead:
         out.mkdir(parents=True, exist_ok=True)
         write_jsonl(history, out / "metrics.jsonl")
-    per = config.batch // world
     every_ckpt = config.checkpoint_every or config.eval_every
     tokens_per_step = config.batch * task.layout.length
     params = [p for p in model.parameters() if p.requires_grad]
@@ -208,14 +246,18 @@ def run(config: TrainConfig, rank: int, world: int) -> TrainResult:
             if config.stop_at is not None and step >= config.stop_at:
                 break
             whole = task.batch("train", step, config.batch, config.seed)
-            local = (whole.rows(rank * per, (rank + 1) * per) if world > 1 else whole).to(device)
-            loss_sum, correct, scored = loss_terms(model, local, task.layout.kind)
-            loss = loss_sum / whole.count()
-            aux = _aux_loss(model, fitted)
-            if aux is not None:
-                loss = loss + aux / world
-            loss.backward()
-            stats = torch.tensor([float(loss_sum.detach()), correct, scored], dtype=torch.float64, device=device)
+            mine = whole.rows(*ranks.rows(config.batch)) if ranks.dp_size > 1 else whole
+            local = par.shard(mine, ranks, kind).to(device)
+            with _split(ranks):
+                loss_sum, correct, scored = loss_terms(model, local, kind)
+                loss = loss_sum / whole.count()           # the global count: the world's sum is one loss
+                aux = _aux_loss(model, fitted)
+                if aux is not None:
+                    loss = loss + aux / world
+                loss.backward()
+            here = par.counts_here(ranks, kind)           # a replicated output: reported once per group
+            stats = torch.tensor([float(loss_sum.detach()) if here else 0.0, correct if here else 0,
+                                  scored if here else 0], dtype=torch.float64, device=device)
             if world > 1:
                 grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
                 flat = torch.cat([g.reshape(-1) for g in grads])
@@ -242,8 +284,8 @@ def run(config: TrainConfig, rank: int, world: int) -> TrainResult:
                 rec["aux_loss"] = float(aux.detach())
             history.append(rec)
             done = step + 1 == config.steps
-            if lead and ((step + 1) % config.eval_every == 0 or done):
-                ev = {**evaluate(model, task, config), "split": task.eval_split, "step": step + 1,
+            if (step + 1) % config.eval_every == 0 or done:          # every rank: a collective
+                ev = {**evaluate(model, task, config, ranks), "split": task.eval_split, "step": step + 1,
                       "flops": rec["flops"], "tokens": rec["tokens"]}
                 history.append(ev)
                 _say(bar, f"step {step + 1}/{config.steps}: train loss {rec['loss']:.4f}, {task.eval_split} "

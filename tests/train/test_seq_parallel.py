@@ -1,0 +1,141 @@
+"""seqdsl train --nproc P --seq-parallel S: S ranks share each sequence (split along N),
+P/S data-parallel groups split the batch; the per-step losses, the evaluations and the final
+weights equal one process's (fp32, 1e-5 relative), for a causal softmax model (zig-zag
+layout) and a selective-scan one (contiguous, the loss on the answer only: one rank holds
+it); metrics, checkpoints and --resume work (rank 0 writes); what cannot be split is
+refused by name."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from seqdsl.errors import SeqError
+from seqdsl.training import TrainConfig, checkpoint, train
+from seqdsl.training import parallel as par
+from seqdsl.training.fit import fit
+from seqdsl.training.loop import loss_terms
+from seqdsl.training.tasks import Batch, make_task
+
+# induction heads with seq_len 10: N = 11, not a multiple of S = 2 nor of the 2S zig-zag chunks
+TASK = {"vocab": 8, "seq_len": 10, "train_examples": 40, "test_examples": 8}
+DECODER = dict(D=8, H=2, L=1, F=16, V=8)
+MAMBA = ("examples/models/mamba.seq", dict(D=8, L=1, V=8))
+
+
+def _decoder(tmp_path: Path) -> str:
+    """transformer_decoder.seq without its dropouts (each rank would draw its own masks)."""
+    text = Path("examples/models/transformer_decoder.seq").read_text()
+    assert text.count("dropout(") == 3
+    path = tmp_path / "transformer_decoder.seq"
+    path.write_text(text.replace("dropout(", "("))
+    return str(path)
+
+
+def _config(file: str, sizes: dict, **kw) -> TrainConfig:
+    base = TrainConfig(file, "induction_heads", task_options=TASK, sizes=sizes, steps=4, batch=4, lr=3e-3,
+                       eval_every=2, eval_batches=2, progress=False, threads=1, plot=False)
+    return replace(base, **kw)
+
+
+def _still(config: TrainConfig) -> set[str]:
+    """Parameters whose gradient is zero in exact arithmetic (softmax is invariant to a shift
+    shared by every key: the key projection's bias): Adam turns each run's rounding noise
+    there into steps of ±lr, so their values are no test of the split (the outputs do not
+    depend on them)."""
+    task = make_task(config.task, config.task_options)
+    model = fit(config.file, task.layout, task.name, sizes=config.sizes, seed=config.seed,
+                batch=config.batch).model
+    loss, _, _ = loss_terms(model, task.batch("train", 0, config.batch, config.seed), task.layout.kind)
+    loss.backward()
+    norms = {k: float(p.grad.norm()) for k, p in model.named_parameters()}
+    return {k for k, v in norms.items() if v <= 1e-6 * max(norms.values())}
+
+
+def _same(one, other, still: set[str]) -> None:
+    a = [(r["split"], r["step"]) for r in one.history]
+    assert a == [(r["split"], r["step"]) for r in other.history]           # train steps and evaluations
+    err = max(abs(x["loss"] - y["loss"]) / abs(x["loss"]) for x, y in zip(one.history, other.history))
+    assert err < 1e-5, err
+    assert [r["accuracy"] for r in one.history] == [r["accuracy"] for r in other.history]
+    for k, v in one.state.items():
+        if k not in still:
+            rel = float((v - other.state[k]).norm() / v.norm().clamp_min(1e-12))
+            assert rel < 1e-5, (k, rel)
+
+
+@pytest.mark.slow
+def test_causal_softmax_zigzag_equals_one_process(tmp_path):
+    cfg = _config(_decoder(tmp_path), DECODER)
+    one = train(cfg)
+    still = _still(cfg)
+    assert still == {"layers.0.decoder_layer.causal_self_attention.k.bias"}      # the shift invariance only
+    two = train(replace(cfg, nproc=2, seq_parallel=2, out=str(tmp_path / "sp2")))    # zig-zag, auto
+    _same(one, two, still)
+    lines = (tmp_path / "sp2" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [r["step"] for r in one.history]   # one rank wrote it
+    four = train(replace(cfg, nproc=4, seq_parallel=2))                             # 2 groups × 2 ranks
+    _same(one, four, still)
+
+
+@pytest.mark.slow
+def test_selective_scan_answer_loss_equals_one_process_and_resumes(tmp_path):
+    cfg = _config(*MAMBA, task_options=dict(TASK, loss="answer"))   # the loss lives on the last rank
+    one = train(cfg)
+    two = train(replace(cfg, nproc=2, seq_parallel=2))
+    _same(one, two, set())
+    # DP × SP, stopped after 2 steps and resumed: the same run as one process
+    out = str(tmp_path / "dpsp")
+    train(replace(cfg, nproc=4, seq_parallel=2, out=out, stop_at=2, checkpoint_every=2))
+    assert len(checkpoint.load(Path(out))["rng"]) == 4                              # every rank's RNG state
+    rest = train(replace(cfg, nproc=4, seq_parallel=2, out=out, checkpoint_every=2, resume=True))
+    _same(one, rest, set())
+    lines = (Path(out) / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == len(one.history)
+
+
+def test_refused_by_name(tmp_path):
+    cfg = _config(*MAMBA)
+    with pytest.raises(SeqError, match=r"--seq-parallel 3 must divide --nproc 4"):
+        train(replace(cfg, nproc=4, seq_parallel=3))
+    with pytest.raises(SeqError, match=r"--batch 4: the 3 data-parallel groups"):
+        train(replace(cfg, nproc=6, seq_parallel=2))
+    with pytest.raises(SeqError, match=r"--layout diagonal: give auto, contiguous or zigzag"):
+        train(replace(cfg, nproc=2, seq_parallel=2, layout="diagonal"))
+    with pytest.raises(SeqError, match=r"--seq-parallel 2 with --device cuda: .* gloo \(CPU\) only"):
+        train(replace(cfg, nproc=2, seq_parallel=2, device="cuda"))
+    # N = 7 cannot give 4 ranks two chunks each (zig-zag: a causal softmax model's layout)
+    short = _config(_decoder(tmp_path), DECODER, task_options=dict(TASK, seq_len=6))
+    with pytest.raises(SeqError, match=r"--seq-parallel 4 with the zigzag layout needs a sequence of at least 8 "
+                                       r"positions .* the task's is 7"):
+        train(replace(short, nproc=4, seq_parallel=4))
+    # a weight over N: the split module (N read at each call) would build it for the file's N
+    (tmp_path / "table.seq").write_text("dim B, N = 64, V = 8, D = 8\n\nmodel table_lm(tokens: int[B, N]) -> "
+                                        "[B, N, V] {\n  param pos: [N, D] = normal(0.02)\n  "
+                                        "return linear(embed(tokens, V, D) + pos, V)\n}\n")
+    with pytest.raises(SeqError, match=r"the weights pos depend on N \(shape \(11, 8\) at N = 11\)"):
+        train(_config(str(tmp_path / "table.seq"), {}, nproc=2, seq_parallel=2))
+    # packed rows: refused before any process starts (the batch's doc_ids)
+    ids = torch.zeros(2, 11, dtype=torch.long)
+    with pytest.raises(SeqError, match=r"packed rows \(doc_ids\) and sequence parallelism"):
+        par.shard(Batch(ids, ids, doc_ids=ids), par.Ranks(2, 0, 1, 0, 2), "lm")
+
+
+POOLED = """dim B, N, V = 8, D = 8
+
+model pooled_lm(tokens: int[B, N]) -> [B, N, V] {
+  x = embed(tokens, V, D)
+  return linear(x + rearrange(mean(x, axis = 1), "b d -> b 1 d"), V)
+}
+"""
+
+
+@pytest.mark.slow
+def test_a_layer_the_plan_cannot_split_is_refused_by_name(tmp_path):
+    (tmp_path / "pooled.seq").write_text(POOLED)
+    with pytest.raises(SeqError, match=r"mean: cannot run with the sequence split over ranks: mean over the N axis"):
+        train(_config(str(tmp_path / "pooled.seq"), {}, nproc=2, seq_parallel=2, steps=1))
