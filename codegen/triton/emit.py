@@ -122,7 +122,9 @@ class TritonWriter(torch_emit._Writer):
         choice.backend = "triton"
         choice.algorithm = f"triton:{plan.family}"
         choice.note = f"generated kernel {name}" + (f" ({plan.note})" if plan.note else "") + \
-            ("; decoding: its torch step" if step is not None else "; no decoding step (gates folded in)")
+            ("; no decoding step (gates folded in)" if step is None else "; decoding: its torch step" +
+             (" (on CUDA one fused Triton kernel per token: codegen/linear/step_kernel.py)"
+              if plan.family == "linear" else ""))
         self.body.append(f"        # {n.spec.family} mixer: Triton kernel {name}" +
                          (f", {plan.note}" if plan.note else "") + ("" if step is None else "; decoding: the torch step"))
         self.emit(n, plan.call.replace("{name}", name, 1))
