@@ -28,6 +28,8 @@ from torch import Tensor
 
 from codegen.toeplitz.kernels import System, discretize
 from codegen.toeplitz.torch_impl import _compute_dtype, recurrent_step, toeplitz_mix
+from codegen.torch import decode
+from codegen.torch import decode_buffer as buf
 from codegen.torch.decode import arguments
 
 _SIG = inspect.signature(toeplitz_mix)
@@ -62,8 +64,10 @@ def prefill(fn, args: tuple, kw: dict, detail: str = "") -> tuple[Tensor, dict[s
         out, h = fn(**a)
         return out, {"h": h}
     out = fn(**a)
-    if detail == "lag":
-        return out, {"u": v, "K": K[: v.shape[-2]]}
+    if detail == "lag":                  # the whole history, in buffers that grow (decode_buffer.py)
+        n, total = v.shape[-2], decode.max_tokens()
+        rows = buf.capacity(n + 1, None, None if total is None else max(total, n + 1))
+        return out, buf.slot({"u": buf.hold(v, -2, rows), "K": buf.hold(K[:n], 0, rows)})
     return out, {"u": v[..., max(0, v.shape[-2] - K.shape[0] + 1):, :]}
 
 
@@ -74,10 +78,12 @@ def step(fn, args: tuple, kw: dict, state: dict[str, Tensor], t: int, detail: st
         rd = _compute_dtype(v, *a["params"].values())
         y, h = recurrent_step(state["h"], v[..., 0, :].to(rd), system=_system(a, rd))
         return y[..., None, :].to(v.dtype), {"h": h}
-    u = torch.cat([state["u"], v], dim=-2)                                 # [..., T, C]
-    if detail == "lag":                                                    # this position's tap arrives now
-        K = torch.cat([state["K"], K[:1]], dim=0)
+    if detail == "lag":              # this position's input and tap written into the buffers, in place
+        ub, kb = buf.append(state, "u", v, -2), buf.append(state, "K", K[:1], 0)
+        u, K = ub.view, kb.view                                            # [..., T, C], [T, C]
+    else:
+        u = torch.cat([state["u"], v], dim=-2)                             # the last L − 1 inputs and this one
     m = min(K.shape[0], u.shape[-2])
     y = (u[..., u.shape[-2] - m:, :] * K[:m].flip(0).to(u.dtype)).sum(-2, keepdim=True)
-    new = {"u": u, "K": K} if detail == "lag" else {"u": u[..., u.shape[-2] - K.shape[0] + 1:, :]}
+    new = buf.slot({"u": ub, "K": kb}) if detail == "lag" else {"u": u[..., u.shape[-2] - K.shape[0] + 1:, :]}
     return y.to(v.dtype), new
