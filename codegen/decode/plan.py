@@ -10,6 +10,10 @@ Read from the IR alone, never per model. Every node gets one decoding class:
 - **stateful**: a causal sequence mixer or a causal short convolution; its state is one
   slot of the :class:`codegen.torch.decode.DecodeState` (what each family keeps: the
   family's ``step.py``);
+- **window / re-run** (seqdsl/ir/decode_window.py): a suffix slice ``x[:, N - M:]`` keeps its
+  last M − 1 input rows (a ``window`` slot); the layers below it without an N axis are re-run
+  on the M rows at each step (a ``rerun`` detail on the stateful calls among them), and a
+  softmax whose queries are those rows keeps a KV cache (detail ``window``);
 - anything else that reads across the sequence (pooling, a reduction or softmax over N, a
   slice, concat or reshape of the sequence axis, a bidirectional or N-fixed mixer, the
   length N used as a number) means the model **cannot decode**; the reason names the layer
@@ -26,12 +30,13 @@ from dataclasses import dataclass
 import networkx as nx
 import sympy
 
+from seqdsl.ir import decode_window as W
 from seqdsl.ir import mix as M
 from seqdsl.ir.graph import Graph, Node, OpKind
 
 #: the families whose state the step functions know (codegen/<family>/step.py; recurrent
 #: segments: codegen/torch/decode_families.py)
-STATEFUL = ("softmax", "linear", "toeplitz", "conv1d", "recurrent")
+STATEFUL = ("softmax", "linear", "toeplitz", "conv1d", "recurrent", "window")
 #: inside a recurrent segment's body: an axis P + S (P tokens of memory before the segment's S)
 #: counts as the sequence axis, its first P positions a prefix every position sees
 _PREFIXED = False
@@ -45,8 +50,10 @@ class Slot:
     """One stateful call of the forward, in call order: the layer path and the family."""
 
     path: str
-    kind: str            # softmax | linear | toeplitz | conv1d
-    detail: str = ""     # toeplitz: "lag" when an explicit kernel's taps run over N (one new tap per step)
+    kind: str            # softmax | linear | toeplitz | conv1d | recurrent | window
+    detail: str = ""     # toeplitz: "lag" when an explicit kernel's taps run over N (one new tap per step);
+    #                      softmax: "window" (queries: the window's rows); window: "batch" | "shared";
+    #                      any kind: "rerun" (below a window: the plain call on the window's rows)
 
 
 @dataclass(frozen=True)
@@ -54,6 +61,7 @@ class DecodePlan:
     seq: str | None                      # the sequence dim's name
     slots: tuple[Slot, ...] = ()
     positional: frozenset[int] = frozenset()   # node ids that read the absolute position
+    windows: W.Windows | None = None     # suffix slices and the layers re-run below them
     reason: str | None = None            # why the model cannot decode (None: it can)
 
     @property
@@ -114,8 +122,26 @@ def plan(g: Graph, runtime: set[str] | frozenset[str], fixed_by: dict[str, str] 
         return DecodePlan(n.name, reason=f"{_where(g.inputs[1])}decoding feeds one input a position at a time; "
                                          f"the entry takes {len(g.inputs)} ({', '.join(i.name for i in g.inputs)})")
     slots, positional = [], set()
+    win = W.windows(g, n)
     try:
         for node in g.nodes():
+            if node.id in win.slices:
+                slots.append(Slot(node.name, "window", "batch" if win.slices[node.id].batched else "shared"))
+                continue
+            if node.id in win.rerun:
+                why = W.rerun_refusal(g, node, n)
+                if why is not None:
+                    raise _refuse(node, why)
+                kind = _runtime_kind(node)
+                if kind is not None:
+                    slots.append(Slot(node.name, kind, "rerun"))
+                continue
+            if W.window_queries(g, node, win):
+                why = W.window_mix_refusal(g, node, n, win)
+                if why is not None:
+                    raise _refuse(node, why)
+                slots.append(Slot(node.name, "softmax", "window"))
+                continue
             kind = _classify(g, node, n)
             if kind in STATEFUL:
                 slots.append(Slot(node.name, kind, _detail(g, node, n)))
@@ -123,11 +149,19 @@ def plan(g: Graph, runtime: set[str] | frozenset[str], fixed_by: dict[str, str] 
                 positional.add(node.id)
         for p in g.outputs:
             t = g.type_of(p)
-            if not _axes(t.shape, n):
+            if not _axes(t.shape, n) and not W.output_ok(t.shape, n, win):
                 raise _refuse(g.node(p.node), f"the output {t} has no {n} axis: nothing to generate")
     except _Refuse as why:
         return DecodePlan(n.name, reason=str(why))
-    return DecodePlan(n.name, tuple(slots), frozenset(positional))
+    return DecodePlan(n.name, tuple(slots), frozenset(positional), win)
+
+
+def _runtime_kind(node: Node) -> str | None:
+    """The stateful runtime a node's generated call goes through (None: a plain call)."""
+    if node.kind == OpKind.MIX:
+        return {"softmax": "softmax", "content_sparse": "softmax", "linear": "linear",
+                "decayed_linear": "linear", "toeplitz": "toeplitz"}.get(node.spec.family)
+    return {OpKind.CONV1D: "conv1d", OpKind.RECURRENT: "recurrent"}.get(node.kind)
 
 
 def _detail(g: Graph, node: Node, n: sympy.Symbol) -> str:
@@ -316,6 +350,25 @@ def _mix(g: Graph, node: Node, n: sympy.Symbol) -> str:
 def seq_flag(p: DecodePlan | None, nid: int) -> str:
     """``, seq=True`` for a node that reads the absolute position (it starts at t in a step)."""
     return ", seq=True" if p is not None and nid in p.positional else ""
+
+
+def window_line(w, node: Node) -> None:
+    """The line of a window slice ``x[:, N - M:]`` becomes ``rt.last_rows(x, axis, M)``: the
+    same rows outside decoding, a window slot in prefill / step. Run after the layer's hooks:
+    a line they rewrote (sequence parallelism's ``rt.seq_take``) is kept as the call's
+    ``rows``, what it runs outside decoding."""
+    p = w.decoding
+    if p is None or p.windows is None or node.id not in p.windows.slices:
+        return
+    win = p.windows.slices[node.id]
+    head = f"        {w.var[(node.id, 0)]} = "
+    for i in range(len(w.body) - 1, -1, -1):
+        if w.body[i].startswith(head):
+            expr, sep, note = w.body[i][len(head):].partition("  # ")
+            rows = f", lambda: {expr}" if expr.startswith("rt.") else ""     # a hook's form, kept outside decoding
+            w.body[i] = f"{head}rt.last_rows({w.inp(node, 'x')}, {win.axis}, {w.sizes.code(win.size)}{rows}){sep}{note}"
+            return
+    raise RuntimeError(f"decoding: no line assigns the window slice {node.name}")
 
 
 def class_lines(p: DecodePlan, refusal: str | None = None) -> list[str]:

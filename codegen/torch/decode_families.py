@@ -18,6 +18,7 @@ from torch import Tensor
 from codegen.linear import step as linear_step
 from codegen.softmax import step as softmax_step
 from codegen.toeplitz import step as toeplitz_step
+from codegen.torch import decode_window as window
 
 
 @functools.cache
@@ -77,7 +78,22 @@ def recurrent_step(fn, args: tuple, kw: dict, slot: dict[str, Tensor], t: int, d
     return (y[..., -1:, :], state), {"state": slot["state"], "x": x}
 
 
-PREFILL = {"softmax": softmax_step.prefill, "linear": linear_step.prefill, "toeplitz": toeplitz_step.prefill,
-           "conv1d": conv1d_prefill, "recurrent": recurrent_prefill}
-STEP = {"softmax": softmax_step.step, "linear": linear_step.step, "toeplitz": toeplitz_step.step,
-        "conv1d": conv1d_step, "recurrent": recurrent_step}
+def softmax_prefill(fn, args: tuple, kw: dict, detail: str = "") -> tuple:
+    if detail == "window":                  # queries: a window's rows (decode_window.py)
+        return window.softmax_prefill(fn, args, kw, detail)
+    return softmax_step.prefill(fn, args, kw, detail)
+
+
+def softmax_step_(fn, args: tuple, kw: dict, state, t: int, detail: str = "") -> tuple:
+    if detail == "window":
+        return window.softmax_step(fn, args, kw, state, t, detail)
+    return softmax_step.step(fn, args, kw, state, t, detail)
+
+
+_FAMILIES = {"softmax": (softmax_prefill, softmax_step_), "linear": (linear_step.prefill, linear_step.step),
+             "toeplitz": (toeplitz_step.prefill, toeplitz_step.step), "conv1d": (conv1d_prefill, conv1d_step),
+             "recurrent": (recurrent_prefill, recurrent_step),
+             "window": (window.window_prefill, window.window_step)}
+# every kind also runs as a plain call below a window (detail "rerun")
+PREFILL = {k: window.rerun(*v)[0] for k, v in _FAMILIES.items()}
+STEP = {k: window.rerun(*v)[1] for k, v in _FAMILIES.items()}

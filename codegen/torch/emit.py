@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import sympy
 
 from codegen import fuse
-from codegen.decode.plan import DecodePlan, class_lines, seq_flag
+from codegen.decode.plan import DecodePlan, class_lines, seq_flag, window_line
 from codegen.decode.plan import plan as plan_decoding
 from codegen.source import RESERVED, comment, ident, literal
 from codegen.torch import names, packing, scoped
@@ -128,6 +128,7 @@ class _Writer(Chooser, scoped.ScopedWriter):
             raise NotImplementedError(f"the torch backend has no lowering for {n.kind.value} ({n.name})")
         with scoped.layer_hooks(self, n):           # packed rows, sequence parallelism: lines around it
             handler(n)
+        window_line(self, n)                        # x[:, N - M:]: a window slot when decoding
 
     def mix_nodes(self) -> list[Node]:
         """The MIX nodes this writer writes (those of its scope)."""

@@ -332,10 +332,11 @@ def conv1d(x, weight, bias=None, causal: bool = True):
 
 
 @decode.stateful("window")   # prefill / step: the last size − 1 rows (decode_families.py)
-def last_rows(x, axis: int, size: int):
-    """``x[:, N - size:]`` along ``axis``: the last ``size`` rows (a suffix of the sequence)."""
-    if _sp_active() is not None:           # the sequence split over ranks: the global last rows, replicated
-        return seq_take(x, axis, -size, 1 << 62)
+def last_rows(x, axis: int, size: int, rows=None):
+    """``x[:, N - size:]`` along ``axis``: the last ``size`` rows (a suffix of the sequence).
+    ``rows``: the slice as a layer hook wrote it (sequence parallelism), run outside decoding."""
+    if rows is not None and not decode.running():
+        return rows()
     n = x.shape[axis]
     if n < size:
         raise SeqError(f"the last {size} rows of an axis of {n}: the sequence is shorter than the window")

@@ -40,6 +40,7 @@ import sympy
 from seqdsl.analysis import mixers
 from seqdsl.analysis.decode_rules import entry_refusal, refusal, seq_dim
 from seqdsl.analysis.ops import Context, op_estimates
+from seqdsl.ir import decode_window as W
 from seqdsl.ir import mix as M
 from seqdsl.ir.graph import Graph, Node, OpKind
 
@@ -155,12 +156,17 @@ def _stateless(g: Graph, node: Node, n, ctx: Context) -> DecodeRow:
     return DecodeRow(node.name, node.kind.value, "-", flops, ZERO)
 
 
-def node_row(g: Graph, node: Node, n: sympy.Symbol | None, ctx: Context, seq: sympy.Symbol) -> DecodeRow:
-    """The decoding row of one node (any kind); ``seq`` is the entry's sequence dim."""
-    why = refusal(g, node, seq)
+def node_row(g: Graph, node: Node, n: sympy.Symbol | None, ctx: Context, seq: sympy.Symbol,
+             win: W.Windows | None = None) -> DecodeRow:
+    """The decoding row of one node (any kind); ``seq`` is the entry's sequence dim; ``win``
+    the graph's window slices (seqdsl/ir/decode_window.py)."""
+    win = W.windows(g, seq) if win is None else win
+    why = refusal(g, node, seq, win=win)
     op = f"mix/{node.spec.family}" if node.kind == OpKind.MIX else node.kind.value
     if why is not None:
         return DecodeRow(node.name, op, "-", ZERO, ZERO, refusal=why)
+    if node.id in win.slices or node.id in win.rerun or W.window_queries(g, node, win):
+        return _window_row(g, node, n, ctx, win)
     if node.kind == OpKind.MIX:
         return mix_row(g, node, n)
     if node.kind == OpKind.CONV1D:   # causal (refused otherwise): the last width − 1 inputs
@@ -172,6 +178,32 @@ def node_row(g: Graph, node: Node, n: sympy.Symbol | None, ctx: Context, seq: sy
     if node.kind == OpKind.RECURRENT:
         return _segment_row(g, node, ctx)
     return _stateless(g, node, n, ctx)
+
+
+def _window_row(g: Graph, node: Node, n, ctx: Context, win: W.Windows) -> DecodeRow:
+    """A suffix ``x[:, N − M:]`` keeps its last M − 1 input rows (a table without the batch axis
+    once per sequence); a layer below it without an N axis re-runs whole on the M rows each
+    step (its forward cost: O(M²) for an attention among them); a softmax whose queries are
+    the M rows keeps a KV cache of every position and scores M queries against it."""
+    op = f"mix/{node.spec.family}" if node.kind == OpKind.MIX else node.kind.value
+    if node.id in win.slices:
+        w = win.slices[node.id]
+        x = g.type_of(node.input("x"))
+        per_row = sympy.Mul(*[d for i, d in enumerate(x.shape) if i != w.axis])
+        batch = sympy.Integer(1) if w.batched else sympy.sympify(g.inputs[0].out.shape[0])
+        return DecodeRow(node.name, op, f"window: the last {w.size} - 1 rows", ZERO,
+                         4 * batch * per_row * (w.size - 1))
+    if node.id in win.rerun:
+        if node.kind != OpKind.MIX:
+            return DecodeRow(node.name, op, "-", op_estimates(g, node, ctx).flops, ZERO)
+        flops = mixers.candidates(g, node, {})[0].forward.flops     # the plain (materialised) forward
+        rows = g.type_of(node.input("v")).shape[-2]
+        return DecodeRow(node.name, op, f"re-run on the last {rows} rows", flops, ZERO,
+                         note=f"below a suffix of {rows} positions: its forward over them, each step")
+    row = mix_row(g, node, n)
+    nq = mixers.shapes_of(g, node).nq
+    return DecodeRow(row.name, row.op, row.state, sympy.expand(row.flops * nq), row.state_bytes, grows=row.grows,
+                     note=f"{nq} queries (the last {nq} positions) against the cache, each step")
 
 
 def _segment_row(g: Graph, node: Node, ctx: Context) -> DecodeRow:
@@ -310,13 +342,15 @@ def analyze_decode(graph: Graph, report) -> DecodeReport:
         return total
 
     rows = []
+    win = W.windows(graph, seq) if seq is not None else None
     for node in graph.nodes() if why is None else ():
         if node.kind not in SKIP:
-            rows.append(node_row(graph, node, n, Context(body_total), seq))
-        elif node.kind in (OpKind.PARAM, OpKind.BUFFER) and refusal(graph, node, seq) is not None:
+            rows.append(node_row(graph, node, n, Context(body_total), seq, win))
+        elif node.kind in (OpKind.PARAM, OpKind.BUFFER) and refusal(graph, node, seq, win=win) is not None:
             # a table [N, D] is read at the step's position; one whose axis is a function of N
             # (N / rows) ties the module to one length
-            rows.append(DecodeRow(node.name, node.kind.value, "-", ZERO, ZERO, refusal=refusal(graph, node, seq)))
+            rows.append(DecodeRow(node.name, node.kind.value, "-", ZERO, ZERO,
+                                  refusal=refusal(graph, node, seq, win=win)))
     return DecodeReport(rows, n, dict(report.sizes), why)
 
 

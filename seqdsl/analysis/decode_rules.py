@@ -12,6 +12,7 @@ from __future__ import annotations
 import networkx as nx
 import sympy
 
+from seqdsl.ir import decode_window as W
 from seqdsl.ir import mix as M
 from seqdsl.ir.graph import Graph, Node, OpKind
 
@@ -64,15 +65,26 @@ def entry_refusal(g: Graph, n: sympy.Symbol | None) -> str | None:
     models whose one input is the token ids."""
     if n is None:
         return "the entry has no sequence dim N"
+    win = W.windows(g, n)
     for p in g.outputs:
-        if not _axes(g.type_of(p).shape, n):
+        if not _axes(g.type_of(p).shape, n) and not W.output_ok(g.type_of(p).shape, n, win):
             return f"the output {g.type_of(p)} has no {n} axis: nothing to generate"
     return None
 
 
-def refusal(g: Graph, node: Node, n: sympy.Symbol, prefixed: bool = False) -> str | None:
+def refusal(g: Graph, node: Node, n: sympy.Symbol, prefixed: bool = False,
+            win: W.Windows | None = None) -> str | None:
     """Why ``node`` cannot run one position at a time (None: it can). ``prefixed``: inside a
-    segment recurrence's step, where an axis P + n holds P rows of memory first."""
+    segment recurrence's step, where an axis P + n holds P rows of memory first. ``win``: the
+    graph's window slices (seqdsl/ir/decode_window.py; found when not given)."""
+    if not prefixed:
+        win = W.windows(g, n) if win is None else win
+        if node.id in win.slices:
+            return None                   # x[:, N - M:]: keeps its last M − 1 input rows
+        if node.id in win.rerun:
+            return W.rerun_refusal(g, node, n)
+        if W.window_queries(g, node, win):
+            return W.window_mix_refusal(g, node, n, win)
     ins = [g.type_of(p) for p in node.inputs]
     for t in ins + list(node.outs):
         for d in t.shape:
