@@ -7,9 +7,10 @@ functions here, which refuse what has no distributed form by name and otherwise 
 algorithm of ``codegen/distributed``. The module's code is unchanged: a generated module
 runs sequence-parallel when it is called inside the block with its inputs sharded.
 
-Sizes. Under the block, the entry's ``bind_sizes`` turns the local length of the sequence
-axis (axis 1 of the first input, or −2 for [B, .., N, D] inputs, as for packed rows) into the
-global N (one all-gather of the local lengths) and keeps the layout for the call; child
+Sizes. Under the block, the entry's ``bind_sizes`` reads the sequence axis (axis 1 of the
+first input, or −2 for [B, .., N, D] inputs, as for packed rows) as the global N (one
+all-gather of the local lengths), before it checks a fixed N or binds a variable one, and
+keeps the layout for the call; child
 modules read the same global N (``rt.seq_length``), so that masks, kernel lengths and
 position tables see the whole sequence, and position tables are read at the global
 positions of this rank's rows.
@@ -47,20 +48,34 @@ def current_layout(n_local: int) -> Layout:
     return lay
 
 
-def bind(module, names: tuple, values: tuple) -> tuple:
-    """``bind_sizes``'s values with the sequence dim turned global."""
-    if not module.INPUTS or not isinstance(module.INPUTS[0][2], tuple) or len(module.INPUTS[0][2]) < 2:
-        return values
-    shape = module.INPUTS[0][2]
-    dim = shape[1] if len(shape) == 2 else shape[-2]
-    if not isinstance(dim, str) or dim not in names:
-        _no(f"{module.ENTRY}:", "its first input has no sequence axis read at call time (fixed by the weights "
-            "or the file), so it cannot be split along N")
-    i = names.index(dim)
+def global_sizes(module, inputs: tuple) -> list[tuple[int, ...] | None]:
+    """The sizes of the entry's inputs with the sequence axis (axis 1 of [B, N], −2 of
+    [B, .., N, D], as the first input declares it) read as the global N, for ``bind_sizes`` to
+    check and bind: a module built for a fixed N (``load(..., N=39)``) checks the whole length,
+    and its requirements on N (``N % Bk == 0``) are about the whole sequence. One all-gather of
+    the local lengths; the layout is kept for the call."""
+    sizes = [tuple(x.shape) if isinstance(x, torch.Tensor) else None for x in inputs]
+    if not module.INPUTS or sizes[0] is None or not isinstance(module.INPUTS[0][2], tuple) \
+            or len(module.INPUTS[0][2]) < 2 or len(sizes[0]) != len(module.INPUTS[0][2]):
+        return sizes
+    axis_of = lambda shape: 1 if len(shape) == 2 else len(shape) - 2      # noqa: E731
+    want = module.INPUTS[0][2][axis_of(module.INPUTS[0][2])]
+    name = want if isinstance(want, str) else want[0] if isinstance(want, tuple) else None
+    if name is None:
+        _no(f"{module.ENTRY}:", "its first input has no sequence axis named in the file (a size fixed by the "
+            "weights), so it cannot be split along N")
     sp = _sp()
-    lay = sp.layout_of(int(values[i]))
+    lay = sp.layout_of(int(sizes[0][axis_of(sizes[0])]))
     sp.state["layout"] = lay
-    return tuple(lay.n if j == i else v for j, v in enumerate(values))
+    out = []
+    for (_, _, shape), s in zip(module.INPUTS, sizes):
+        if s is not None and len(s) == len(shape) >= 2:
+            a = axis_of(shape)
+            w = shape[a]
+            if w == name or (isinstance(w, tuple) and w[0] == name):
+                s = s[:a] + (lay.n,) + s[a + 1:]
+        out.append(s)
+    return out
 
 
 def seq_length(n_local: int) -> int:

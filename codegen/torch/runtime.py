@@ -163,14 +163,17 @@ def bind_sizes(module: nn.Module, *inputs: torch.Tensor) -> tuple[int, ...]:
     _FORWARDS[0] += 1                    # a new forward: aux losses of earlier ones are stale
     module._forward_serial = _FORWARDS[0]
     found: dict[str, tuple[int, str]] = {}
-    for (name, _dtype, shape), x in zip(module.INPUTS, inputs):
+    sizes = [tuple(x.shape) if isinstance(x, torch.Tensor) else None for x in inputs]
+    if _sp_active() is not None:          # the sequence split over ranks: its axis read as the whole length
+        sizes = _sp_hooks.global_sizes(module, inputs)
+    for (name, _dtype, shape), x, xs in zip(module.INPUTS, inputs, sizes):
         if not isinstance(x, torch.Tensor):
             raise SeqError(f"{entry}: input {name} must be a tensor, got {type(x).__name__}")
         if x.dim() != len(shape):
             raise SeqError(f"{entry}: input {name} must have {len(shape)} axes "
                            f"({_shape_text(shape)}), got shape {list(x.shape)}")
         for axis, want in enumerate(shape):
-            got = int(x.shape[axis])
+            got = int(xs[axis])
             if isinstance(want, str):
                 first = found.setdefault(want, (got, name))
                 if first[0] != got:
@@ -187,10 +190,7 @@ def bind_sizes(module: nn.Module, *inputs: torch.Tensor) -> tuple[int, ...]:
         if dim in found and found[dim][0] > limit:
             raise SeqError(f"{entry}: input {found[dim][1]} has {dim} = {found[dim][0]}, but the position "
                            f"table was built for at most {dim} = {limit} (load the model with {dim}={found[dim][0]})")
-    values = tuple(found[d][0] for d in module.RUNTIME)
-    if _sp_active() is not None:          # the sequence split over ranks: N is the whole length
-        values = _sp_hooks.bind(module, module.RUNTIME, values)
-    return values
+    return tuple(found[d][0] for d in module.RUNTIME)
 
 
 def local_rows(x, axis: int):

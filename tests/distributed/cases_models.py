@@ -29,6 +29,11 @@ MODELS = [
     ("models/longformer.seq", None, {"W": 6, "G": 2}),
 ]
 
+# BigBird with blocks of 3 (N % Bk == 0 with N = 39, not a multiple of the ranks): a module
+# built for N = 39, whose fixed N and requirement are about the whole sequence (bind_sizes
+# reads the global length before it checks); 2 ranks (the suite's time budget).
+BIGBIRD = ("models/bigbird.seq", None, {"Bk": 3, "R": 2, "N": 39})
+
 # Run only with SEQDSL_DIST_EXTRA=1 (about +10 s: the suite's time budget); each passes on
 # 4 ranks. BigBird: its [CLS] read; blocks of 1 (a module built for a fixed N cannot be
 # split yet, and N % Bk == 0 with N not a multiple of the ranks needs an odd Bk or N).
@@ -51,7 +56,7 @@ TWO_RANKS = ("models/transformer_decoder.seq", "models/mamba.seq", "models/hyena
 def _model(path: str, entry: str | None, extra: dict):
     if path not in _loaded:          # one module per process for both group sizes
         sizes = {k: v for k, v in SMALL[path].items() if k not in ("B", "N") and k not in extra}
-        options = {k: v for k, v in extra.items() if k != "N"}
+        options = dict(extra)        # N among them: a module built for that N (its requirements on N)
         _loaded[path] = seqdsl.load(str(ROOT / "examples" / path), entry=entry, **sizes, **options)
     return _loaded[path]
 
@@ -116,7 +121,8 @@ def longformer_bytes_case(group):
 
 
 def cases() -> list:
-    out = [("suffix-rows-P4", 4, suffix_case), ("bytes:longformer-P2", 2, longformer_bytes_case)]
+    out = [("suffix-rows-P4", 4, suffix_case), ("bytes:longformer-P2", 2, longformer_bytes_case),
+           ("bigbird-Bk3-N39-P2", 2, model_case(*BIGBIRD, "contiguous"))]
     for P, layout in ((2, "contiguous"), (4, "zigzag")):
         for path, entry, extra in MODELS + (EXTRA if os.environ.get("SEQDSL_DIST_EXTRA") == "1" else []):
             if P == 2 and path not in TWO_RANKS:
