@@ -35,8 +35,8 @@ MODELS = [
 BIGBIRD = ("models/bigbird.seq", None, {"Bk": 3, "R": 2, "N": 39})
 
 # Run only with SEQDSL_DIST_EXTRA=1 (about +10 s: the suite's time budget); each passes on
-# 4 ranks. BigBird: its [CLS] read; blocks of 1 (a module built for a fixed N cannot be
-# split yet, and N % Bk == 0 with N not a multiple of the ranks needs an odd Bk or N).
+# 4 ranks. BigBird: its [CLS] read, blocks of 1 and N read at call time (blocks of 3 at a
+# fixed N run in the suite: BIGBIRD).
 # Perceiver AR: the last M positions as latents (cross-attention of replicated queries,
 # then layers of M replicated rows, child modules reading the bound N).
 EXTRA = [
@@ -120,9 +120,40 @@ def longformer_bytes_case(group):
     return dict(counted)
 
 
+# two sequence-parallel mixers on independent branches of one block (a softmax on the ring,
+# 2 heads over 4 ranks, and linear attention by state passing), summed: their forward and
+# backward collectives must meet in the same order on every rank
+BRANCHES = """dim B, N, D = 8, H = 2
+
+model branches(x: [B, N, D]) -> [B, N, D] {
+  q = rearrange(linear(x, D), "b n (h d) -> b h n d", h = H)
+  k = rearrange(linear(x, D), "b n (h d) -> b h n d", h = H)
+  v = rearrange(linear(x, D), "b n (h d) -> b h n d", h = H)
+  a = mix(q, k, v, score = dot(), mask = window(5), norm = softmax)
+  f = rearrange(linear(x, D), "b n (h d) -> b h n d", h = H)
+  g = rearrange(linear(x, D), "b n (h d) -> b h n d", h = H)
+  c = mix(f, g, v, feature = elu1, mask = causal(), norm = sum)
+  return linear(rearrange(a, "b h n d -> b n (h d)"), D) + linear(rearrange(c, "b h n d -> b n (h d)"), D)
+}
+"""
+
+
+def branches_case(group):
+    import tempfile
+
+    import torch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = pathlib.Path(tmp) / "branches.seq"
+        path.write_text(BRANCHES)
+        model = seqdsl.load(str(path))
+    x = torch.randn(2, N, 8, generator=torch.Generator().manual_seed(0))
+    return H.compare_module(model, (x,), group, "zigzag")
+
+
 def cases() -> list:
     out = [("suffix-rows-P4", 4, suffix_case), ("bytes:longformer-P2", 2, longformer_bytes_case),
-           ("bigbird-Bk3-N39-P2", 2, model_case(*BIGBIRD, "contiguous"))]
+           ("bigbird-Bk3-N39-P2", 2, model_case(*BIGBIRD, "contiguous")), ("branches-P4", 4, branches_case)]
     for P, layout in ((2, "contiguous"), (4, "zigzag")):
         for path, entry, extra in MODELS + (EXTRA if os.environ.get("SEQDSL_DIST_EXTRA") == "1" else []):
             if P == 2 and path not in TWO_RANKS:

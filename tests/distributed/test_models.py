@@ -1,7 +1,10 @@
 """Whole example models run sequence-parallel equal the one-process run: the output and the
 gradients of the inputs and of all the weights (the ranks' gradients summed), with 2 and 4
 gloo processes, N = 37 (not a multiple of the ranks, 2P chunks or any block), contiguous
-on 2 ranks and zig-zag on 4. One launch of 4 processes; cases in cases_models.py."""
+on 2 ranks and zig-zag on 4; BigBird with blocks of 3 at N = 39 (a module built for that N)
+on 2; two sequence-parallel mixers on independent branches of one block on 4. One launch of
+4 processes; cases in cases_models.py (and there, Longformer's collective bytes counted,
+set beside the analysis here)."""
 
 from __future__ import annotations
 
