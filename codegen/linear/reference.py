@@ -31,13 +31,15 @@ def phi(x: torch.Tensor, kind: str, projection: torch.Tensor | None = None, *, k
         return torch.clamp(x, min=0)
     if kind == "exp":
         return torch.exp(x)
-    m = projection.shape[0]
-    wx = x @ projection.to(x.dtype).T                                 # [.., N, m]
-    if kind.startswith("spectral+"):                                  # constant feature s appended
-        phi = torch.cat([torch.cos(wx), torch.sin(wx)], dim=-1) / math.sqrt(m)
-        return torch.cat([phi, torch.full_like(phi[..., :1], float(kind.split("+", 1)[1]))], dim=-1)
+    m = projection.shape[-2]
+    wx = x @ projection.to(x.dtype).transpose(-1, -2)                 # [.., N, m]
+    if "+" in kind:                                                   # constant feature s appended
+        base = phi(x, kind.split("+", 1)[0], projection)
+        return torch.cat([base, torch.full_like(base[..., :1], float(kind.split("+", 1)[1]))], dim=-1)
     if kind == "spectral":
         return torch.cat([torch.cos(wx), torch.sin(wx)], dim=-1) / math.sqrt(m)
+    if kind == "spectral_pm":                                         # m/2 pairs ω±: 1/√(m/2)
+        return torch.cat([torch.cos(wx), torch.sin(wx)], dim=-1) / math.sqrt(m / 2)
     assert kind == "favor", kind
     c = 0.5 * (projection.to(x.dtype) ** 2).sum(-1).max() if key_shift else 0.0
     return torch.exp(wx - 0.5 * (x ** 2).sum(-1, keepdim=True) - c) / math.sqrt(m)

@@ -58,14 +58,14 @@ _PHI = {
 #: φ(0) ≠ 0: padded rows/features must be zeroed after φ
 _PHI_NONZERO_AT_0 = ("elu1", "exp")
 #: feature maps that need the projection: applied in PyTorch, identity in the kernels
-_PHI_TORCH = ("favor", "spectral")
+_PHI_TORCH = ("favor", "spectral", "spectral_pm")
 FEATURES = (*_PHI, *_PHI_TORCH)
 
 
 def _phi_torch(feature: str) -> bool:
-    """φ applied in PyTorch before the kernels: favor, spectral and spectral+s (the smoothed
-    map, codegen.linear.features.spectral_smoothing)."""
-    return feature in _PHI_TORCH or feature.startswith("spectral+")
+    """φ applied in PyTorch before the kernels: favor, spectral[_pm] and spectral[_pm]+s (the
+    smoothed map, codegen.linear.features.spectral_smoothing)."""
+    return feature in _PHI_TORCH or (feature.startswith("spectral") and "+" in feature)
 NORMS = ("none", "sum")
 DECAY_KINDS = (None, "scalar", "head", "token", "channel")
 ALGORITHMS = ("chunked", "recurrent", "quadratic")

@@ -114,7 +114,7 @@ def _linear(w, n, spec: M.MixSpec, roles, algorithm) -> str:
     if f is not None:
         args.append(f"feature={f.kind!r}")
         if f.projection is not None:
-            args.append(f"projection={roles[f.projection.role]}")
+            args.append(f"projection={projection_source(f, roles.__getitem__)}")
     args.append(f"norm={spec.norm!r}")
     args.append(f"causal={spec.causal}")
     decay = next((x for x in M.mask_leaves(spec.mask) if isinstance(x, M.Decay)), None)
@@ -134,6 +134,16 @@ def _linear(w, n, spec: M.MixSpec, roles, algorithm) -> str:
     if "chunked" in algorithm:
         args.append(f"chunk={int(w.sizes.number(spec.hint('chunk') or 64))}")
     return f"linear_attention({', '.join(args)})"
+
+
+def projection_source(f: M.Feature, ref) -> str:
+    """The projection argument of a feature map: the learned or fixed tensor, or the frequencies
+    of a learned Gaussian drawn at the call (``codegen.linear.features.gaussian_frequencies``,
+    reached as ``rt.gaussian_frequencies``); ``ref(role)`` names a mix input."""
+    if f.mean is None:
+        return ref(f.projection.role)
+    return (f"rt.gaussian_frequencies({ref(f.mean.role)}, {ref(f.scale.role)}, {ref(f.projection.role)}, "
+            f"redraw={f.redraw!r}, training=self.training)")
 
 
 def _toeplitz(w, n, spec: M.MixSpec, roles, algorithm) -> str:

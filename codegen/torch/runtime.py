@@ -25,6 +25,7 @@ from codegen.distributed.rows import (  # noqa: F401  (sequence parallelism: row
     seq_replicated_queries,
     seq_take,
 )
+from codegen.linear.features import gaussian_frequencies  # noqa: F401  (GMM-RKS: rt.gaussian_frequencies)
 from codegen.torch import decode
 from codegen.torch.packed import (  # noqa: F401  (packed rows: what generated modules call)
     attention_by_document,

@@ -259,7 +259,7 @@ class TritonWriter(torch_emit._Writer):
         if decay is not None:
             args.append(f"decay={decay}")
         if spec.feature is not None and spec.feature.projection is not None:
-            args.append(f"projection={self._arg(n, spec.feature.projection.role)}")
+            args.append(f"projection={torch_mix.projection_source(spec.feature, lambda r: self._arg(n, r))}")
         note = f"{algorithm}, feature {feature}, norm {spec.norm}" + (f", {kind} decay" if kind else "")
         call = f"{{name}}({', '.join(args)})" + (f" * {late}" if late is not None else "")   # o = scale · φ(q) S
         return Plan("linear", kwargs, call, note), None

@@ -178,9 +178,14 @@ def feature_width(g: Graph, n: Node, s: MixShapes) -> sympy.Expr:
     f = n.spec.feature
     if f is None or f.features is None:
         return s.dk
-    if f.kind.startswith("spectral"):
-        return 2 * f.features + (1 if f.kind.startswith("spectral+") else 0)   # cos, sin (and s)
+    if f.kind.startswith("spectral"):                # cos, sin of m (± pairs: 2m) frequencies, and s
+        return 2 * _frequencies(f) + (1 if "+" in f.kind else 0)
     return f.features
+
+
+def _frequencies(f) -> sympy.Expr:
+    """Rows of the projection: m, or 2m for GMM-RKS's ± pairs (spectral_pm)."""
+    return 2 * f.features if f.kind.startswith("spectral_pm") else f.features
 
 
 def _feature_cost(g: Graph, n: Node, s: MixShapes, width) -> Estimates:
@@ -192,7 +197,7 @@ def _feature_cost(g: Graph, n: Node, s: MixShapes, width) -> Estimates:
     tokens = s.g * (s.nq + s.nk)
     held = s.e * tokens * width
     if f.projection is not None:
-        mm = 2 * tokens * s.dk * f.features
+        mm = 2 * tokens * s.dk * _frequencies(f)
         return Estimates(flops=mm + 3 * tokens * width, matmul_flops=mm, activation_bytes=held)
     return Estimates(flops=tokens * width, activation_bytes=held)
 

@@ -392,13 +392,24 @@ def favor(ctx, features, orthogonal, seed):
                   (("favor", features, orthogonal, seed),))
 
 
-@builtin("feature", P("features", "dim"), P("smoothing", "scalar", None))
-def spectral(ctx, features, smoothing):
-    """Learned spectral kernel: φ(x) = [cos(Ωx), sin(Ωx)]/√m with learned frequencies Ω;
+@builtin("feature", P("features", "dim"), P("smoothing", "scalar", None),
+         P("learn", "choice", "frequencies", choices=("frequencies", "gaussian")), P("heads", "dim", None),
+         P("redraw", "choice", None, choices=("never", "training", "always")))
+def spectral(ctx, features, smoothing, learn, heads, redraw):
+    """Learned spectral kernel: φ(x) = [cos(Ωx), sin(Ωx)]/√m with learned frequencies Ω [m, Dk];
     ``smoothing = s`` appends the constant feature s (φ(q)·φ(k) + s², as the smoothed random
-    Fourier features of On Learning the Transformer Kernel, s = 1)."""
-    kind = "spectral" if smoothing is None else f"spectral+{float(smoothing)!r}"   # codegen.linear.features
-    return Struct("feature", M.Feature(kind, features), (), (("spectral", features),))
+    Fourier features of On Learning the Transformer Kernel, s = 1). ``learn = gaussian``: GMM-RKS,
+    m draws ε ~ N(0, I) give the frequencies Σᵀε ± μ (times Dk^−¼) of a learned mean μ and
+    matrix Σ, φ = [cos, sin](Ω±)/√m (width 4m); ε is redrawn per ``redraw``: training (the
+    default: every call in training mode, evaluation keeps the last draw), always (every call,
+    the reference's default) or never. ``heads = H``: μ, Σ (or Ω) per head, the q/k head axis."""
+    if learn == "frequencies" and redraw not in (None, "never"):
+        raise ctx.error(f"spectral(): learned frequencies are not drawn, so redraw = {redraw} has nothing to "
+                        "redraw", hint="learn = gaussian draws ε ~ N(0, I) and learns its mean and scale")
+    base = "spectral" if learn == "frequencies" else "spectral_pm"
+    kind = base if smoothing is None else f"{base}+{float(smoothing)!r}"   # codegen.linear.features
+    feature = M.Feature(kind, features, redraw=redraw or ("training" if learn == "gaussian" else "never"))
+    return Struct("feature", feature, (), (("spectral", features, learn, heads),))
 
 
 # ======================================================================================

@@ -262,11 +262,7 @@ def _create_pending(ctx: Ctx, item, inputs, v, q, batch, feature_obj, mask_obj):
         inputs.append((role, t))
         return dataclasses.replace(feature_obj, projection=M.Ref(role)), mask_obj
     if tag == "spectral":
-        _, m = item
-        t = ctx.param("frequencies", (m, q.type.shape[-1]), Init("normal", (sympy.Integer(1),)))
-        role = ctx.el.new_role("frequencies")
-        inputs.append((role, t))
-        return dataclasses.replace(feature_obj, projection=M.Ref(role)), mask_obj
+        return _spectral_params(ctx, item, inputs, q, feature_obj), mask_obj
     raise AssertionError(tag)
 
 
@@ -326,3 +322,32 @@ def _replace_kernel(m, old, new):
     if isinstance(m, M.Toeplitz) and m.kernel is old:
         return dataclasses.replace(m, kernel=new)
     return m
+
+
+def _spectral_params(ctx: Ctx, item, inputs, q, feature: M.Feature) -> M.Feature:
+    """The weights of spectral(m, learn, heads): learned frequencies Ω [(H,) m, Dk] ~ N(0, 1), or
+    GMM-RKS's mean μ [(H,) Dk] and matrix Σ [(H,) Dk, Dk] with the noise buffer ε [Dk, m], at the
+    reference's inits (fast_transformers GaussianMixtureFourierFeatures: Σ xavier-uniform, μ
+    uniform ±1/√fan_in(Σ); torch's fans of a [H, Dk, Dk] tensor: Dk·Dk in, H·Dk out)."""
+    _, m, learn, heads = item
+    dk = q.type.shape[-1]
+    lead: tuple = ()
+    if heads is not None:
+        if q.type.rank < 3 or not same_dim(q.type.shape[-3], heads):
+            raise ctx.error(f"spectral(heads = {heads}): q and k must be [.., {heads}, N, Dk], got {q.type}")
+        lead = (heads,)
+
+    def add(name: str, shape: tuple, init: Init) -> M.Ref:
+        role = ctx.el.new_role(name)
+        inputs.append((role, ctx.param(name, shape, init)))
+        return M.Ref(role)
+
+    if learn == "frequencies":
+        return dataclasses.replace(feature, projection=add("frequencies", (*lead, m, dk),
+                                                            Init("normal", (sympy.Integer(1),))))
+    fan_in, fan_out = (dk * dk, heads * dk) if heads is not None else (dk, dk)
+    bound = sympy.sqrt(6 / (fan_in + fan_out))
+    scale = add("scale", (*lead, dk, dk), Init("uniform", (-bound, bound)))
+    mean = add("mean", (*lead, dk), Init("uniform", (-fan_in ** sympy.Rational(-1, 2), fan_in ** sympy.Rational(-1, 2))))
+    noise = add("noise", (dk, m), Init("normal", (sympy.Integer(1),), False))
+    return dataclasses.replace(feature, projection=noise, mean=mean, scale=scale)

@@ -82,11 +82,16 @@ Score = Dot | Given
 class Feature:
     """φ applied to queries and keys. kinds: identity, elu1, relu, exp, favor (positive
     random features, ``features`` of them, a fixed projection), spectral (learned
-    frequencies, cos/sin features)."""
+    frequencies, cos/sin features), spectral_pm (frequencies Σᵀε ± μ of a learned Gaussian:
+    ``projection`` is then the noise ε [Dk, m], ``mean`` μ and ``scale`` Σ, ε redrawn per
+    ``redraw``: never | training | always; codegen.linear.features.gaussian_frequencies)."""
 
     kind: str
     features: Scalar | None = None
     projection: Ref | None = None
+    mean: Ref | None = None
+    scale: Ref | None = None
+    redraw: str = "never"
 
     def __str__(self) -> str:
         if self.features is None:
