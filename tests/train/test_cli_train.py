@@ -43,3 +43,11 @@ def test_train_refuses_a_model_that_does_not_fit():
     assert "needs logits [B, N, V] per position; the model returns [B, Classes]" in res.output
     res = runner.invoke(app, ["train", "examples/models/h3.seq", "--task", "nope"])
     assert res.exit_code == 1 and "unknown task 'nope'" in res.output
+
+
+def test_train_seq_parallel_options_reach_the_loop():
+    res = runner.invoke(app, ["train", "examples/models/h3.seq", *TINY, "--nproc", "3", "--seq-parallel", "2"])
+    assert res.exit_code == 1 and "--seq-parallel 2 must divide --nproc 3" in res.output
+    res = runner.invoke(app, ["train", "examples/models/h3.seq", *TINY, "--nproc", "2", "--seq-parallel", "2",
+                              "--layout", "spiral"])
+    assert res.exit_code == 1 and "--layout spiral: give auto, contiguous or zigzag" in res.output
