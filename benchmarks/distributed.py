@@ -35,7 +35,7 @@ BUDGET = 2**30            # per-rank memory budget for the "largest N" columns: 
 FIT_BUDGET = 64 * 2**20   # the budget under which the largest N is also measured (bisection over N)
 
 
-def _call(model, vanilla: bool, q, k, v):
+def _call(model, vanilla: bool, q, k, v, softmax: str = "auto"):
     import torch
 
     import seqdsl.distributed as sd
@@ -46,7 +46,7 @@ def _call(model, vanilla: bool, q, k, v):
         return softmax_attention(q, k, v, M.Causal(0), scale=0.125, algorithm="materialized")
     if torch.distributed.get_world_size() == 1:
         return model(q, k, v)
-    with sd.sequence_parallel():
+    with sd.sequence_parallel(softmax=softmax):
         return model(q, k, v)
 
 
@@ -64,7 +64,7 @@ def _exact_rss() -> None:
         pass
 
 
-def _measure(model, vanilla: bool, x) -> tuple[float, int]:
+def _measure(model, vanilla: bool, x, softmax: str = "auto") -> tuple[float, int]:
     """(seconds, peak resident bytes above the resident size just before) of one call, the
     slowest rank's time and the largest rank's peak."""
     import torch
@@ -75,7 +75,7 @@ def _measure(model, vanilla: bool, x) -> tuple[float, int]:
     base = _status("VmRSS:")
     torch.distributed.barrier()
     start = time.perf_counter()
-    y = _call(model, vanilla, *x)
+    y = _call(model, vanilla, *x, softmax=softmax)
     torch.distributed.barrier()
     seconds = time.perf_counter() - start
     del y
@@ -96,7 +96,8 @@ def _inputs(n: int, vanilla: bool):
     return x
 
 
-def worker(ns: list[int], vanilla: bool, repeat: int, budget: float | None = None, start_n: int = 0) -> dict:
+def worker(ns: list[int], vanilla: bool, repeat: int, budget: float | None = None, start_n: int = 0,
+           softmax: str = "auto") -> dict:
     """One rank: a warm-up call (the process's one-time allocations: gloo's buffers, lazy
     imports), then every N in turn; then, with ``budget``, the largest N whose measured
     per-rank memory (this rank's inputs + the measured peak above them) fits, by bisection
@@ -112,7 +113,7 @@ def worker(ns: list[int], vanilla: bool, repeat: int, budget: float | None = Non
         table = []
         for n in ns:
             x = _inputs(n, vanilla)
-            runs = [_measure(model, vanilla, x) for _ in range(repeat)]
+            runs = [_measure(model, vanilla, x, softmax) for _ in range(repeat)]
             table.append({"n": n, "seconds": min(r[0] for r in runs), "peak": max(r[1] for r in runs)})
         fit = _bisect(model, vanilla, budget, start_n) if budget else None
     return {"table": table, "fit": fit}
@@ -156,15 +157,19 @@ def main() -> None:
     ns = [1024, 2048] if args.quick else [4096, 8192, 16384]
     budget = FIT_BUDGET / (8 if args.quick else 1)
     rows, fits = {}, {}
-    t0 = time.time()
+    t0, load0 = time.time(), os.getloadavg()[0]
     # the vanilla run stops where its scores outgrow this machine's patience (and memory)
     rows["vanilla"] = sd.launch(f"{__file__}:worker", 1, [n for n in ns if n <= 4096] or ns[:1], True, 2)[0]["table"]
     for p in (1, 2, 4):
         res = sd.launch(f"{__file__}:worker", p, ns, False, 2, budget, largest(p, budget),
                         threads=max(1, (os.cpu_count() or 1) // p))
         rows[p], fits[p] = res[0]["table"], res[0]["fit"]
+    # the ring, forced (the rule picks Ulysses for 8 heads): its memory against its formula
+    for p in (2, 4):
+        rows[f"ring{p}"] = sd.launch(f"{__file__}:worker", p, ns[1:2], False, 2, None, 0, "ring",
+                                     threads=max(1, (os.cpu_count() or 1) // p))[0]["table"]
     wall = time.time() - t0
-    report(rows, ns, fits, budget, wall)
+    report(rows, ns, fits, budget, wall, (load0, os.getloadavg()[0]))
 
 
 def largest(nproc: int | None, budget: float) -> int | None:
@@ -190,8 +195,8 @@ def _formula(nproc: int):
         c = check(FILE, N=1024, **SIZES)
         sec = analyze_distributed(c.graph, analyze_graph(c.graph, c.entry, c.sizes), nproc)
         names = {s: sympy.Symbol(s, positive=True, integer=True) for s in ("N", "P", "B", "H", "Dh", "BLOCK")}
-        _formula_cache[nproc] = tuple(sympy.sympify(sec[k], locals=names)
-                                      for k in ("memory_per_rank", "inputs_per_rank"))
+        _formula_cache[nproc] = tuple(sympy.sympify(sec.get(k, sec["memory_per_rank"]), locals=names)
+                                      for k in ("memory_per_rank", "inputs_per_rank", "memory_per_rank_ring"))
     return _formula_cache[nproc]
 
 
@@ -205,17 +210,18 @@ def predicted_rank_formula(n: int, nproc: int) -> float:
     return _at(_formula(nproc)[0], n, nproc)
 
 
-def predicted_extra(n: int, nproc: int) -> float:
-    """Per-rank memory above the inputs (what the run measures: inputs exist before the call)."""
-    total, inputs = _formula(nproc)
-    return _at(total, n, nproc) - _at(inputs, n, nproc)
+def predicted_extra(n: int, nproc: int, ring: bool = False) -> float:
+    """Per-rank memory above the inputs (what the run measures: inputs exist before the call);
+    ``ring``: with the softmax on the ring."""
+    total, inputs, with_ring = _formula(nproc)
+    return _at(with_ring if ring else total, n, nproc) - _at(inputs, n, nproc)
 
 
 def predicted_vanilla_formula(n: int) -> float:
     return 4.0 * SIZES["H"] * n * n + 4 * 4.0 * SIZES["H"] * n * SIZES["Dh"]   # scores + q, k, v, o
 
 
-def report(rows: dict, ns: list[int], fits: dict, budget: float, wall: float) -> None:
+def report(rows: dict, ns: list[int], fits: dict, budget: float, wall: float, load: tuple) -> None:
     out = ROOT / "benchmarks/results"
     out.mkdir(parents=True, exist_ok=True)
     lines = ["# Sequence-parallel attention against vanilla multi-head attention", "",
@@ -223,7 +229,7 @@ def report(rows: dict, ns: list[int], fits: dict, budget: float, wall: float) ->
              "process (a loaded 2-core VM, shared with other jobs while this ran: the processes of P = 4 "
              "time-share two cores, so times do not show a speed-up; memory per rank is what scales), "
              f"torch {__import__('torch').__version__}, gloo, fp32, causal, B = 1, H = 8, Dh = 64, forward "
-             f"(no_grad). Whole run {wall:.0f} s.", "",
+             f"(no_grad). Whole run {wall:.0f} s; load average {load[0]:.1f} at the start, {load[1]:.1f} at the end.", "",
              "Memory: each rank's peak resident size during one call above its resident size just before "
              "the call (inputs excluded), after a warm-up call in the same process (the one-time allocations "
              "of gloo and lazy imports), with glibc's mmap threshold fixed at 64 KiB so that freed tensors "
@@ -245,6 +251,14 @@ def report(rows: dict, ns: list[int], fits: dict, budget: float, wall: float) ->
         rat = [rows[p][i]["peak"] / predicted_extra(n, p) for p in (1, 2, 4)]
         ratios += rat
         lines.append(f"| {n} | " + " | ".join(cells) + " | " + ", ".join(f"{x:.2f}" for x in rat) + " |")
+    for p in (2, 4):
+        r = rows[f"ring{p}"][0]
+        pred = predicted_extra(r["n"], p, ring=True)
+        ratios.append(r["peak"] / pred)
+        lines.append(f"| {r['n']}, ring (forced) | — | — | " + (" — |" if p == 4 else "")
+                     + f" {r['seconds'] * 1e3:.0f} ms, {r['peak'] / 2**20:.1f} MiB (analysis {pred / 2**20:.1f}), "
+                     f"{r['seconds'] / r['n'] * 1e6:.1f} µs/token |" + (" — |" if p == 2 else "")
+                     + f" {r['peak'] / pred:.2f} (P = {p}) |")
     lines += ["", f"Measured / predicted per-rank memory: {min(ratios):.2f} – {max(ratios):.2f}.", "",
               "Largest N whose per-rank memory (inputs included) fits a budget: from the analysis' formula "
               f"(`analyze complexity --nproc P --memory ...`) at {BUDGET / 2**30:.0f} GiB and at "

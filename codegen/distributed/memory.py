@@ -9,7 +9,10 @@ benchmarks/distributed.py):
 - **ring**: the K/V block held, as one flat buffer (a copy of the rank's own K and V at the
   first step; it is sent as it is), and the block arriving: 2·(|k| + |v|) of n rows; the running
   maximum and row sum in fp32 (the running weighted sum is the output, divided in place);
-  one tile's scores and probabilities, 2·ROWS·KEYS per (batch, head), and its keep-mask.
+  one tile of scores, turned into probabilities in place, ROWS·KEYS per (batch, head), and
+  its keep-mask and its negation (bool; counted per head: an overestimate for masks without
+  a per-head term); the tile's [ROWS, D] temporaries (a contiguous copy of the key and value
+  rows, the product with the values, the rescaled accumulator): 2·ROWS·(dk + dv).
 - **Ulysses**, in rounds of ``ULYSSES_HEADS`` heads per rank (a fraction f = P·ULYSSES_HEADS/H of
   every tensor per round; one round, f = 1, when the heads do not split evenly): at the worst
   moment of a round, the third all-to-all in, q and k of the round resharded (f·(|q| + |k|)),
@@ -37,7 +40,8 @@ def ring_bytes(k_elems, v_elems, bh, n, itemsize: int = 4):
     blocks = 2 * (k_elems + v_elems) * itemsize
     stats = 2 * bh * n * 4
     tile = bh * _min(n, ROWS) * _min(n, KEYS)
-    return blocks + stats + tile * (2 * 4 + 1)
+    rows = bh * _min(n, ROWS) * (k_elems + v_elems) / (bh * n)          # ROWS rows of width dk + dv
+    return blocks + stats + tile * (4 + 2) + 2 * rows * 4
 
 
 def ulysses_fraction(heads, nproc):

@@ -156,19 +156,21 @@ class _Config:
     heads: int
 
     def scores(self, qs: Tensor, kb: Tensor, pq: Tensor, pk: Tensor) -> tuple[Tensor | None, Tensor | None]:
-        """(raw scores before the cap, capped and masked scores) of rows pq against keys pk;
-        (None, None) when the mask keeps no pair."""
+        """(raw scores before the cap, or None without a cap; capped and masked scores) of rows
+        pq against keys pk; (None, None) when the mask keeps no pair. One tile of scores is
+        allocated (two with a cap): the scale goes into the query rows, the bias and the mask
+        are applied in place."""
         n = self.layout.n
         keep = self.mask.keep(pq[:, None], pk[None, :], n, n, self.heads)
         if not bool(keep.any()):
             return None, None
-        s = torch.matmul(qs, kb.transpose(-1, -2)) * self.scale          # read (rows + n)·D, write rows·n
+        s = torch.matmul(qs * self.scale, kb.transpose(-1, -2))          # read (rows + keys)·D, write rows·keys
         if self.bias is not None:
-            s = s + positional_bias(self.bias[0], self.bias[1], pq[:, None], pk[None, :], self.heads, s.dtype)
-        raw = s
+            s += positional_bias(self.bias[0], self.bias[1], pq[:, None], pk[None, :], self.heads, s.dtype)
+        raw = None
         if self.cap is not None:
-            s = self.cap * torch.tanh(s / self.cap)
-        return raw, s.masked_fill(~keep, float("-inf"))
+            raw, s = s, self.cap * torch.tanh(s / self.cap)
+        return raw, s.masked_fill_(~keep, float("-inf"))
 
 
 def _flat(*xs: Tensor) -> Tensor:
@@ -214,7 +216,7 @@ class _Ring(torch.autograd.Function):
                         continue                                          # an empty tile: skipped
                     m_new = torch.maximum(m[:, :, a:b], s.amax(-1))
                     shift = torch.where(torch.isinf(m_new), 0.0, m_new)
-                    p = torch.exp(s.sub_(shift[..., None]))
+                    p = s.sub_(shift[..., None]).exp_()                   # in place: one tile
                     del s
                     alpha = torch.exp(m[:, :, a:b] - shift)
                     rowsum[:, :, a:b] = rowsum[:, :, a:b] * alpha + p.sum(-1)
@@ -257,14 +259,15 @@ class _Ring(torch.autograd.Function):
                     raw, s = cfg.scores(q[:, :, a:b], kc, pq[a:b], pkc)
                     if s is None:
                         continue
-                    p = torch.exp(s - lse_safe[:, :, a:b, None])          # the forward's probabilities
+                    p = s.sub_(lse_safe[:, :, a:b, None]).exp_()          # the forward's probabilities
+                    del s
                     dos = do[:, :, a:b]
                     dvb[:, :, c:c + KEYS] += torch.matmul(p.transpose(-1, -2), dos).sum_to_size(vc.shape)
-                    dp = torch.matmul(dos, vc.transpose(-1, -2))
-                    ds = p * (dp - delta[:, :, a:b, None])
+                    ds = torch.matmul(dos, vc.transpose(-1, -2)).sub_(delta[:, :, a:b, None]).mul_(p)
+                    del p
                     if cfg.cap is not None:
                         ds = ds * (1 - torch.tanh(raw / cfg.cap) ** 2)
-                    ds = ds * cfg.scale
+                    ds.mul_(cfg.scale)
                     dq[:, :, a:b] += torch.matmul(ds, kc)
                     dkb[:, :, c:c + KEYS] += torch.matmul(ds.transpose(-1, -2), q[:, :, a:b])
             if P > 1:

@@ -38,6 +38,20 @@ def softmax_case(mask, heads=4, n=63, layout="contiguous", strategy="ring", cap=
     return fn
 
 
+def small_tiles(case, rows: int = 5, keys: int = 7):
+    """``case`` with the ring's tiles made small (ROWS × KEYS = 5 × 7): a rank's 15–32 rows
+    span several query and key tiles, the last ones ragged (the default tiles, 512 × 512,
+    hold every rank's rows at these lengths)."""
+    def fn(group):
+        saved = dsm.ROWS, dsm.KEYS
+        dsm.ROWS, dsm.KEYS = rows, keys
+        try:
+            return case(group)
+        finally:
+            dsm.ROWS, dsm.KEYS = saved
+    return fn
+
+
 def rows_case(layout: str, n=63, g=3):
     """The last ``g`` rows as replicated queries over every key (gathered from their owners,
     an LSE all-reduce; mask, cap and ALiBi at the one-process query positions 0..g−1, so
@@ -178,6 +192,8 @@ def cases() -> list:
                                                                                  strategy="ulysses")))
         out.append((f"rows-global-queries-P{P}", P, rows_case(layout)))
         out.append((f"softmax-ring-cap-alibi-P{P}", P, softmax_case(M.Causal(0), cap=5.0, bias=("alibi", None))))
+        out.append((f"softmax-ring-small-tiles-cap-alibi-P{P}", P, small_tiles(
+            softmax_case(M.Or(M.Causal(0), M.KeyRange(20, 30)), layout=layout, cap=5.0, bias=("alibi", None)))))
         out.append((f"softmax-ulysses-cap-alibi-P{P}", P, softmax_case(M.Causal(0), cap=5.0, bias=("alibi", None),
                                                                      strategy="ulysses")))
         for name, kw in LINEAR:
