@@ -116,7 +116,8 @@ class Compiled:
     source: str
 
 
-def _lower(source, entry, backend: str, sizes: dict, algorithms: dict[str, str] | None = None):
+def _lower(source, entry, backend: str, sizes: dict, algorithms: dict[str, str] | None = None,
+           at_call: tuple[str, ...] = ()):
     from codegen.torch.emit import emit_module
 
     if backend not in BACKENDS:
@@ -126,8 +127,9 @@ def _lower(source, entry, backend: str, sizes: dict, algorithms: dict[str, str] 
     checked = check(source, entry, **sizes)
     resolve_forced(checked.graph, algorithms)     # a positioned error before the code generator
     name = str(checked.program.file)
-    # Sizes the user gave are fixed; the others the inputs carry are read at each call.
-    binding = dict(explicit=set(sizes), concretized=checked.concretized, constraints=checked.constraints)
+    # Sizes the user gave are fixed (but those of at_call); the others the inputs carry are read at each call.
+    binding = dict(explicit=set(sizes) - set(at_call), concretized=checked.concretized,
+                   constraints=checked.constraints)
     try:
         if backend == "triton":
             from codegen.triton.emit import emit_triton_module
@@ -158,17 +160,21 @@ def compile(source: str | Path, out_dir: str | Path, backend: str = "auto", entr
 
 
 def load(source: str | Path, entry: str | None = None, backend: str = "auto", *,
-         algorithms: dict[str, str] | None = None, torch_compile: bool = False, **dims):
+         algorithms: dict[str, str] | None = None, torch_compile: bool = False, at_call: tuple[str, ...] = (),
+         **dims):
     """An ``nn.Module`` for ``entry`` (default: the file's model). ``dims`` sets declared
     dims and options by name. Its forward takes the entry's inputs in declaration order;
     ``example_inputs(**sizes)`` makes random ones. ``algorithms`` forces a mixer's algorithm
     by layer path; ``torch_compile=True`` wraps the module's forward in ``torch.compile``
     (the first call then compiles, ~20 s on a CPU). ``backend="triton"`` runs generated
-    Triton kernels (on a CPU only with TRITON_INTERPRET=1 set before import: slowly)."""
+    Triton kernels (on a CPU only with TRITON_INTERPRET=1 set before import: slowly).
+    ``at_call``: dims given in ``dims`` that the module still reads from its inputs at each
+    call where it can (weights and position tables are built for the given value; a
+    sequence-parallel rank holds part of N)."""
     from codegen.torch.emit import _ident
     from codegen.torch.load import load_source
 
-    checked, emitted = _lower(source, entry, backend, dims, algorithms)
+    checked, emitted = _lower(source, entry, backend, dims, algorithms, at_call)
     module = load_source(emitted.source, _ident(checked.entry))
     model = getattr(module, emitted.class_name)()
     model.choices = emitted.choices

@@ -153,7 +153,7 @@ def fit(file: str | Path, layout: Layout, task: str, *, entry: str | None = None
     (a fresh module each call; the checking and code generation are cached per process,
     keyed by the file's path and modification time, the entry, sizes, layout and batch).
     ``split_sequence``: a module that reads the input's length at each call (each rank of a
-    sequence-parallel run holds a part of the sequence), with the same weights."""
+    sequence-parallel run holds a part of the sequence), with the same weights and tables."""
     key = _built(file, layout, task, entry, sizes, batch, split_sequence)
     cls, choices, source, checked, sizes, flops, train_flops = _CACHE[key]
     model = cls(seed=seed)
@@ -208,40 +208,18 @@ def _build(file, layout: Layout, task: str, entry: str | None, sizes: dict, batc
             sizes[length.name] = layout.length
             checked = api.check(file, entry, **sizes)
     check_layout(file, checked, layout, task)
-    first = api.load(file, entry, **sizes)
-    if split_sequence:
-        first = _length_at_call(file, entry, sizes, ins[0][1].shape[1] if ins and ins[0][1].rank >= 2 else None,
-                                first)
+    # split_sequence: the input's length read at each call (a rank holds part of it), the weights
+    # and position tables built for the task's length as in one process. Where the structure or
+    # a weight fixes it, the module refuses the split at its first call, by name.
+    length = ins[0][1].shape[1] if ins and ins[0][1].rank >= 2 else None
+    at_call = (length.name,) if split_sequence and isinstance(length, sympy.Symbol) else ()
+    first = api.load(file, entry, at_call=at_call, **sizes)
     bdim = ins[0][1].shape[0] if ins and ins[0][1].rank else None
     bname = bdim.name if isinstance(bdim, sympy.Symbol) and bdim.name not in sizes else None
     flops, train_flops = _flops(checked, bname, batch, layout.length)
     return type(first), first.choices, first.source, checked, sizes, flops, train_flops
 
 
-def _length_at_call(file, entry: str | None, sizes: dict, length, fixed: torch.nn.Module) -> torch.nn.Module:
-    """The module of ``file`` built without its input's length dim, so that it reads N from
-    each call (a rank's part of the sequence); refused by name where that changes a weight's
-    shape (a position table over N is then built for the file's default N), since the run
-    would no longer train the model it was asked to. Where the length stays fixed (the
-    structure depends on it), the module refuses the split at its first call, by name."""
-    from seqdsl import api
-
-    if not isinstance(length, sympy.Symbol) or length.name not in sizes:
-        return fixed
-    try:
-        free = api.load(file, entry, **{k: v for k, v in sizes.items() if k != length.name})
-    except SeqError as err:
-        raise SeqError(f"sequence parallelism: the module split along {length.name} reads it at each call, "
-                       f"and cannot be built so: {err}") from None
-    want = {k: tuple(v.shape) for k, v in fixed.state_dict().items()}
-    have = {k: tuple(v.shape) for k, v in free.state_dict().items()}
-    if want != have:
-        diff = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
-        raise SeqError(f"{file}: sequence parallelism: the weights {', '.join(diff[:3])} depend on "
-                       f"{length.name} (shape {want.get(diff[0])} at {length.name} = {sizes[length.name]}); a module "
-                       f"split along {length.name} reads it at each call and would build them for the file's "
-                       f"default instead; train it on one sequence per process (--seq-parallel 1)")
-    return free
 
 
 def _all_nodes(graph: Graph) -> list:

@@ -142,29 +142,47 @@ def test_refused_by_name(tmp_path):
     with pytest.raises(SeqError, match=r"--seq-parallel 4 with the zigzag layout needs a sequence of at least 8 "
                                        r"positions .* the task's is 7"):
         train(replace(short, nproc=4, seq_parallel=4))
-    # a weight over N: the split module (N read at each call) would build it for the file's N
-    (tmp_path / "table.seq").write_text("dim B, N = 64, V = 8, D = 8\n\nmodel table_lm(tokens: int[B, N]) -> "
-                                        "[B, N, V] {\n  param pos: [N, D] = normal(0.02)\n  "
-                                        "return linear(embed(tokens, V, D) + pos, V)\n}\n")
-    with pytest.raises(SeqError, match=r"the weights pos depend on N \(shape \(11, 8\) at N = 11\)"):
-        train(_config(str(tmp_path / "table.seq"), {}, nproc=2, seq_parallel=2))
     # packed rows: refused before any process starts (the batch's doc_ids)
     ids = torch.zeros(2, 11, dtype=torch.long)
     with pytest.raises(SeqError, match=r"packed rows \(doc_ids\) and sequence parallelism"):
         par.shard(Batch(ids, ids, doc_ids=ids), par.Ranks(2, 0, 1, 0, 2), "lm")
 
 
-POOLED = """dim B, N, V = 8, D = 8
+TABLE = """dim B, N = 64, V = 8, D = 8
 
-model pooled_lm(tokens: int[B, N]) -> [B, N, V] {
-  x = embed(tokens, V, D)
-  return linear(x + rearrange(mean(x, axis = 1), "b d -> b 1 d"), V)
+model table_lm(tokens: int[B, N]) -> [B, N, V] {
+  param pos: [N, D] = normal(0.02)
+  return linear(embed(tokens, V, D) + pos, V)
 }
 """
 
 
 @pytest.mark.slow
-def test_a_layer_the_plan_cannot_split_is_refused_by_name(tmp_path):
-    (tmp_path / "pooled.seq").write_text(POOLED)
-    with pytest.raises(SeqError, match=r"mean: cannot run with the sequence split over ranks: mean over the N axis"):
-        train(_config(str(tmp_path / "pooled.seq"), {}, nproc=2, seq_parallel=2, steps=1))
+def test_position_table_is_built_for_the_task_length(tmp_path):
+    """A weight over N (a learned position table, as Longformer's or Hyena's z offset): the
+    split module reads N at each call, yet its table is built for the task's N (not the
+    file's 64), so the weights and the checkpoint are one process's."""
+    (tmp_path / "table.seq").write_text(TABLE)
+    cfg = _config(str(tmp_path / "table.seq"), {})
+    one = train(cfg)
+    assert one.state["pos"].shape == (11, 8)
+    _same(one, train(replace(cfg, nproc=2, seq_parallel=2)), set())
+
+
+# layers that read across the split sequence without a distributed form (docs/distributed.md)
+REFUSED = {
+    "pooled": ("x + rearrange(mean(x, axis = 1), \"b d -> b 1 d\")",
+               r"mean: cannot run with the sequence split over ranks: mean over the N axis"),
+    "mixed": ("rearrange(linear(rearrange(x, \"b n d -> b d n\"), N), \"b d n -> b n d\")",
+              r"linear: cannot run with the sequence split over ranks: acts along the N axis"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_a_layer_the_plan_cannot_split_is_refused_by_name(tmp_path, name):
+    body, message = REFUSED[name]
+    (tmp_path / "m.seq").write_text(f"dim B, N = 64, V = 8, D = 8\n\nmodel m(tokens: int[B, N]) -> [B, N, V] {{\n"
+                                    f"  x = embed(tokens, V, D)\n  return linear({body}, V)\n}}\n")
+    with pytest.raises(SeqError, match=message):
+        train(_config(str(tmp_path / "m.seq"), {}, nproc=2, seq_parallel=2, steps=1))
