@@ -33,6 +33,7 @@ import sympy
 from seqdsl.ir import decode_window as W
 from seqdsl.ir import mix as M
 from seqdsl.ir.graph import Graph, Node, OpKind
+from seqdsl.ir.tables import prefix_tables
 
 #: the families whose state the step functions know (codegen/<family>/step.py; recurrent
 #: segments: codegen/torch/decode_families.py)
@@ -123,6 +124,7 @@ def plan(g: Graph, runtime: set[str] | frozenset[str], fixed_by: dict[str, str] 
                                          f"the entry takes {len(g.inputs)} ({', '.join(i.name for i in g.inputs)})")
     slots, positional = [], set()
     win = W.windows(g, n)
+    tables = prefix_tables(g, n)          # factorised position tables: built whole, their rows read
     try:
         for node in g.nodes():
             if node.id in win.slices:
@@ -141,6 +143,10 @@ def plan(g: Graph, runtime: set[str] | frozenset[str], fixed_by: dict[str, str] 
                 if why is not None:
                     raise _refuse(node, why)
                 slots.append(Slot(node.name, "softmax", "window"))
+                continue
+            if node.id in tables.nodes:
+                if node.id in tables.ends:
+                    positional.add(node.id)          # its rows: from the token's position in a step
                 continue
             kind = _classify(g, node, n)
             if kind in STATEFUL:

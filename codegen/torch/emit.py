@@ -24,7 +24,7 @@ from codegen.decode.plan import plan as plan_decoding
 from codegen.source import RESERVED, comment, ident, literal
 from codegen.torch import names, packing, scoped
 from codegen.torch.choice import Choice, Chooser
-from codegen.torch.sizes import SizeCode, plan_sizes, runtime_dims, shape_spec, size_check_lines, value_of
+from codegen.torch.sizes import SizeCode, plan_sizes, runtime_dims, shape_spec, size_check_lines, table_end, value_of
 from codegen.torch.structure import Scope, build
 from seqdsl.analysis.select import MACHINES
 from seqdsl.errors import SeqError
@@ -129,6 +129,7 @@ class _Writer(Chooser, scoped.ScopedWriter):
         with scoped.layer_hooks(self, n):           # packed rows, sequence parallelism: lines around it
             handler(n)
         window_line(self, n)                        # x[:, N - M:]: a window slot when decoding
+        table_end(self, n)                          # a factorised position table: its first N rows
 
     def mix_nodes(self) -> list[Node]:
         """The MIX nodes this writer writes (those of its scope)."""

@@ -14,7 +14,10 @@ file is in one of three states:
   for that size.
 - **bounded**: a dim bound at call time that a position table also has as an axis
   (``param pos: [N, D]`` read only by elementwise ops): the table serves any shorter input
-  with its first rows and refuses a longer one by name.
+  with its first rows and refuses a longer one by name. A factorised table whose axis is
+  N / k, combined elementwise with fixed tables and flattened with that axis outermost
+  (``"r w c d -> (r w c) d"``), is prefix-consistent too (seqdsl/ir/tables.py): it is built
+  whole at the bound and its first N rows are read (``[:N]`` after the flattening).
 
 An input axis that is a fixed dim is checked at each call; a wrong size is refused with an
 error naming the entry, the input, the dim, the expected and the given value.
@@ -29,6 +32,7 @@ import sympy
 
 from codegen.source import RESERVED, comment, literal
 from seqdsl.ir.graph import Graph, OpKind
+from seqdsl.ir.tables import PrefixTables, prefix_tables
 from seqdsl.ir.types import show_dim
 
 
@@ -39,6 +43,7 @@ class SizePlan:
     bounds: dict[str, int] = field(default_factory=dict)     # runtime dim -> largest size a weight serves
     defaults: dict[str, int] = field(default_factory=dict)   # runtime dim -> the file's default
     fixed_by: dict[str, str] = field(default_factory=dict)   # fixed dim -> why (for messages)
+    prefix: dict[str, PrefixTables] = field(default_factory=dict)   # bounded dim -> its factorised tables
 
 
 def _bodies(g: Graph):
@@ -53,9 +58,11 @@ def _names(expr) -> set[str]:
     return {s.name for s in sympy.sympify(expr).free_symbols}
 
 
-def _weight_dims(g: Graph) -> tuple[dict[str, str], dict[str, set[str]]]:
+def _weight_dims(g: Graph, prefix: dict[str, PrefixTables] | None = None) -> tuple[dict[str, str], dict[str, set[str]]]:
     """dim -> the first weight whose shape uses it; and, per dim, the weights that have it
-    as one whole axis read only elementwise (position tables)."""
+    as one whole axis read only elementwise (position tables), or that are part of a
+    prefix-consistent factorised table (``prefix``, of the top graph)."""
+    prefix = prefix or {}
     used: dict[str, str] = {}
     tables: dict[str, set[str]] = {}
     not_table: set[str] = set()
@@ -71,12 +78,14 @@ def _weight_dims(g: Graph) -> tuple[dict[str, str], dict[str, set[str]]]:
                 for d in shape:
                     for name in _names(d):
                         whole = d.is_Symbol and sum(1 for x in shape if name in _names(x)) == 1
-                        if whole and elementwise:
+                        factorised = graph is g and name in prefix and n.id in prefix[name].nodes
+                        if (whole and elementwise) or factorised:
                             tables.setdefault(name, set()).add(n.name)
                             used.setdefault(name, n.name)
                         else:
-                            if name not in not_table:      # name the weight that fixes it
-                                used[name] = n.name
+                            if name not in not_table:      # name the weight that fixes it (and why)
+                                why = prefix[name].refused.get(n.name) if graph is g and name in prefix else None
+                                used[name] = f"{n.name}: {why}" if why else n.name
                             not_table.add(name)
             elif n.kind == OpKind.HASH:      # its rotation buffer is [last dim of x, buckets / 2]
                 for name in _names(graph.type_of(n.input("x")).shape[-1]):
@@ -97,7 +106,10 @@ def plan_sizes(graph: Graph, values: dict, explicit: set[str] | None,
             d = sympy.sympify(d)
             if d.is_Symbol and d.name not in candidates:
                 candidates.append(d.name)
-    weights, tables = _weight_dims(graph)
+    symbols = {sympy.sympify(d).name: sympy.sympify(d) for i in graph.inputs for d in i.out.shape
+               if sympy.sympify(d).is_Symbol}
+    prefix = {name: prefix_tables(graph, sym) for name, sym in symbols.items()}
+    weights, tables = _weight_dims(graph, prefix)
     plan = SizePlan(values={}, runtime=[])
     for name in candidates:
         if name not in values:
@@ -114,8 +126,22 @@ def plan_sizes(graph: Graph, values: dict, explicit: set[str] | None,
             plan.defaults[name] = int(values[name])
             if name in tables:
                 plan.bounds[name] = int(values[name])
+                if prefix[name].nodes:
+                    plan.prefix[name] = prefix[name]
     plan.values = {k: v for k, v in values.items() if k not in plan.runtime}
     return plan
+
+
+def table_end(w, node) -> None:
+    """After the flattening that ends a factorised position table (built whole at the bound):
+    its first N rows, or in a decoding step the rows of the step's positions."""
+    for name, pt in w.sizes.plan.prefix.items():
+        if node.id in pt.ends:
+            var, n = w.var[(node.id, 0)], w.sizes.code(sympy.Symbol(name))
+            rows = f"rt.seq_rows({n})" if w._seq(node) else f":{n}"
+            index = ", ".join([":"] * pt.ends[node.id] + [rows])
+            w.body.append(f"        {var} = {var}[{index}]  # the first {name} rows of the table built for "
+                          f"{name} = {w.sizes.plan.bounds[name]}")
 
 
 # ---- sizes as generated source ---------------------------------------------------------------

@@ -43,6 +43,7 @@ from seqdsl.analysis.ops import Context, op_estimates
 from seqdsl.ir import decode_window as W
 from seqdsl.ir import mix as M
 from seqdsl.ir.graph import Graph, Node, OpKind
+from seqdsl.ir.tables import PrefixTables, prefix_tables
 
 SKIP = (OpKind.INPUT, OpKind.PARAM, OpKind.BUFFER, OpKind.GET, OpKind.OUTPUT)
 ZERO = sympy.Integer(0)
@@ -157,14 +158,18 @@ def _stateless(g: Graph, node: Node, n, ctx: Context) -> DecodeRow:
 
 
 def node_row(g: Graph, node: Node, n: sympy.Symbol | None, ctx: Context, seq: sympy.Symbol,
-             win: W.Windows | None = None) -> DecodeRow:
+             win: W.Windows | None = None, tables: PrefixTables | None = None) -> DecodeRow:
     """The decoding row of one node (any kind); ``seq`` is the entry's sequence dim; ``win``
-    the graph's window slices (seqdsl/ir/decode_window.py)."""
+    the graph's window slices (seqdsl/ir/decode_window.py), ``tables`` its factorised position
+    tables (seqdsl/ir/tables.py)."""
     win = W.windows(g, seq) if win is None else win
-    why = refusal(g, node, seq, win=win)
+    tables = prefix_tables(g, seq) if tables is None else tables
+    why = refusal(g, node, seq, win=win, tables=tables)
     op = f"mix/{node.spec.family}" if node.kind == OpKind.MIX else node.kind.value
     if why is not None:
         return DecodeRow(node.name, op, "-", ZERO, ZERO, refusal=why)
+    if node.id in tables.nodes and node.id not in tables.ends:   # computed whole at its built size (≥ N)
+        return DecodeRow(node.name, op, "-", op_estimates(g, node, ctx).flops, ZERO)
     if node.id in win.slices or node.id in win.rerun or W.window_queries(g, node, win):
         return _window_row(g, node, n, ctx, win)
     if node.kind == OpKind.MIX:
@@ -343,14 +348,18 @@ def analyze_decode(graph: Graph, report) -> DecodeReport:
 
     rows = []
     win = W.windows(graph, seq) if seq is not None else None
+    tables = prefix_tables(graph, seq) if seq is not None else None
     for node in graph.nodes() if why is None else ():
         if node.kind not in SKIP:
-            rows.append(node_row(graph, node, n, Context(body_total), seq, win))
-        elif node.kind in (OpKind.PARAM, OpKind.BUFFER) and refusal(graph, node, seq, win=win) is not None:
-            # a table [N, D] is read at the step's position; one whose axis is a function of N
-            # (N / rows) ties the module to one length
-            rows.append(DecodeRow(node.name, node.kind.value, "-", ZERO, ZERO,
-                                  refusal=refusal(graph, node, seq, win=win)))
+            rows.append(node_row(graph, node, n, Context(body_total), seq, win, tables))
+        elif node.kind in (OpKind.PARAM, OpKind.BUFFER) and refusal(graph, node, seq, win=win,
+                                                                    tables=tables) is not None:
+            # a table [N, D] is read at the step's position, and so is a factorised one whose N
+            # axis is outermost where it is flattened (seqdsl/ir/tables.py); any other tying of
+            # an axis to N (N / rows inside the flattening) ties the module to one length
+            why_not = (tables.refused.get(node.name) if tables else None) or refusal(graph, node, seq, win=win,
+                                                                                      tables=tables)
+            rows.append(DecodeRow(node.name, node.kind.value, "-", ZERO, ZERO, refusal=why_not))
     return DecodeReport(rows, n, dict(report.sizes), why)
 
 

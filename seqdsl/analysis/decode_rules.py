@@ -15,6 +15,7 @@ import sympy
 from seqdsl.ir import decode_window as W
 from seqdsl.ir import mix as M
 from seqdsl.ir.graph import Graph, Node, OpKind
+from seqdsl.ir.tables import PrefixTables, prefix_tables
 
 _WHOLE_SEQUENCE = {
     OpKind.POOL: "pools windows of the {n} axis",
@@ -73,11 +74,15 @@ def entry_refusal(g: Graph, n: sympy.Symbol | None) -> str | None:
 
 
 def refusal(g: Graph, node: Node, n: sympy.Symbol, prefixed: bool = False,
-            win: W.Windows | None = None) -> str | None:
+            win: W.Windows | None = None, tables: PrefixTables | None = None) -> str | None:
     """Why ``node`` cannot run one position at a time (None: it can). ``prefixed``: inside a
     segment recurrence's step, where an axis P + n holds P rows of memory first. ``win``: the
-    graph's window slices (seqdsl/ir/decode_window.py; found when not given)."""
+    graph's window slices (seqdsl/ir/decode_window.py), ``tables`` its prefix-consistent
+    position tables (seqdsl/ir/tables.py); found when not given."""
     if not prefixed:
+        tables = prefix_tables(g, n) if tables is None else tables
+        if node.id in tables.nodes:
+            return None                   # a factorised position table: built whole, its rows read
         win = W.windows(g, n) if win is None else win
         if node.id in win.slices:
             return None                   # x[:, N - M:]: keeps its last M − 1 input rows

@@ -130,12 +130,13 @@ def test_json_keeps_every_key_and_validates():
 SMALL = json.loads((Path(__file__).parents[1] / "codegen" / "small_sizes.json").read_text())
 
 
-@pytest.mark.parametrize("name", ["memory_transformer", "sparse_transformer"])
+@pytest.mark.parametrize("name", ["memory_transformer", "sparse_transformer", "reformer", "perceiver_ar"])
 def test_the_analysis_and_the_generated_module_agree(name):
     """Both read the same IR: analyze --decode refuses exactly where the generated module's
     decoding plan does (memory_transformer: a segment recurrence whose step attends to the
-    memory before its segment decodes; sparse_transformer: a weight whose axis is a
-    function of N does not)."""
+    memory before its segment decodes; sparse_transformer: a factorised position table
+    flattened with its N axis outermost does; reformer's, with N / Rows inside the flattening,
+    does not; perceiver_ar: the layers below a suffix of M positions re-run on a window)."""
     sizes = {k: v for k, v in SMALL[f"models/{name}.seq"].items() if k not in ("N", "B")} | {"L": 1}
     path = f"examples/models/{name}.seq"
     ours = seqdsl.analyze(path, **sizes, decode=True).decode.can_decode
