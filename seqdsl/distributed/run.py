@@ -28,8 +28,8 @@ def worker(source: str, entry: str | None, sizes: dict, numbers: dict, backward:
     model = seqdsl.load(source, entry, **sizes)
     first = model.INPUTS[0][2] if model.INPUTS else ()
     seq = first[1] if len(first) == 2 else first[-2] if first else None
-    if isinstance(seq, tuple) and seq[0] in sizes:      # N given: read it at call time instead
-        model = seqdsl.load(source, entry, **{k: v for k, v in sizes.items() if k != seq[0]})
+    if isinstance(seq, tuple) and seq[0] in sizes:      # N given: read it at call time (tables built for it)
+        model = seqdsl.load(source, entry, at_call=(seq[0],), **sizes)
     inputs = model.example_inputs(**numbers)            # the same on every rank (seeded)
     with sd.sequence_parallel(layout=layout):
         local = tuple(sd.shard(x, _seq_axis(x)) for x in inputs)
