@@ -15,12 +15,21 @@ The sequence of N positions is split over P ranks (docs/distributed.md). Per lay
   state and transition, independent of N); SSM convolutions: (P−1)·|SSM state|;
   explicit long convolutions: 2(P−1)/P·|v of n rows|; short convolutions: (P−1)·2(w−1)
   rows of the halo; softmax of replicated queries (G global rows) over sharded keys:
-  (P−1)·|G rows of (o, lse)|. The backward sends about twice as much (ring: (4P − 2)/(2P − 2)×).
-- **per-rank memory**: the weights (4 bytes each, replicated) + the rank's rows of the entry's
-  inputs (``inputs_per_rank``) + the activation bytes / P +
-  the buffers of the exchange (the ring: two K/V blocks in flight; Ulysses: q, k, v, o
-  resharded and the send and receive copies of one of them). The largest N that fits ``--memory`` is
-  found on that formula by bisection over N.
+  (P−1)·|G rows of (o, lse)|; rows read whole (``rt.seq_take``: global tokens ``x[:, :G]``,
+  a [CLS] row ``x[:, 0]``): one all-reduce of the rows taken, 2(P−1)/P of the buffer sent
+  by a ring all-reduce, independent of N (the test counts the buffer in the comm layer).
+  The backward sends about twice as much (ring: (4P − 2)/(2P − 2)×).
+- **per-rank memory** (forward): the weights (4 bytes each, replicated) + the rank's rows of
+  the entry's inputs (``inputs_per_rank``) + the activation bytes / P + what each exchange
+  holds (``held_bytes_per_rank``, codegen/distributed/memory.py: the ring, two K/V blocks
+  in flight, its fp32 statistics and one tile of scores; Ulysses, one round's resharded
+  tensors; replicated queries, the gathered (o, lse) and the G × n scores). A softmax layer
+  that could run either way also states what the other strategy would hold
+  (``alternative``), and ``memory_per_rank_ring`` the total with the ring. The largest N
+  that fits ``--memory`` is found by bisection over N on the formula of the strategy that
+  the cost rule takes under that budget (Ulysses while it fits, else the ring:
+  ``max_n_strategy``). Every layer's held bytes are summed, as if alive at once: an
+  overestimate for deep models.
 """
 
 from __future__ import annotations
