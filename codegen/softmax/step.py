@@ -1,8 +1,9 @@
 """Decoding for the softmax family: a key/value cache (issue 13).
 
 State of one mixer: ``k`` [..., T, Dk] and ``v`` [..., T, Dv], the keys and values of the
-last T positions (``ids`` [..., T] too when the mask compares hash buckets). The cache
-holds only the keys a later query can still see, read from the mask's top-level terms:
+last T positions (``ids`` [..., T] too when the mask compares hash buckets; ``ids1``, … for
+more rounds). The cache holds only the keys a later query can still see, read from the
+mask's top-level terms:
 
 - ``window(W)`` (``causal() & window(W)``): the last W − 1 keys (W once the new one is in);
   over blocks (``window(w, block=b)``): the keys from block ⌊t/b⌋ − w + 1 on;
@@ -55,18 +56,23 @@ def _has_buckets(mask: M.Mask) -> bool:
     return isinstance(mask, M.Buckets)
 
 
-def _with_ids(mask: M.Mask, ids: Tensor) -> M.Mask:
-    """The mask with its buckets' ids replaced by those of every cached position."""
+def _with_ids(mask: M.Mask, ids: list[Tensor]) -> M.Mask:
+    """The mask with each of its buckets' ids (in leaf order: one per hashing round) replaced
+    by those of every cached position."""
     if isinstance(mask, (M.And, M.Or)):
         return type(mask)(_with_ids(mask.a, ids), _with_ids(mask.b, ids))
-    return M.Buckets(ids) if isinstance(mask, M.Buckets) else mask
+    return M.Buckets(ids.pop(0)) if isinstance(mask, M.Buckets) else mask
 
 
-def _ids(mask: M.Mask) -> Tensor | None:
+def _ids(mask: M.Mask) -> list[Tensor]:
+    """The ids of every buckets term, in leaf order (``ids``, ``ids1``, … in the cache)."""
     if isinstance(mask, (M.And, M.Or)):
-        a = _ids(mask.a)
-        return a if a is not None else _ids(mask.b)
-    return mask.ids if isinstance(mask, M.Buckets) else None
+        return _ids(mask.a) + _ids(mask.b)
+    return [mask.ids] if isinstance(mask, M.Buckets) else []
+
+
+def _id_names(n: int) -> list[str]:
+    return ["ids" if r == 0 else f"ids{r}" for r in range(n)]
 
 
 def kept_bound(mask: M.Mask) -> int | None:
@@ -94,7 +100,8 @@ def prefill(fn, args: tuple, kw: dict, detail: str = "") -> tuple[Tensor, dict[s
     rows = {"k": (a["k"], -2), "v": (a["v"], -2)}
     buckets = _has_buckets(mask)
     if buckets:                            # bucket ids index every position: the whole cache stays
-        rows["ids"] = (_ids(mask), -1)
+        ids = _ids(mask)
+        rows.update({name: (t, -1) for name, t in zip(_id_names(len(ids)), ids)})
     lo = 0 if buckets else first_kept(mask, n)
     total = decode.max_tokens()
     room = buf.capacity(n - lo + 1, None if buckets else kept_bound(mask),
@@ -115,11 +122,11 @@ def step(fn, args: tuple, kw: dict, cache: dict[str, Tensor], t: int, detail: st
     start = t + 1 - total
     i = torch.full((1, 1), t, device=q.device)
     j = torch.arange(start, t + 1, device=q.device)[None, :]
-    batch = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
-    heads = batch[-1] if batch else 1                                  # as softmax_attention reads it
-    if buckets:
-        ib = buf.append(cache, "ids", _ids(mask), -1)
-        mask = _with_ids(mask, ib.view)             # the whole history is cached: start == 0
+    heads = max((t.shape[-3] for t in (q, k, v) if t.dim() >= 3), default=1)   # as softmax_attention reads it
+    if buckets:                                     # the whole history is cached: start == 0
+        ids = _ids(mask)
+        ib = {name: buf.append(cache, name, t, -1) for name, t in zip(_id_names(len(ids)), ids)}
+        mask = _with_ids(mask, [b.view for b in ib.values()])
     s = torch.matmul(q, k.transpose(-1, -2)) * scale                   # [..., 1, T]
     bias = normalize_bias(a["bias"])
     if bias is not None:
@@ -132,6 +139,6 @@ def step(fn, args: tuple, kw: dict, cache: dict[str, Tensor], t: int, detail: st
     else:
         out = torch.matmul(masked_softmax(s, mask.keep(i, j, t + 1, t + 1, heads)), v)
     if buckets:
-        return out, buf.slot({"k": kb, "v": vb, "ids": ib})
+        return out, buf.slot({"k": kb, "v": vb, **ib})
     drop = first_kept(mask, t + 1) - start                             # keys no later query sees
     return out, buf.slot({"k": buf.trim(kb, drop), "v": buf.trim(vb, drop)})

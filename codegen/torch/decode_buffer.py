@@ -20,6 +20,7 @@ instead of writing over a later state's.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -38,8 +39,9 @@ class Buffer:
     hi: int
     fill: list[int]
 
-    @property
+    @functools.cached_property
     def view(self) -> Tensor:
+        """The rows [lo, hi) (made once: a step reads it several times)."""
         return self.data.narrow(self.dim, self.lo, self.hi - self.lo)
 
     @property
@@ -118,7 +120,7 @@ def append(slot: dict, name: str, new: Tensor, dim: int, bound: int | None = Non
 def trim(b: Buffer, drop: int) -> Buffer:
     """The same buffer without its first ``drop`` rows (no copy)."""
     drop = max(0, min(drop, b.hi - b.lo))
-    return Buffer(b.data, b.dim, b.lo + drop, b.hi, b.fill)
+    return b if drop == 0 else Buffer(b.data, b.dim, b.lo + drop, b.hi, b.fill)
 
 
 def slot(entries: dict[str, Tensor | Buffer]) -> Slot:
