@@ -23,8 +23,9 @@ from codegen.decode.plan import DecodePlan, class_lines, seq_flag, window_line
 from codegen.decode.plan import plan as plan_decoding
 from codegen.source import RESERVED, comment, ident, literal
 from codegen.torch import names, packing, scoped
+from codegen.torch import sizes as size_plan
 from codegen.torch.choice import Choice, Chooser
-from codegen.torch.sizes import SizeCode, plan_sizes, runtime_dims, shape_spec, size_check_lines, table_end, value_of
+from codegen.torch.sizes import SizeCode, plan_sizes, runtime_dims, shape_spec, size_check_lines, value_of
 from codegen.torch.structure import Scope, build
 from seqdsl.analysis.select import MACHINES
 from seqdsl.errors import SeqError
@@ -129,7 +130,7 @@ class _Writer(Chooser, scoped.ScopedWriter):
         with scoped.layer_hooks(self, n):           # packed rows, sequence parallelism: lines around it
             handler(n)
         window_line(self, n)                        # x[:, N - M:]: a window slot when decoding
-        table_end(self, n)                          # a factorised position table: its first N rows
+        size_plan.table_end(self, n)                # a factorised position table: its first N rows
 
     def mix_nodes(self) -> list[Node]:
         """The MIX nodes this writer writes (those of its scope)."""
@@ -302,9 +303,9 @@ class _Writer(Chooser, scoped.ScopedWriter):
             self.emit(n, f"rt.rearrange({x}, {n.attr('pattern')!r}{sizes})")
         elif n.attr("perm") is not None:
             self.emit(n, f"{x}.permute({', '.join(str(p) for p in n.attr('perm'))})")
-        else:
-            shape = ", ".join(self.sizes.code(d) for d in n.attr("expand"))
-            self.emit(n, f"{x}.expand({shape})")
+        else:      # inside a factorised position table: at the size it is built for (sizes.table_end)
+            code = self.sizes.init_code if size_plan.in_table(self.sizes.plan, n.id) else self.sizes.code
+            self.emit(n, f"{x}.expand({', '.join(code(d) for d in n.attr('expand'))})")
 
     def op_slice(self, n: Node) -> None:
         parts = []

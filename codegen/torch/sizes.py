@@ -132,6 +132,11 @@ def plan_sizes(graph: Graph, values: dict, explicit: set[str] | None,
     return plan
 
 
+def in_table(plan: SizePlan, nid: int) -> bool:
+    """Whether node ``nid`` (of the top graph) computes a factorised position table whole."""
+    return any(nid in pt.nodes for pt in plan.prefix.values())
+
+
 def table_end(w, node) -> None:
     """After the flattening that ends a factorised position table (built whole at the bound):
     its first N rows, or in a decoding step the rows of the step's positions."""

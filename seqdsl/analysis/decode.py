@@ -315,8 +315,9 @@ def _softmax_row(g: Graph, node: Node, op: str, s: mixers.MixShapes, terms, n) -
         per_key = 2 * s.dk + 2 * s.dv + mixers.SOFTMAX_ELEMENTWISE
         cache = k_rows * s.dk + v_rows * s.dv
     ids = 0
-    if any(isinstance(x, M.Buckets) for x in M.mask_leaves(spec.mask)):
-        ids = 8 * v_rows  # the bucket id of every cached key (int64)
+    rounds = sum(isinstance(x, M.Buckets) for x in M.mask_leaves(spec.mask))
+    if rounds:
+        ids = 8 * v_rows * rounds  # the bucket id of every cached key (int64), per hashing round
     grows = grows and n is not None and sympy.sympify(kept).has(n)
     bounds = {} if local is None else dict(flops_bound=sympy.expand(s.g * local * per_key),
                                            bytes_bound=sympy.expand(local * (s.e * cache + ids)))

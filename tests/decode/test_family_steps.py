@@ -159,25 +159,32 @@ def test_softmax_step_equals_the_whole_attention(name, mask, bias, kept, prompt)
     assert cache["k"].shape[-2] == want
 
 
-def test_softmax_buckets_cache_their_ids():
-    """Reformer-style: the bucket ids of every position stay in the cache with its keys."""
+@pytest.mark.parametrize("rounds", [1, 2])
+def test_softmax_buckets_cache_their_ids(rounds):
+    """Reformer-style: the bucket ids of every position stay in the cache with its keys, one
+    set per hashing round (2: a position sees those sharing a bucket in either round)."""
     g = torch.Generator().manual_seed(7)
     B, H, n, d = 2, 2, 30, 8
     q, k, v = (torch.randn(B, H, n, d, generator=g) for _ in range(3))
-    ids = torch.randint(0, 3, (B, H, n), generator=g)
-    full = M.And(M.Buckets(ids), M.Causal(0))
+    ids = [torch.randint(0, 3, (B, H, n), generator=g) for _ in range(rounds)]
+
+    def mask(sl):
+        same = M.Buckets(ids[0][..., sl])
+        for more in ids[1:]:
+            same = M.Or(same, M.Buckets(more[..., sl]))
+        return M.And(same, M.Causal(0))
     kw = dict(scale=0.3, algorithm="tiled", block=8)
     y, cache = softmax_step.prefill(softmax_attention, (q[..., :9, :], k[..., :9, :], v[..., :9, :],
-                                                        M.And(M.Buckets(ids[..., :9]), M.Causal(0))), kw)
+                                                        mask(slice(0, 9))), kw)
     ys = [y]
     for t in range(9, n):
         sl = slice(t, t + 1)
-        y, cache = softmax_step.step(softmax_attention, (q[..., sl, :], k[..., sl, :], v[..., sl, :],
-                                                         M.And(M.Buckets(ids[..., sl]), M.Causal(0))), kw, cache, t)
+        y, cache = softmax_step.step(softmax_attention, (q[..., sl, :], k[..., sl, :], v[..., sl, :], mask(sl)),
+                                     kw, cache, t)
         ys.append(y)
-    ref = softmax_reference(q.double(), k.double(), v.double(), full, scale=0.3)
+    ref = softmax_reference(q.double(), k.double(), v.double(), mask(slice(0, n)), scale=0.3)
     assert rel(torch.cat(ys, dim=-2), ref) < TOL
-    assert cache["ids"].shape == (B, H, n)
+    assert cache["ids"].shape == (B, H, n) and (rounds == 1) == ("ids1" not in cache)
 
 
 # ---- the short convolution, and the state's structure ----------------------------------------
