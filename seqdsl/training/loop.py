@@ -218,6 +218,8 @@ def run(config: TrainConfig, rank: int, world: int) -> TrainResult:
     device = torch.device(f"cuda:{torch.cuda.current_device()}" if config.device == "cuda" else "cpu")
     model = fitted.model.to(device)
     model.train()
+    if world > 1:           # dropout: each rank its own stream (one seed everywhere repeats one mask pattern)
+        torch.manual_seed(config.seed + 7919 * rank)
     warmup = config.warmup if config.warmup is not None else config.steps // 10
     opt = make_optimizer(model, fitted.no_decay, config.lr, config.weight_decay)
     sched = make_scheduler(opt, config.steps, warmup)
