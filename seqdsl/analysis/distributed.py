@@ -148,7 +148,7 @@ def analyze_distributed(graph: Graph, report, nproc: int, memory: float | None =
         strategy, comm, inflight = ("none", sympy.Integer(0), sympy.Integer(0)) if node is None else \
             _strategy(graph, node, n, report.sizes, nproc, states, alt)
         flight += inflight
-        held.append(sympy.simplify(inflight) if inflight != 0 else sympy.Integer(0))
+        held.append(sympy.sympify(inflight))          # compact as written (simplify is slow on Min)
         alt_flight += alt[lr.name][1] if lr.name in alt else inflight
         rows.append(RankRow(lr.name, strategy if split or strategy != "none" else "replicated",
                             est.flops / P if split else est.flops,
@@ -157,7 +157,7 @@ def analyze_distributed(graph: Graph, report, nproc: int, memory: float | None =
     weights = report.total.param_count * BYTES
     inputs = sum((_rows(nd.out.shape, n) for nd in graph.inputs), sympy.Integer(0)) * BYTES   # this rank's rows
     memory_rank = sympy.simplify(weights + inputs + sum(r.activation_bytes for r in rows) + flight)
-    memory_ring = memory_rank + sympy.simplify(alt_flight - flight) if alt else memory_rank
+    memory_ring = memory_rank + (alt_flight - flight) if alt else memory_rank
     values = dict(report.sizes)
 
     def at(e: sympy.Expr, **extra) -> float:
@@ -175,7 +175,7 @@ def analyze_distributed(graph: Graph, report, nproc: int, memory: float | None =
                         "comm_bytes_per_rank": at(r.comm_bytes), "held_bytes_per_rank": at(h)}}
         if r.name in alt:          # the softmax rule's other choice, what it would hold
             name, e = alt[r.name]
-            d["alternative"] = {"strategy": name, "held_bytes_per_rank": str(sympy.simplify(e)),
+            d["alternative"] = {"strategy": name, "held_bytes_per_rank": str(e),
                                 "value": at(e)}
         return d
     out = {
