@@ -27,14 +27,13 @@ DOMAIN = {
     "mixers/gla.seq": {3: torch.nn.functional.logsigmoid},
 }
 # Examples whose weights or structure fix the sequence length, and the weight that does:
-# each refuses another N by name. (The Sparse Transformer's factorised position table,
-# rows [N / (Img·C)] flattened outermost, is prefix-consistent: it serves every N ≤ the
-# built one, held to modules compiled at N = 32 and 96 below; Reformer's axial table puts
-# its N / Rows columns inside the flattening and keeps fixing N.)
+# each refuses another N by name. (Factorised position tables whose N-carrying axis is the
+# outermost where they are flattened — the Sparse Transformer's rows [N / (Img·C)], Reformer's
+# axial rows [N / Cols] — are prefix-consistent: they serve every N ≤ the built one, held to
+# modules compiled at N = 32 and 96 below.)
 N_FIXED = {
     "models/hierarchical.seq": "chunk_order",
     "models/linformer.seq": "seq_project",
-    "models/reformer.seq": "axial_positions",
     "models/sinkhorn.seq": "structure",
     "models/synthesizer.seq": "table",
     "models/vit.seq": "position",

@@ -34,7 +34,8 @@ TOTAL = 112    # the full forward's length: a whole number of every example's bl
 # Transformer-XL's recurrent segments with their memory).
 DECODES = ["transformer_decoder", "h3", "h3_hybrid", "mamba", "retnet", "gla", "mega", "mega_chunk", "linear_transformer",
            "local_attention", "performer", "pixelfly", "spade", "block_recurrent", "s4d_lm",
-           "memory_transformer", "hyena", "gss", "sparse_transformer"]
+           "memory_transformer", "hyena", "gss", "sparse_transformer",
+           "reformer"]
 # Models whose output is a suffix of the positions (Perceiver AR's last M, [B, M, V]): a step's
 # logits are the last row of the forward at the new length (tests/decode/test_window_decode.py).
 WINDOWED = ["perceiver_ar"]
@@ -44,7 +45,6 @@ WINDOWED = ["perceiver_ar"]
 REFUSED = {
     "switch_moe": "the entry takes 2",                             # an encoder-decoder (tokens, targets)
     "deq": "reads the whole sequence",                             # a fixed point over the whole sequence
-    "reformer": "puts the axis of N/Rows inside (r c)",          # its axial table: a position's row moves with N
 }
 EXAMPLES = sorted(p.stem for p in (ROOT / "examples" / "models").glob("*.seq"))
 # The refusals that name no layer: a stated mechanism (the weight that fixes the length).

@@ -30,7 +30,7 @@ import seqdsl  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 # Awkward sizes: N = 48 (3 chunks of 16, 6 axial rows of 8), 3 layers (the third is LSH).
-SIZES = {"B": 2, "D": 24, "H": 3, "L": 3, "N": 48, "Rows": 6, "V": 37, "C": 16, "Nb": 6, "Drow": 8, "F": 20}
+SIZES = {"B": 2, "D": 24, "H": 3, "L": 3, "N": 48, "Cols": 8, "V": 37, "C": 16, "Nb": 6, "Drow": 8, "F": 20}
 
 
 def _heads(x, h):
