@@ -81,7 +81,9 @@ class TrainResult:
 
 def train(config: TrainConfig) -> TrainResult:
     """Train ``config.file`` on ``config.task``; ``nproc`` > 1 starts local processes
-    (``seq_parallel`` of them sharing each sequence)."""
+    (``seq_parallel`` of them sharing each sequence). Called in a process that is already one
+    rank of a group of ``nproc`` (``torchrun`` then ``seqdsl.distributed.init()``), it runs
+    that rank's loop and returns its result (rank 0 writes the files)."""
     if config.nproc < 1:
         raise SeqError(f"--nproc {config.nproc}: give at least one process")
     par.check(config.nproc, config.seq_parallel, config.batch, config.device, config.layout)
@@ -93,6 +95,13 @@ def train(config: TrainConfig) -> TrainResult:
                            if config.device == "cuda" else "give cpu or cuda"))
         if config.nproc > torch.cuda.device_count():
             raise SeqError(f"--nproc {config.nproc}: only {torch.cuda.device_count()} CUDA devices")
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():    # under torchrun (seqdsl.distributed.init()): one rank
+        if dist.get_world_size() != config.nproc:
+            raise SeqError(f"--nproc {config.nproc}: this process is one of {dist.get_world_size()} "
+                           "(torchrun's group); give that number")
+        return run(config, dist.get_rank(), dist.get_world_size())
     if config.nproc == 1:
         return run(config, 0, 1)
     from seqdsl.distributed import launch

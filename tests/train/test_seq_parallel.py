@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from seqdsl.distributed import launch
 from seqdsl.errors import SeqError
 from seqdsl.training import TrainConfig, checkpoint, train
 from seqdsl.training import parallel as par
@@ -82,11 +83,17 @@ def test_causal_softmax_zigzag_equals_one_process(tmp_path):
     _same(one, four, still)
 
 
+def _rank(config: TrainConfig):
+    return train(config)
+
+
 @pytest.mark.slow
 def test_selective_scan_answer_loss_equals_one_process_and_resumes(tmp_path):
     cfg = _config(*MAMBA, task_options=dict(TASK, loss="answer"))   # the loss lives on the last rank
     one = train(cfg)
-    two = train(replace(cfg, nproc=2, seq_parallel=2))
+    # started as torchrun would (a process group first, then train() in each rank)
+    two = launch(f"{__file__}:_rank", 2, replace(cfg, nproc=2, seq_parallel=2), threads=1,
+                 preload=("torch._dynamo", "seqdsl.training.loop"))[0]
     _same(one, two, set())
     # DP × SP stopped after 2 steps, resumed on one group of 2: the same run as one process
     out = str(tmp_path / "dpsp")
