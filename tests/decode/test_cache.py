@@ -151,3 +151,13 @@ def test_max_tokens_makes_the_cache_once():
     assert state.nbytes == state.used_nbytes                               # 30 positions: every row used
     with pytest.raises(ValueError, match="max_tokens"):
         model.prefill(tokens[:, :3], max_tokens=0)
+
+
+def test_generate_sizes_the_cache_for_its_tokens():
+    """`seqdsl.generate` prefills with max_tokens = prompt + tokens: after the last step the
+    buffers hold one row more than the rows used (the last token is sampled, not stepped)."""
+    _, sizes = _model("transformer_decoder")
+    out = seqdsl.generate(ROOT / "examples" / "models" / "transformer_decoder.seq", "3 1 4", 5, temperature=0, **sizes)
+    used_rows = len(out.prompt_ids) + out.steps                            # 3 + 4
+    assert out.state_bytes_held * used_rows == out.state_bytes * (used_rows + 1)
+    assert "held with the caches' spare rows" in out.summary()
