@@ -10,7 +10,8 @@ Koltun 2019, "Deep Equilibrium Models"; the solvers follow the facts of locuslab
 - **anderson**: Anderson acceleration with memory m = 6, regularisation λ = 1e-4 and mixing
   β = 1 (locuslab/deq's defaults), one least-squares solve per batch element: minimise
   ‖Σ_i α_i G_i‖² + λ‖α‖² subject to Σ α_i = 1, where G_i = f(X_i) − X_i over the last m
-  iterates; the next iterate is β Σ α_i f(X_i) + (1 − β) Σ α_i X_i.
+  iterates; the next iterate is β Σ α_i f(X_i) + (1 − β) Σ α_i X_i. The small system is formed
+  and solved in float64 whatever the dtype of z (see ``anderson``).
 - **broyden**: Broyden's "good" method on g(z) = f(z) − z, starting from the inverse Jacobian
   −I, with a rank-one update per step kept in low-rank form (memory: every step, as the
   reference keeps ``threshold`` of them), no line search (the reference's default ``ls=False``).
@@ -21,7 +22,8 @@ gradient of the loss through z* is uᵀ ∂f/∂(θ, x) where u solves the adjoi
 uᵀ = gᵀ + uᵀJ; u is found by the *same* solver on h(u) = Jᵀu + g from u = 0, each application
 of h one vector–Jacobian product through one application of f at z* (no iterate is stored).
 
-After a forward, the cell module carries ``residual``, ``steps`` and ``tol`` (the forward solve) and,
+After a forward, the cell module carries ``residual``, ``steps``, ``tol`` and ``trace`` (the residual
+after each application of f) of the forward solve and,
 after a backward, ``backward_residual`` and ``backward_steps``. A residual above ``tol``
 issues a :class:`EquilibriumWarning`.
 """
@@ -46,7 +48,7 @@ class EquilibriumWarning(UserWarning):
 
 
 def _residual(fz: torch.Tensor, z: torch.Tensor) -> float:
-    return float((fz - z).norm() / (fz.norm() + 1e-9))
+    return float((fz - z).detach().norm() / (fz.detach().norm() + 1e-9))
 
 
 class _Best:
@@ -56,9 +58,11 @@ class _Best:
         self.z: torch.Tensor | None = None
         self.residual = float("inf")
         self.steps = 0
+        self.trace: list[float] = []        # the residual after each application of f, in order
 
     def see(self, z: torch.Tensor, fz: torch.Tensor, steps: int) -> float:
         r = _residual(fz, z)
+        self.trace.append(r)
         if r < self.residual or self.z is None:
             self.z, self.residual, self.steps = z, r, steps
         return r
@@ -91,18 +95,19 @@ def anderson(f: Fn, z0: torch.Tensor, iters: int, tol: float, m: int = ANDERSON_
     F[:, 1] = f(F[:, 0].reshape(shape)).reshape(bsz, -1)
     if best.see(X[:, 1].clone().reshape(shape), F[:, 1].reshape(shape), 2) < tol:
         return best
-    # the bordered system [[0, 1ᵀ], [1, GGᵀ + λI]] [ν, α] = [1, 0] of the constrained least squares
-    H = z0.new_zeros(bsz, m + 1, m + 1)
-    H[:, 0, 1:] = H[:, 1:, 0] = 1
-    rhs = z0.new_zeros(bsz, m + 1, 1)
-    rhs[:, 0] = 1
     for k in range(2, iters):
         n = min(k, m)
-        G = F[:, :n] - X[:, :n]
-        H[:, 1:n + 1, 1:n + 1] = G @ G.transpose(1, 2) + lam * torch.eye(n, dtype=z0.dtype, device=z0.device)
-        # lstsq, not linalg.solve: the same answer for this nonsingular system, and on CPU
-        # linalg.solve costs ~20 ms a call here (lstsq ~0.1 ms)
-        alpha = torch.linalg.lstsq(H[:, :n + 1, :n + 1], rhs[:, :n + 1]).solution[:, 1:n + 1, 0]   # [bsz, n]
+        # The constrained least squares min ‖Σ α_i G_i‖² + λ‖α‖², Σ α_i = 1 has the solution
+        # α = w / Σ w with (GGᵀ + λI) w = 1 (its KKT system, the bordered one of locuslab/deq,
+        # eliminated). Formed and solved in float64: ‖G_i‖² grows with the elements per sample
+        # (~1e5 at the example's D = 700, N = 150) while the weights hang on the *differences*
+        # between nearly equal G_i. In float32 the bordered system (condition growing like ‖G‖⁴,
+        # ~1e10 there) lost the constraint Σ α = 1 and gave α ≈ 0: the iterate went back to 0 and
+        # the residual stayed at 1.0 (measured with scripts/deq_convergence.py).
+        G = (F[:, :n] - X[:, :n]).double()
+        GG = G @ G.transpose(1, 2) + lam * torch.eye(n, dtype=torch.float64, device=z0.device)
+        w = torch.linalg.solve(GG, GG.new_ones(bsz, n, 1))[..., 0]                  # [bsz, n]
+        alpha = (w / w.sum(-1, keepdim=True)).to(z0.dtype)
         i = k % m
         X[:, i] = beta * (alpha[:, None] @ F[:, :n])[:, 0] + (1 - beta) * (alpha[:, None] @ X[:, :n])[:, 0]
         F[:, i] = f(X[:, i].reshape(shape)).reshape(bsz, -1)
@@ -212,7 +217,7 @@ def fixed_point(cell: nn.Module, z: torch.Tensor, x: torch.Tensor | None, iters:
     args = () if x is None else (x,)
     with torch.no_grad():
         best = solve(lambda t: cell(t, *args), z.detach(), iters, tol, solver)
-    cell.residual, cell.steps, cell.tol = best.residual, best.steps, tol
+    cell.residual, cell.steps, cell.tol, cell.trace = best.residual, best.steps, tol, best.trace
     if best.residual > tol:
         warnings.warn(f"fixed_point ({solver}): residual {best.residual:.3g} is above tol = {tol:g} after "
                       f"{best.steps} of {iters} steps", EquilibriumWarning, stacklevel=3)
