@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from seqdsl.distributed import launch
+import seqdsl
+from seqdsl.distributed import launch, preferred_layout
 from seqdsl.errors import SeqError
 from seqdsl.training import TrainConfig, checkpoint, train
 from seqdsl.training import parallel as par
@@ -75,6 +76,7 @@ def test_causal_softmax_zigzag_equals_one_process(tmp_path):
     one = train(cfg)
     still = _still(cfg)
     assert still == {"layers.0.decoder_layer.causal_self_attention.k.bias"}      # the shift invariance only
+    assert preferred_layout(seqdsl.check(cfg.file).graph) == "zigzag"             # what auto picks here
     two = train(replace(cfg, nproc=2, seq_parallel=2, out=str(tmp_path / "sp2")))    # zig-zag, auto
     _same(one, two, still)
     lines = (tmp_path / "sp2" / "metrics.jsonl").read_text().splitlines()
@@ -90,6 +92,7 @@ def _rank(config: TrainConfig):
 @pytest.mark.slow
 def test_selective_scan_answer_loss_equals_one_process_and_resumes(tmp_path):
     cfg = _config(*MAMBA, task_options=dict(TASK, loss="answer"))   # the loss lives on the last rank
+    assert preferred_layout(seqdsl.check(cfg.file).graph) == "contiguous"
     one = train(cfg)
     # started as torchrun would (a process group first, then train() in each rank)
     two = launch(f"{__file__}:_rank", 2, replace(cfg, nproc=2, seq_parallel=2), threads=1,
