@@ -194,6 +194,9 @@ def cases() -> list:
         out.append((f"softmax-ring-cap-alibi-P{P}", P, softmax_case(M.Causal(0), cap=5.0, bias=("alibi", None))))
         out.append((f"softmax-ring-small-tiles-cap-alibi-P{P}", P, small_tiles(
             softmax_case(M.Or(M.Causal(0), M.KeyRange(20, 30)), layout=layout, cap=5.0, bias=("alibi", None)))))
+        # 8 heads: Ulysses in rounds of one head per rank (4 rounds on 2 ranks, 2 on 4), ALiBi per round
+        out.append((f"softmax-ulysses-rounds-{layout}-P{P}", P, softmax_case(M.Causal(0), heads=8, layout=layout,
+                                                                            bias=("alibi", None), strategy="ulysses")))
         out.append((f"softmax-ulysses-cap-alibi-P{P}", P, softmax_case(M.Causal(0), cap=5.0, bias=("alibi", None),
                                                                      strategy="ulysses")))
         for name, kw in LINEAR:
