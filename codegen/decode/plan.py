@@ -120,13 +120,28 @@ def plan(g: Graph, runtime: set[str] | frozenset[str], fixed_by: dict[str, str] 
         return DecodePlan(n.name, reason=f"the module fixes {n.name} ({why}); decoding reads {n.name} from the "
                                          f"inputs, one position at a time")
     if len(g.inputs) != 1:
-        return DecodePlan(n.name, reason=f"{_where(g.inputs[1])}decoding feeds one input a position at a time; "
-                                         f"the entry takes {len(g.inputs)} ({', '.join(i.name for i in g.inputs)})")
+        why = f"{_where(g.inputs[1])}decoding feeds one input a position at a time; the entry takes " \
+              f"{len(g.inputs)} ({', '.join(i.name for i in g.inputs)})"
+        shared = [i.name for i in g.inputs[1:] if i.out.rank >= 2 and sympy.sympify(i.out.shape[1]) == n]
+        if shared:          # one length for every input: a new position lengthens them all
+            why += f", and {', '.join(shared)} run over the same {n}"
+        later = nx.descendants(g.nx, g.inputs[-1].id)       # the layers of the last input (a decoder's)
+        whole = [i for i in later if g.node(i).kind in (OpKind.MOE, OpKind.FIXED_POINT)]   # bodies over every token
+        layer = _layers(g, n, set(sorted(whole)[:1]) or later).reason
+        return DecodePlan(n.name, reason=why + (f"; besides, {layer}" if layer else ""))
+    return _layers(g, n)
+
+
+def _layers(g: Graph, n: sympy.Symbol, only: set[int] | None = None) -> DecodePlan:
+    """The plan of ``g``'s layers along ``n`` (the entry's inputs already checked); ``only``:
+    the nodes to look at (all by default)."""
     slots, positional = [], set()
     win = W.windows(g, n)
     tables = prefix_tables(g, n)          # factorised position tables: built whole, their rows read
     try:
         for node in g.nodes():
+            if only is not None and node.id not in only:
+                continue
             if node.id in win.slices:
                 slots.append(Slot(node.name, "window", "batch" if win.slices[node.id].batched else "shared"))
                 continue
