@@ -15,15 +15,16 @@ def _expr(e: sympy.Basic) -> str:
 
 
 def _params_under(g: Graph, prefix: str) -> sympy.Expr:
-    total = sympy.Integer(0)
+    """The trained weights under ``prefix`` (a sparsity pattern's zeros left out, as the total)."""
+    from seqdsl.analysis.params import masked_zeros, nonzero_param_count
+    total = -masked_zeros(g, prefix)
     for n in g.nodes(OpKind.PARAM):
         if n.name.startswith(prefix + "."):
             total += n.out.numel()
     for n in g.nodes():
         body = n.attr("body")
         if body is not None and n.name.startswith(prefix + "."):
-            from seqdsl.ir.graph import param_count
-            total += n.attr("copies", 1) * param_count(body)
+            total += n.attr("copies", 1) * nonzero_param_count(body)
     return sympy.expand(total)
 
 

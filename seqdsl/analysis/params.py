@@ -28,21 +28,31 @@ def weight_density(mask, rows, cols) -> sympy.Expr:
 def nonzero_param_count(g: Graph) -> sympy.Expr:
     """Trainable weights, counting a sparse layer's weight by the non-zeros its pattern keeps;
     nested bodies (MoE experts) with their multiplicity."""
-    total = stored_param_count_flat(g)
-    masked: set[int] = set()
+    total = stored_param_count_flat(g) - masked_zeros(g)
     for n in g.nodes():
-        mask = n.attr("sparsity")
-        if mask is not None:
-            for p in n.inputs:
-                src = g.node(p.node)
-                if src.kind == OpKind.PARAM and p.role in SPARSE_ROLES and src.id not in masked:
-                    masked.add(src.id)
-                    rows, cols = src.out.shape
-                    total -= src.out.numel() * (1 - weight_density(mask, rows, cols))
         body = n.attr("body")
         if body is not None:
             total += n.attr("copies", 1) * nonzero_param_count(body)
     return sympy.expand(total)
+
+
+def masked_zeros(g: Graph, prefix: str | None = None) -> sympy.Expr:
+    """The entries that fixed sparsity patterns zero in the weights of ``g`` itself (those
+    named under ``prefix`` when given): stored, never trained."""
+    total = sympy.Integer(0)
+    masked: set[int] = set()
+    for n in g.nodes():
+        mask = n.attr("sparsity")
+        if mask is None:
+            continue
+        for p in n.inputs:
+            src = g.node(p.node)
+            if (src.kind == OpKind.PARAM and p.role in SPARSE_ROLES and src.id not in masked
+                    and (prefix is None or src.name.startswith(prefix + "."))):
+                masked.add(src.id)
+                rows, cols = src.out.shape
+                total += src.out.numel() * (1 - weight_density(mask, rows, cols))
+    return total
 
 
 def stored_param_count_flat(g: Graph) -> sympy.Expr:
@@ -50,4 +60,4 @@ def stored_param_count_flat(g: Graph) -> sympy.Expr:
     return sum((n.out.numel() for n in g.nodes(OpKind.PARAM)), sympy.Integer(0))
 
 
-__all__ = ["nonzero_param_count", "stored_param_count", "weight_density"]
+__all__ = ["masked_zeros", "nonzero_param_count", "stored_param_count", "weight_density"]

@@ -35,3 +35,24 @@ def test_counts_are_the_masks_non_zeros():
     model(x).square().sum().backward()
     nonzero_grads = sum(int((p.grad != 0).sum()) for p in model.parameters())
     assert nonzero_grads <= trained
+
+
+def test_the_check_view_counts_each_blocks_non_zeros():
+    """``seqdsl check`` lists parameters per block: a sparse layer inside counts its non-zeros."""
+    from seqdsl.report import check_report
+
+    src = """
+dim B = 2, N = 8, D = 64, F = 32
+block up(x: [B, N, D]) -> [B, N, F] {
+  return linear(x, F, bias = false, sparsity = butterfly(8, factors = 1))
+}
+model m(x: [B, N, D]) -> [B, N, F] {
+  return up(x)
+}
+"""
+    checked = seqdsl.check(src)
+    trained = int(checked.value(checked.param_count))
+    assert trained == 4 * 2 * 8 * 8 < 64 * 32           # [32, 64]: 4 block rows, each keeping 2 blocks of 8 × 8
+    line = next(x for x in check_report(checked).splitlines() if "block up" in x)
+    assert line.endswith("[params butterfly_pairs(F, D, 8, 1, 0)]"), line      # not D*F: the non-zeros
+    assert int(checked.value(checked.param_count)) == trained
