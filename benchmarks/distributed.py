@@ -15,7 +15,8 @@ during the call above its resident size just before it (inputs excluded), after 
 call, with glibc's mmap threshold fixed so that freed tensors leave the resident size. The
 analysis (``analyze complexity --nproc P``) gives the per-rank memory formula; the table
 sets the measurement beside it. The largest N that fits a per-rank budget: from the formula
-(1 GiB and 64 MiB) and measured at 64 MiB (bisection over N, each N run). Writes
+(1 GiB and 64 MiB) and measured at 64 MiB (bisection over N, each N run). The ring, forced
+at the middle N on 2 and 4 ranks, beside its own formula. Writes
 benchmarks/results/distributed.md and .png.
 """
 
