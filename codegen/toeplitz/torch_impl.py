@@ -461,9 +461,19 @@ def recurrent_step(state: Tensor | None, u_t: Tensor, *, kind: str | None = None
         lam = torch.exp(sys.log_lam)
         h = lam * h + x.to(sys.b.dtype) @ sys.b.transpose(0, 1)
         y = sys.scale * (h @ sys.c.transpose(0, 1)).real
+    elif diag_kernel_wanted(x, h):                     # a decoding step on a GPU: one kernel
+        from codegen.toeplitz.step_kernel import fused_diag_step
+        y, h = fused_diag_step(h, x, torch.exp(sys.log_lam), sys.b, sys.c, sys.scale)
     else:
         lam = torch.exp(sys.log_lam)
         h = lam * h + sys.b * x[..., None].to(sys.b.dtype)
         y = sys.scale * (sys.c * h).sum(-1)
         y = y.real if y.is_complex() else y
     return y.reshape(*lead, -1), h.reshape(*lead, *h.shape[1:])
+
+
+def diag_kernel_wanted(x: Tensor, h: Tensor) -> bool:
+    """A per-channel diagonal SSM's step on a CUDA device in fp32 (complex64 state) without
+    gradients: the fused Triton step (step_kernel.py); anywhere else the torch ops."""
+    return x.is_cuda and x.dtype == torch.float32 and h.dtype in (torch.float32, torch.complex64) and \
+        not torch.is_grad_enabled()
