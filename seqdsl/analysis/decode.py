@@ -300,6 +300,11 @@ def _softmax_row(g: Graph, node: Node, op: str, s: mixers.MixShapes, terms, n) -
         elif isinstance(t, M.Local):                     # the block so far
             kept, what, grows = sympy.Mod(s.nk - 1, t.size) + 1, f"KV cache of the current block of {t.size}", False
             cached, local = sympy.Mod(s.nk, t.size), t.size
+        elif isinstance(t, M.Window):                    # blocks: the w − 1 blocks before the current one
+            w, b = t.size, t.block
+            kept = sympy.Min(s.nk, sympy.Mod(s.nk - 1, b) + 1 + (w - 1) * b)
+            cached, local = sympy.Min(s.nk, sympy.Mod(s.nk, b) + (w - 1) * b), w * b
+            what, grows = f"KV cache of the current block of {b} and the {w} - 1 before it", False
     if not any(isinstance(t, (M.Window, M.Local)) for t in terms) and any(
             not isinstance(t, (M.Causal, M.Full)) for t in terms):
         note = f"the mask {spec.mask} keeps fewer keys; counted as every key (an upper bound)"

@@ -160,6 +160,26 @@ def test_state_bytes_equal_the_generated_modules_state(name):
     assert predicted["total"]["values"]["state_bytes"] == state.used_nbytes, state.describe()
 
 
+@pytest.mark.parametrize("prompt", [21, 31])
+def test_a_blocked_window_keeps_the_current_block_and_the_ones_before(prompt):
+    """Reformer's local layer, ``causal() & window(2, block = C)``: after N tokens the cache
+    holds the current block's N mod C keys and the C of the block before (not every key), as
+    the generated module keeps (state.used_nbytes after a prefill and a step)."""
+    sizes = {k: v for k, v in SMALL["models/reformer.seq"].items() if k not in ("N", "B")} | {"L": 1}
+    path = "examples/models/reformer.seq"
+    model = seqdsl.load(path, **sizes)
+    tokens = torch.randint(0, sizes["V"], (2, prompt + 1), generator=torch.Generator().manual_seed(0))
+    _, state = model.prefill(tokens[:, :prompt])
+    _, state = model.step(tokens[:, -1], state)
+    # the analysis at a length its require accepts (N % C == 0), its formula evaluated at N + 1
+    d = seqdsl.analyze(path, **sizes, B=2, N=32, decode=True).to_dict()["decode"]
+    formula = sympy.sympify(d["total"]["state_bytes"])
+    at = {sym: (prompt + 1 if sym.name == "N" else 2 if sym.name == "B" else sizes[sym.name])
+          for sym in formula.free_symbols}
+    assert int(formula.subs(at)) == state.used_nbytes, state.describe()
+    assert d["total"]["big_o"]["memory"] == "O(1)"
+
+
 def test_cli_decode_table_and_json():
     from typer.testing import CliRunner
 
