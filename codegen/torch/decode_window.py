@@ -25,6 +25,7 @@ from torch import Tensor
 
 from codegen.softmax.torch_impl import masked_softmax, softmax_attention
 from codegen.torch import decode
+from codegen.torch import decode_buffer as buf
 
 _SOFTMAX = inspect.signature(softmax_attention)
 
@@ -59,7 +60,9 @@ def window_step(fn, args: tuple, kw: dict, state: dict[str, Tensor], t: int, det
 
 def softmax_prefill(fn, args: tuple, kw: dict, detail: str = "") -> tuple[Tensor, dict[str, Tensor]]:
     a = decode.arguments(_SOFTMAX, args, kw)
-    return fn(**a), {"k": a["k"], "v": a["v"]}
+    n, total = a["k"].shape[-2], decode.max_tokens()         # every key, in buffers that grow (decode_buffer.py)
+    rows = buf.capacity(n + 1, None, None if total is None else max(total, n + 1))
+    return fn(**a), buf.slot({"k": buf.hold(a["k"], -2, rows), "v": buf.hold(a["v"], -2, rows)})
 
 
 def softmax_step(fn, args: tuple, kw: dict, cache: dict[str, Tensor], t: int, detail: str = "") -> tuple:
@@ -68,15 +71,15 @@ def softmax_step(fn, args: tuple, kw: dict, cache: dict[str, Tensor], t: int, de
     ``causal(offset = N − M)``, so the kept keys are j ≤ i at absolute positions."""
     a = decode.arguments(_SOFTMAX, args, kw)
     q = a["q"]
-    k = torch.cat([cache["k"], a["k"]], dim=-2)
-    v = torch.cat([cache["v"], a["v"]], dim=-2)
+    kb, vb = buf.append(cache, "k", a["k"], -2), buf.append(cache, "v", a["v"], -2)   # written in place
+    k, v = kb.view, vb.view
     nq, total = q.shape[-2], k.shape[-2]
     i = torch.arange(t + 1 - nq, t + 1, device=q.device)[:, None]
     j = torch.arange(total, device=q.device)[None, :]
     s = torch.matmul(q, k.transpose(-1, -2)) * a["scale"]                 # [..., Mq, t + 1]
     if a["cap"] is not None:
         s = a["cap"] * torch.tanh(s / a["cap"])
-    return torch.matmul(masked_softmax(s, j <= i), v), {"k": k, "v": v}
+    return torch.matmul(masked_softmax(s, j <= i), v), buf.slot({"k": kb, "v": vb})
 
 
 def rerun(prefill, step):
