@@ -155,3 +155,44 @@ def test_the_deq_example_reaches_tol_given_more_than_its_30_steps(solver, iters)
     cell = m.module_at("z.cell")
     assert cell.residual <= cell.tol == 1e-3 and cell.steps > 30
     assert min(cell.trace[:30]) > 1e-3          # and not within the file's own 30 (see above)
+
+
+def test_the_deq_example_gradient_is_the_implicit_one():
+    """examples/models/deq.seq itself (test sizes at B = 1, N = 8, float64, Broyden to 1e-6):
+    the module's gradient of Σ head·logits w.r.t. every weight equals the implicit-function-
+    theorem gradient built from the dense Jacobian J = ∂f/∂z at the module's own z*:
+    a = (I − J)⁻ᵀ ∂L/∂f(z*), L_ref = aᵀ f(z*; θ) + the tied output's direct terms."""
+    import json
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2]
+    sizes = json.loads((root / "tests/codegen/small_sizes.json").read_text())["models/deq.seq"] | {"B": 1, "N": 8}
+    text = (root / "examples/models/deq.seq").read_text()
+    for old, new in (("solver = anderson", "solver = broyden"),
+                     ("option iters = 30, tol = 0.001", "option iters = 150, tol = 0.000001")):
+        assert old in text
+        text = text.replace(old, new)
+    m = seqdsl.load(text, **sizes).double()
+    torch.manual_seed(0)
+    (tokens,) = m.example_inputs()
+    cell = m.module_at("z.cell")
+    calls = []                                   # the grad-enabled call of the cell is f(z*, u)
+    hook = cell.register_forward_hook(lambda mod, args, out: calls.append(args) if torch.is_grad_enabled() else None)
+    head = torch.randn(1, 8, sizes["V"], dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    params = dict(m.named_parameters())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", equilibrium.EquilibriumWarning)
+        grads = torch.autograd.grad((m(tokens) * head).sum(), list(params.values()), retain_graph=True)
+    hook.remove()
+    assert cell.residual < 1e-6 and cell.backward_residual < 1e-6
+    (z, u), = calls
+    z = z.detach()
+    n = z.numel()
+    J = torch.autograd.functional.jacobian(lambda t: cell(t, u.detach()), z).reshape(n, n)
+    emb = params["embedding"]
+    a = torch.linalg.solve((torch.eye(n, dtype=J.dtype) - J).T, (head @ emb.detach()).reshape(n)).reshape(z.shape)
+    fz = cell(z, u)
+    ref_loss = (a * fz).sum() + (head * (fz.detach() @ emb.T)).sum() + (head.sum((0, 1)) * params["linear.bias"]).sum()
+    ref = torch.autograd.grad(ref_loss, list(params.values()))
+    for name, r, o in zip(params, ref, grads):
+        rel = float((r - o).norm() / r.norm())
+        assert rel < 1e-3, f"{name}: relative error {rel:.2e}"
