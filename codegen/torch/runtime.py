@@ -235,10 +235,13 @@ def require(ok: bool, message: str, file: str = "<unknown>", line: int = 0, col:
 
 def init_tensor(kind: str, shape: tuple[int, ...], args: tuple = (), generator: torch.Generator | None = None
                 ) -> torch.Tensor:
-    """normal(std), uniform(lo, hi), zeros, ones, constant(c), orthogonal(scale),
+    """normal(std), truncated_normal(std), uniform(lo, hi), zeros, ones, constant(c), orthogonal(scale),
     orthogonal_gaussian(seed): rows of ω for random features (orthogonal blocks, χ norms)."""
     if kind == "normal":
         return torch.randn(shape, generator=generator) * float(args[0] if args else 0.02)
+    if kind == "truncated_normal":                  # TF's truncated_normal: redrawn beyond ±2·std
+        std = float(args[0] if args else 0.02)
+        return nn.init.trunc_normal_(torch.empty(shape), std=std, a=-2 * std, b=2 * std, generator=generator)
     if kind == "uniform":
         lo, hi = (float(a) for a in args)
         return torch.rand(shape, generator=generator) * (hi - lo) + lo

@@ -114,6 +114,13 @@ def normal(ctx, std, trainable):
     return _init("normal", std, trainable=trainable)
 
 
+@builtin("init", P("std", "scalar", sympy.Rational(2, 100)), P("trainable", "bool", True))
+def truncated_normal(ctx, std, trainable):
+    """Gaussian with standard deviation parameter ``std``, values beyond ±2·std redrawn
+    (TensorFlow's truncated_normal, mesh-tensorflow's and T5's initialisers)."""
+    return _init("truncated_normal", std, trainable=trainable)
+
+
 @builtin("init", P("low", "scalar"), P("high", "scalar"), P("trainable", "bool", True))
 def uniform(ctx, low, high, trainable):
     """Uniform initial values in [low, high)."""

@@ -78,6 +78,9 @@ def feat(f: str) -> str:
 CASES: dict[tuple[str, str], tuple[str, str]] = {
     ("normal", "std"): (init("normal(0.02)"), init("normal(0.5)")),
     ("normal", "trainable"): (init("normal(0.02)"), init("normal(0.02, trainable = false)")),
+    ("truncated_normal", "std"): (init("truncated_normal(0.02)"), init("truncated_normal(0.5)")),
+    ("truncated_normal", "trainable"): (init("truncated_normal(0.02)"),
+                                        init("truncated_normal(0.02, trainable = false)")),
     ("uniform", "low"): (init("uniform(-0.1, 0.1)"), init("uniform(-0.5, 0.1)")),
     ("uniform", "high"): (init("uniform(-0.1, 0.1)"), init("uniform(-0.1, 0.5)")),
     ("uniform", "trainable"): (init("uniform(-0.1, 0.1)"), init("uniform(-0.1, 0.1, trainable = false)")),
