@@ -390,11 +390,11 @@ def _modes(shape) -> Tensor:
     return torch.arange(shape[-1], dtype=torch.float64).expand(shape)
 
 
-def _A_init(init: str, name: str, shape, g) -> Tensor:
+def _A_init(init: str, name: str, shape, g, blocks: int = 1) -> Tensor:
     half = shape[-1]
     n = _modes(shape)
     if init in ("legs", "dss"):
-        lam = legs_nplr(half)[0]
+        lam = legs_nplr(half // blocks)[0].repeat(blocks)      # S5's block-diagonal HiPPO: copies
         return (torch.log(-lam.real) if name == "log_A_real" else lam.imag).expand(shape).clone()
     if name == "log_A_real":
         if init == "s4d_real":
@@ -415,7 +415,7 @@ def _A_init(init: str, name: str, shape, g) -> Tensor:
 
 
 def _init_one(kind: str, init: str, name: str, shape: tuple[int, ...], g,
-              dt_range: tuple[float, float] | None = None) -> Tensor:
+              dt_range: tuple[float, float] | None = None, blocks: int = 1) -> Tensor:
     if name == "log_dt":
         lo, hi = dt_range or (DT_MIN, DT_MAX)
         if len(shape) == 2 and shape[-1] == 2:   # DSS's separate Δ (re, im): one draw per channel, tiled
@@ -436,9 +436,9 @@ def _init_one(kind: str, init: str, name: str, shape: tuple[int, ...], g,
             return _normal(shape, shape[-1] ** -0.5, g)      # γ ~ N(0, 1) times Mega's 1/√ndim
         raise ValueError(f"ssm(ema) has no parameter {name!r}")
     if name == "A_real":   # Re A stored as it is (DSS): the negative of exp(log_A_real)'s init
-        return -torch.exp(_A_init(init, "log_A_real", shape, g))
+        return -torch.exp(_A_init(init, "log_A_real", shape, g, blocks))
     if name in ("log_A_real", "A_imag"):
-        return _A_init(init, name, shape, g)
+        return _A_init(init, name, shape, g, blocks)
     if name in ("C_re", "C_im"):
         # complex N(0, 1) as S4/S4D/S5; DLR scales W by 1/M
         return _normal(shape, 1.0 / shape[-1] if init == "dlr" else 0.5 ** 0.5, g)
@@ -473,6 +473,8 @@ def init_ssm_params(kind: str, init: str, shapes: dict[str, tuple[int, ...]], ge
     - legs: Λ, P, B of HiPPO-LegS in S4's normal-plus-low-rank form (:func:`legs_nplr`); for a
       diagonal kernel this is S4D-LegS (Λ alone; B is folded into C).
     - dss: Λ from the normal part of HiPPO-LegS, as DSS (the same Λ as legs).
+    - ``legs:k`` / ``dss:k``: Λ block-diagonal, k copies of the eigenvalues of a LegS k times
+      smaller (S5's ``blocks``).
     - dlr: λ = exp(−Δ/2 + 2πi n/M), Δ log-uniform in [1e-4, 1e-1]: on a ring just inside the unit
       circle, phases spread over the whole circle (Gupta, Mehta & Berant 2022); C scaled by 1/M.
     - random: diagonal Λ = −1/2 + i·(S/2)·U[0, 1) (S4's random imaginary parts); shift: C ~ U(±1/√S)
@@ -484,7 +486,9 @@ def init_ssm_params(kind: str, init: str, shapes: dict[str, tuple[int, ...]], ge
         raise ValueError(f"unknown SSM kind {kind!r}; expected one of {', '.join(KINDS)}")
     if init == "default":
         init = {"shift": "random", "diag": "s4d_lin", "dplr": "legs", "ema": "random"}[kind]
+    init, _, count = init.partition(":")          # "legs:16": Λ as 16 copies of a 16× smaller LegS (S5)
+    blocks = int(count) if count else 1
     if init not in INITS:
         raise ValueError(f"unknown SSM initialisation {init!r}; expected one of {', '.join(INITS)}")
-    return {name: _init_one(kind, init, name, tuple(int(d) for d in shape), generator, dt_range).to(dtype)
+    return {name: _init_one(kind, init, name, tuple(int(d) for d in shape), generator, dt_range, blocks).to(dtype)
             for name, shape in shapes.items()}

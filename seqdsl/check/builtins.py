@@ -437,8 +437,8 @@ SSM_A_REAL = ("negative", "free")
          P("conj", "bool", True), P("groups", "dim", None, optional=True),
          P("dt_min", "scalar", None, optional=True), P("dt_max", "scalar", None, optional=True),
          P("a_real", "choice", "negative", choices=SSM_A_REAL), P("dt_split", "bool", False),
-         *[P(n, "tensor", None) for n in SSM_TENSORS])
-def ssm(ctx, kind, state, init, disc, mimo, conj, groups, dt_min, dt_max, a_real, dt_split, **tensors):
+         P("blocks", "int", None), *[P(n, "tensor", None) for n in SSM_TENSORS])
+def ssm(ctx, kind, state, init, disc, mimo, conj, groups, dt_min, dt_max, a_real, dt_split, blocks, **tensors):
     """A state-space kernel K_l = C Ā^l B̄ (shift, diagonal S4D/DSS/DLR, DPLR S4, Mega's EMA).
     Its parameters are created for the channels of the mix, or given as tensors.
 
@@ -446,7 +446,12 @@ def ssm(ctx, kind, state, init, disc, mimo, conj, groups, dt_min, dt_max, a_real
     set c mod groups (default: one set per channel); ``dt_min``/``dt_max``: the range of Δ's
     log-uniform initialisation (default 1e-3, 1e-1); ``a_real = free``: Re A a free parameter
     A_real (DSS; default ``negative``, Re A = −exp(log_A_real)); ``dt_split``: separate Δ for
-    the real and imaginary parts of A (DSS), log_dt [channels, 2]."""
+    the real and imaginary parts of A (DSS), log_dt [channels, 2]; ``blocks``: a diagonal Λ
+    initialised block-diagonally, ``blocks`` copies of the HiPPO-LegS (or DSS) eigenvalues of
+    a state S/blocks (S5's --blocks)."""
+    if blocks is not None and (kind != "diag" or init not in ("legs", "dss") or blocks < 1):
+        raise ctx.error(f"ssm(): blocks = {blocks} splits the HiPPO initialisation of a diagonal Λ into "
+                        "copies", hint="kind = diag, init = legs (or dss), blocks ≥ 1")
     if kind in ("shift", "ema") and (groups is not None or a_real != "negative" or dt_split
                                      or dt_min is not None or dt_max is not None):
         raise ctx.error(f"groups, a_real, dt_split, dt_min and dt_max describe a diagonal or DPLR SSM; "
@@ -487,7 +492,7 @@ def ssm(ctx, kind, state, init, disc, mimo, conj, groups, dt_min, dt_max, a_real
     if kind == "ema":
         disc = "none"   # Mega's damped EMA is defined in discrete time
     obj = M.SSMKernel(kind, state, init, disc if kind != "shift" else "none", tuple(refs), mimo, conj,
-                      groups=groups, a_real=a_real, dt_split=dt_split, dt_range=dt_range)
+                      groups=groups, a_real=a_real, dt_split=dt_split, dt_range=dt_range, blocks=blocks)
     return Struct("kernel", obj, tuple(pairs), (("ssm", obj, ctx.pos),))
 
 

@@ -287,10 +287,16 @@ def _complete_ssm(ctx: Ctx, obj: M.SSMKernel, pos, inputs, v, mask_obj, share: b
             raise ctx.error(f"ssm({obj.kind}): {name} must have shape {text} for {show_dim(channels)} "
                             f"channels and state {show_dim(obj.state)}, got {t.type}")
     args = () if obj.dt_range is None else tuple(obj.dt_range)
+    init = obj.init
+    if obj.blocks is not None:                  # codegen.toeplitz.kernels reads "legs:16"
+        modes = sympy.sympify(want["A_imag"][-1])
+        if modes.is_number and modes % obj.blocks != 0:
+            raise SeqError(f"ssm(): blocks = {obj.blocks} must divide the {modes} modes of Λ", pos)
+        init = f"{obj.init}:{int(obj.blocks)}"
     refs = dict(have)
     for name, shape in want.items():
         if name not in have:
-            refs[name] = _kernel_param(ctx, inputs, f"kernel.{name}", shape, obj.init, args)
+            refs[name] = _kernel_param(ctx, inputs, f"kernel.{name}", shape, init, args)
     reverse = ()
     if not _is_causal(mask_obj, obj):
         # The backward direction: its own C, the rest shared (share = true, as the released
@@ -299,7 +305,7 @@ def _complete_ssm(ctx: Ctx, obj: M.SSMKernel, pos, inputs, v, mask_obj, share: b
         own = {"C_re", "C_im"} if share and obj.kind != "shift" else set(want)
         reverse = tuple(sorted(
             (name, refs[name] if name in have or name not in own
-             else _kernel_param(ctx, inputs, f"kernel_rev.{name}", shape, obj.init, args))
+             else _kernel_param(ctx, inputs, f"kernel_rev.{name}", shape, init, args))
             for name, shape in want.items()))
     new = dataclasses.replace(obj, params=tuple(sorted(refs.items())), reverse=reverse)
     return _replace_kernel(mask_obj, obj, new)

@@ -122,9 +122,12 @@ class SSMKernel:
     a_real: str = "negative"       # Re A = −exp(log_A_real) ("negative") or a free A_real ("free", DSS)
     dt_split: bool = False         # separate Δ for the real and imaginary parts of A (DSS)
     dt_range: tuple[Scalar, Scalar] | None = None   # (dt_min, dt_max) of Δ's log-uniform init
+    blocks: int | None = None      # Λ initialised block-diagonally: `blocks` copies of a smaller HiPPO (S5)
 
     def __str__(self) -> str:
         extra = ", mimo" if self.mimo else ""
+        if self.blocks is not None:
+            extra += f", blocks={self.blocks}"
         if self.groups is not None:
             extra += f", groups={self.groups}"
         if self.a_real != "negative":

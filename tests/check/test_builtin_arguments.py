@@ -162,6 +162,7 @@ CASES: dict[tuple[str, str], tuple[str, str]] = {
     ("ssm", "kind"): (ssm("diag, state = 4"), ssm("shift, state = 4")),
     ("ssm", "state"): (ssm("diag, state = 4"), ssm("diag, state = 8")),
     ("ssm", "init"): (ssm("diag, state = 4"), ssm("diag, state = 4, init = s4d_inv")),
+    ("ssm", "blocks"): (ssm("diag, state = 8, init = legs"), ssm("diag, state = 8, init = legs, blocks = 2")),
     ("ssm", "disc"): (ssm("diag, state = 4"), ssm("diag, state = 4, disc = bilinear")),
     ("ssm", "mimo"): (ssm("diag, state = 4"), ssm("diag, state = 4, mimo = true")),
     ("ssm", "conj"): (ssm("diag, state = 4"), ssm("diag, state = 4, conj = false")),
