@@ -25,6 +25,7 @@ from torch import Tensor
 
 from codegen.softmax.torch_impl import masked_softmax, softmax_attention
 from codegen.torch import decode
+from seqdsl.errors import SeqError
 from codegen.torch import decode_buffer as buf
 
 _SOFTMAX = inspect.signature(softmax_attention)
@@ -38,7 +39,10 @@ def _signature(fn) -> inspect.Signature:
 def window_prefill(fn, args: tuple, kw: dict, detail: str = "") -> tuple[Tensor, dict[str, Tensor]]:
     a = decode.arguments(_signature(fn), args, kw)
     x, axis, size = a["x"], a["axis"], a["size"]
-    out = fn(**a)                       # refuses a prompt shorter than the window
+    if x.shape[axis] < size:
+        raise SeqError(f"the prompt is shorter than the window: the model reads the last {size} positions "
+                       f"(x[:, N - {size}:]) and the prompt has {x.shape[axis]}; give at least {size} tokens")
+    out = fn(**a)
     rows = x.narrow(axis, x.shape[axis] - (size - 1), size - 1)
     if detail == "shared":              # one table for every sequence: a copy per sequence
         batch = decode.batch_size()
