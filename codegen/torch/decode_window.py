@@ -25,8 +25,8 @@ from torch import Tensor
 
 from codegen.softmax.torch_impl import masked_softmax, softmax_attention
 from codegen.torch import decode
-from seqdsl.errors import SeqError
 from codegen.torch import decode_buffer as buf
+from seqdsl.errors import SeqError
 
 _SOFTMAX = inspect.signature(softmax_attention)
 
