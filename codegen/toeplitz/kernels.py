@@ -394,6 +394,8 @@ def _A_init(init: str, name: str, shape, g, blocks: int = 1) -> Tensor:
     half = shape[-1]
     n = _modes(shape)
     if init in ("legs", "dss"):
+        if half % blocks:
+            raise ValueError(f"blocks = {blocks} must divide the {half} modes of Λ")
         lam = legs_nplr(half // blocks)[0].repeat(blocks)      # S5's block-diagonal HiPPO: copies
         return (torch.log(-lam.real) if name == "log_A_real" else lam.imag).expand(shape).clone()
     if name == "log_A_real":

@@ -290,8 +290,8 @@ def _complete_ssm(ctx: Ctx, obj: M.SSMKernel, pos, inputs, v, mask_obj, share: b
     init = obj.init
     if obj.blocks is not None:                  # codegen.toeplitz.kernels reads "legs:16"
         modes = sympy.sympify(want["A_imag"][-1])
-        if modes.is_number and modes % obj.blocks != 0:
-            raise SeqError(f"ssm(): blocks = {obj.blocks} must divide the {modes} modes of Λ", pos)
+        ctx.el.require(sympy.Eq(sympy.Mod(modes, obj.blocks), 0),
+                       f"ssm(): blocks = {obj.blocks} must divide the {show_dim(modes)} modes of Λ", pos)
         init = f"{obj.init}:{int(obj.blocks)}"
     refs = dict(have)
     for name, shape in want.items():

@@ -94,7 +94,7 @@ def test_s5_layer_is_two_scans_sharing_lambda_and_b():
     """S5's apply_ssm (bidirectional, conj_sym): x_k = Λ̄ x_{k−1} + B̄ u_k forwards and
     backwards (xs2, reverse=True), y_k = 2·Re(C1 x_k + C2 x2_k) + D ⊙ u_k, Λ̄ = e^{ΔΛ},
     B̄ = (Λ̄ − 1)/Λ · B with Δ per state — the s5_ssm mixer of s5.seq."""
-    model = seqdsl.load(MODELS / "s5.seq", entry="s5_ssm", backend="torch", D=3, P=8)
+    model = seqdsl.load(MODELS / "s5.seq", entry="s5_ssm", backend="torch", D=3, P=8, Blocks=2)
     params = dict(model.named_parameters())
 
     def get(suffix):
@@ -156,7 +156,7 @@ def test_dt_range_and_shift_initialisation():
     log_dt = init_ssm_params("diag", "legs", {"log_dt": (4000,)}, g, dt_range=(1e-4, 1e-2))["log_dt"]
     assert math.log(1e-4) <= float(log_dt.min()) and float(log_dt.max()) <= math.log(1e-2)
     assert float(log_dt.min()) < math.log(2e-4) and float(log_dt.max()) > math.log(5e-3)   # the whole range
-    model = seqdsl.load(MODELS / "s5.seq", entry="s5_ssm", backend="torch", D=3, P=8)   # dt_min = 0.0001
+    model = seqdsl.load(MODELS / "s5.seq", entry="s5_ssm", backend="torch", D=3, P=8, Blocks=2)   # dt_min = 0.0001
     dt = next(v for k, v in model.named_parameters() if k.endswith("kernel.log_dt")).detach()
     assert float(dt.min()) >= math.log(1e-4) - 1e-6
     # H3's shift SSM: kaiming_uniform_(a = √5) of C [H, 1, S] is U(±1/√S)
