@@ -22,6 +22,15 @@ gradient of the loss through z* is uᵀ ∂f/∂(θ, x) where u solves the adjoi
 uᵀ = gᵀ + uᵀJ; u is found by the *same* solver on h(u) = Jᵀu + g from u = 0, each application
 of h one vector–Jacobian product through one application of f at z* (no iterate is stored).
 
+**Unrolled mode** (``set_mode(model, "unrolled", applications)``, or ``model.fixed_points(...)``
+on a generated module): every fixed_point cell under ``model`` instead runs exactly
+``applications`` (default: its ``iters``) applications of f from the initial z, with plain
+autograd through them — no solver, no implicit backward. This is how the released DEQ is
+pretrained before the solve is switched on (locuslab/deq DEQ-Sequence ``--pretrain_steps``:
+a weight-tied stack of ``--n_layer`` applications from z = 0, plain backprop); ``seqdsl train
+--pretrain-steps K`` runs its first K steps so. ``trace`` then holds the residual of each
+application's input, ``residual`` the last.
+
 After a forward, the cell module carries ``residual``, ``steps``, ``tol`` and ``trace`` (the residual
 after each application of f) of the forward solve and,
 after a backward, ``backward_residual`` and ``backward_steps``. A residual above ``tol``
@@ -209,12 +218,44 @@ class _ImplicitBackward(torch.autograd.Function):
         return best.z, None, None, None, None, None
 
 
+MODES = ("solve", "unrolled")
+
+
+def set_mode(model: nn.Module, mode: str = "solve", applications: int | None = None) -> None:
+    """Switch every fixed_point cell under ``model`` (``model`` itself included) to ``mode``:
+    "solve" (the solver and the implicit backward, the default) or "unrolled" (exactly
+    ``applications`` applications of f from the initial z, default the cell's ``iters``,
+    differentiated by autograd through all of them)."""
+    if mode not in MODES:
+        raise ValueError(f"unknown fixed-point mode {mode!r}; one of {', '.join(MODES)}")
+    if applications is not None and (mode != "unrolled" or applications < 1):
+        raise ValueError("fixed-point mode: applications is a positive count, and only for mode='unrolled'")
+    for m in model.modules():
+        m._fixed_point_mode = (mode, applications)
+
+
+def _unrolled(cell: nn.Module, z: torch.Tensor, args: tuple, n: int) -> torch.Tensor:
+    """n applications of the cell from z, autograd through each; residuals recorded as Picard's."""
+    trace = []
+    for _ in range(n):
+        fz = cell(z, *args)
+        trace.append(_residual(fz, z))
+        z = fz
+    cell.residual, cell.steps, cell.trace = trace[-1], n, trace
+    return z
+
+
 def fixed_point(cell: nn.Module, z: torch.Tensor, x: torch.Tensor | None, iters: int, tol: float,
                 solver: str = "anderson") -> torch.Tensor:
     """z* = cell(z*, x) from the initial z by ``solver``; returns cell(z*, x), whose gradient
     is the implicit one (see the module docstring). ``cell.residual``/``cell.steps`` tell how
-    the forward solve ended."""
+    the forward solve ended. In the unrolled mode (:func:`set_mode`), f applied a fixed number
+    of times instead."""
     args = () if x is None else (x,)
+    mode, applications = getattr(cell, "_fixed_point_mode", ("solve", None))
+    if mode == "unrolled":
+        cell.tol = tol
+        return _unrolled(cell, z, args, iters if applications is None else applications)
     with torch.no_grad():
         best = solve(lambda t: cell(t, *args), z.detach(), iters, tol, solver)
     cell.residual, cell.steps, cell.tol, cell.trace = best.residual, best.steps, tol, best.trace

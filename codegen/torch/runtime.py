@@ -122,6 +122,13 @@ class SeqModule(nn.Module):
                     total = total + loss
         return total
 
+    def fixed_points(self, mode: str = "solve", applications: int | None = None) -> None:
+        """How every fixed_point cell runs from now on: "solve" (the solver, implicit gradient;
+        the default) or "unrolled" (``applications`` applications of f, default ``iters``, plain
+        autograd: the released DEQ's pretraining); see :func:`codegen.torch.equilibrium.set_mode`."""
+        from codegen.torch.equilibrium import set_mode
+        set_mode(self, mode, applications)
+
     def example_inputs(self, **sizes) -> tuple:
         """Random tensors that fit the declared inputs (ints for token ids); ``sizes`` gives
         the dims read from the inputs (default: the file's defaults, B = 2)."""

@@ -72,6 +72,11 @@ def register(app: typer.Typer, guarded: Callable, parse_sets: Callable, output_p
                                             "else contiguous), contiguous or zigzag.")] = "auto",
         device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
         threads: ThreadsOpt = None, progress: ProgressOpt = True,
+        pretrain_steps: Annotated[int, typer.Option("--pretrain-steps", help="Run fixed_point cells unrolled "
+                                                    "(no solver, plain backprop) for the first K steps.")] = 0,
+        pretrain_applications: Annotated[Optional[int], typer.Option("--pretrain-applications", help="Applications "
+                                                                     "of f per unrolled forward (default: iters).")]
+        = None,
         list_tasks: Annotated[bool, typer.Option("--list-tasks", help="List the tasks and their options.")] = False,
     ) -> None:
         """Train FILE's model on a task: AdamW, warmup + cosine, evaluation, metrics and checkpoints."""
@@ -88,7 +93,8 @@ def register(app: typer.Typer, guarded: Callable, parse_sets: Callable, output_p
 
         config = _config(file, task, task_opt, set_, entry, steps, batch, lr, warmup, weight_decay, clip, eval_every,
                          eval_batches, seed, out, threads, progress, parse_sets, checkpoint_every=checkpoint_every,
-                         resume=resume, nproc=nproc, seq_parallel=seq_parallel, layout=layout, device=device)
+                         resume=resume, nproc=nproc, seq_parallel=seq_parallel, layout=layout, device=device,
+                         pretrain_steps=pretrain_steps, pretrain_applications=pretrain_applications)
         result = train(config)
         typer.echo(summary(result))
 

@@ -31,7 +31,7 @@ from seqdsl.training.tasks import Batch, Task, make_task
 
 # Settings a resumed run must share with the run that wrote the checkpoint.
 RESUME_KEYS = ("file", "task", "task_options", "entry", "sizes", "steps", "batch", "lr", "warmup", "weight_decay",
-               "clip", "seed")
+               "clip", "seed", "pretrain_steps", "pretrain_applications")
 
 
 @dataclass
@@ -62,6 +62,8 @@ class TrainConfig:
     threads: int | None = None         # torch threads per process (default: torch's; cores / nproc with nproc > 1)
     stop_at: int | None = None         # end after this step (as if killed): for tests of --resume
     progress: bool = True
+    pretrain_steps: int = 0            # the first K steps run fixed_point cells unrolled (equilibrium.set_mode)
+    pretrain_applications: int | None = None  # applications of f per unrolled forward (default: the cell's iters)
     plot: bool = True                  # draw metrics.png in --out at the end
 
 
@@ -212,6 +214,8 @@ def run(config: TrainConfig, rank: int, world: int) -> TrainResult:
     """The loop on one rank of ``world`` (world = 1: one process)."""
     import torch.distributed as dist
 
+    from codegen.torch.equilibrium import set_mode
+
     start_time = time.perf_counter()
     if config.threads and world == 1:
         torch.set_num_threads(config.threads)
@@ -256,6 +260,9 @@ def run(config: TrainConfig, rank: int, world: int) -> TrainResult:
         for step in range(start, config.steps):
             if config.stop_at is not None and step >= config.stop_at:
                 break
+            if config.pretrain_steps:       # the released DEQ's pretraining: unrolled, then the solver
+                set_mode(model, *(("unrolled", config.pretrain_applications) if step < config.pretrain_steps
+                                  else ("solve", None)))
             whole = task.batch("train", step, config.batch, config.seed)
             mine = whole.rows(*ranks.rows(config.batch)) if ranks.dp_size > 1 else whole
             local = par.shard(mine, ranks, kind).to(device)

@@ -196,3 +196,34 @@ def test_the_deq_example_gradient_is_the_implicit_one():
     for name, r, o in zip(params, ref, grads):
         rel = float((r - o).norm() / r.norm())
         assert rel < 1e-3, f"{name}: relative error {rel:.2e}"
+
+
+@pytest.mark.parametrize("applications", [None, 3])
+def test_unrolled_mode_is_k_applications_with_autograd_through_them(applications):
+    """model.fixed_points("unrolled", k): the output is k explicit applications of the cell from
+    the initial z (default k = iters), and the gradient is plain autograd through all of them
+    (not the implicit one); fixed_points("solve") switches the solver back on."""
+    m = _model("anderson", iters=4).double()
+    x = torch.randn(2, 5, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    head = torch.randn(2, 5, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    cell = m.module_at("fixed_point.cell")
+    params = [p for p in m.parameters() if p.requires_grad]
+    k = 4 if applications is None else applications
+    z = torch.zeros(2, 5, 6, dtype=torch.float64)
+    for _ in range(k):                           # the reference: k explicit applications
+        z = cell(z, x)
+    ref = torch.autograd.grad((z * head).sum(), params)
+    m.fixed_points("unrolled", applications)
+    out = m(x)
+    assert cell.steps == k and len(cell.trace) == k
+    grads = torch.autograd.grad((out * head).sum(), params)
+    assert float((out - z).norm() / z.norm()) < 1e-12
+    for r, o in zip(ref, grads):
+        assert float((r - o).norm() / r.norm()) < 1e-10
+    m.fixed_points("solve")                      # back to the solver: a fixed point, not k steps
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", equilibrium.EquilibriumWarning)
+        solved = m(x).detach()
+    assert float((solved - out.detach()).norm()) > 1e-6
+    with pytest.raises(ValueError, match="unknown fixed-point mode"):
+        m.fixed_points("stacked")
