@@ -13,7 +13,9 @@ runtimes consult:
   tables read through ``rt.seq_rows(N)``) start at the position of the first token of the
   call instead of 0;
 - the sequence dim is bound to the call's length (the prompt's, then 1); ``require``s on
-  it (e.g. ``N % Bk == 0``) constrain whole-sequence calls and are not checked.
+  it (e.g. ``N % Bk == 0``) constrain whole-sequence calls and are not checked, except those
+  that bound it from above (``N <= Nmax``, the entry's ``DECODE_LIMITS``): prefill and step
+  refuse the length they reach past one, as a forward at that length does.
 
 A :class:`DecodeState` is a dict from layer path to that layer's tensors (batch first),
 with ``position`` (tokens seen), ``nbytes``, ``to(...)``, ``select(rows)`` and
@@ -31,7 +33,7 @@ import torch
 from torch import Tensor
 
 from codegen.torch import decode_buffer as buf
-from seqdsl.errors import SeqError
+from seqdsl.errors import Pos, SeqError
 
 _CTX: contextvars.ContextVar[Context | None] = contextvars.ContextVar("seqdsl_decode", default=None)
 
@@ -214,6 +216,9 @@ def _forward(module, mode: str, state: DecodeState, inputs: tuple,
     if bound is not None and state.position + length > bound:
         raise SeqError(f"{module.ENTRY}: position {state.position + length - 1} is beyond the position table, built "
                        f"for at most {seq} = {bound} (load the model with {seq}={state.position + length})")
+    for limit, message, file, line, col in getattr(module, "DECODE_LIMITS", ()):
+        if state.position + length > limit:    # a forward at this length refuses it; no longer one accepts it
+            raise SeqError(message, Pos(file, line, col))
     token = _CTX.set(ctx)
     try:
         with torch.no_grad():

@@ -444,6 +444,7 @@ class _Writer(Chooser, scoped.ScopedWriter):
                 lines.append(f"    BOUNDS = {literal(plan.bounds)}   # largest size the position tables serve")
             lines.append(f"    DEFAULTS = {literal(plan.defaults)}")
             lines += class_lines(self.decoding, getattr(self, "no_step", None)) if self.decoding else []
+            lines += size_plan.decode_limit_lines(self, constraints)   # bounds a decoded N may not pass
             fixed = {d: why for d, why in plan.fixed_by.items() if any(
                 isinstance(a, tuple) and a[0] == d for _, _, shape in inputs for a in shape)}
             if fixed:

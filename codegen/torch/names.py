@@ -20,6 +20,7 @@ def _module_attrs() -> frozenset:
     except ImportError:       # generating without torch: every weight is read by path
         return frozenset()
     return frozenset(dir(SeqModule)) | {"RUNTIME", "BOUNDS", "DEFAULTS", "FIXED_BY", "ENTRY", "DECODE",
+                                        "DECODE_LIMITS",
                                         "choices", "source", "training"}
 
 

@@ -235,6 +235,42 @@ def size_check_lines(w, constraints) -> list[str]:
     return out
 
 
+def decode_limit_lines(w, constraints) -> list[str]:
+    """``DECODE_LIMITS`` of the entry class: the file's requirements that bound the sequence dim
+    that decoding grows from above (``N <= Nmax``, and any whose solution set in that dim, the
+    other sizes fixed, is bounded above), as (the largest length that satisfies it, message,
+    file, line, col). ``require`` lines are not checked while decoding (the call's length is
+    not the sequence's); once the sequence grows past such a limit no longer length satisfies
+    the requirement again, so prefill and step refuse it at the length reached, with the
+    message a forward at that length gives. Divisibility and lower bounds are not limits: a
+    longer sequence satisfies them again."""
+    plan = getattr(w, "decoding", None)
+    if plan is None or not plan.ok or getattr(w, "no_step", None) or plan.seq not in w.sizes.runtime:
+        return []
+    limits = []
+    for cond, message, pos in constraints:
+        value = w.sizes.subs(sympy.sympify(cond))
+        if value in (sympy.true, sympy.false) or {s.name for s in value.free_symbols} != {plan.seq}:
+            continue
+        (sym,) = value.free_symbols
+        try:
+            solved = sympy.solveset(value, sym, sympy.S.Reals)
+            sup = solved.sup
+        except (NotImplementedError, AttributeError, TypeError, ValueError):
+            continue          # not an interval in the dim (a divisibility): a longer length may satisfy it
+        if not sup.is_finite:
+            continue
+        limit = int(sympy.floor(sup))
+        if solved.contains(sympy.Integer(limit)) is not sympy.true:
+            limit -= 1
+        entry = (limit, comment(message, 500), comment(pos.file, 500), int(pos.line), int(pos.col))
+        if entry not in limits:
+            limits.append(entry)
+    if not limits:
+        return []
+    return [f"    DECODE_LIMITS = {literal(tuple(limits))}   # the largest {plan.seq} each bounding require allows"]
+
+
 def shape_spec(shape, sizes: SizeCode) -> tuple:
     """Per axis: a number (fixed), ``(dim, number)`` (fixed, named), a dim name (read at
     each call) or ``(expression, None)`` (checked after the binding, by a generated line)."""
