@@ -1,0 +1,170 @@
+"""Does a DEQ's fixed point converge after the released pretraining?
+
+locuslab/deq (DEQ-Sequence/train_transformer.py, models/deq_transformer.py) never solves at
+initialisation: its first ``--pretrain_steps`` steps run the cell as a weight-tied stack of
+``--n_layer`` applications from z = 0 with plain backprop (2 in wt103_deq_transformer.sh),
+then the solver takes over. This script does the same with ``seqdsl train --pretrain-steps``
+(every step of the run unrolled, ``applications`` applications of f), then, at the trained
+weights and on real batches of the task's evaluation split, runs each solver of
+codegen/torch/equilibrium.py on the first equilibrium function of the model from its z0 and
+reports the lowest relative residual within the file's ``iters`` and the application at which
+it first reaches ``tol`` (searching up to ``--trace`` applications). ``--steps 0``: the same
+at initialisation, on the same batches.
+
+    python benchmarks/deq_pretrain.py                     # writes benchmarks/results/deq_pretrain.md
+    python benchmarks/deq_pretrain.py --steps 300 --applications 2,30 --no-write
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from codegen.torch import equilibrium  # noqa: E402
+from seqdsl.training import TrainConfig, train  # noqa: E402
+from seqdsl.training.fit import fit  # noqa: E402
+from seqdsl.training.tasks import make_task  # noqa: E402
+
+SOLVERS = ("anderson", "broyden", "picard")
+
+
+def capture(model: torch.nn.Module, inputs: torch.Tensor):
+    """(f, z0) of the model's first fixed_point on ``inputs``: f = cell(·, x) with x bound."""
+    got: dict = {}
+    real = equilibrium.solve
+
+    def first_solve(f, z0, iters, tol, solver):
+        got.setdefault("f", f)
+        got.setdefault("z0", z0.clone())
+        got.setdefault("iters", iters)
+        got.setdefault("tol", tol)
+        return real(f, z0, 1, tol, "picard")
+
+    equilibrium.solve = first_solve
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", equilibrium.EquilibriumWarning)
+            model(inputs)
+    finally:
+        equilibrium.solve = real
+    return got["f"], got["z0"], got["iters"], got["tol"]
+
+
+def pretrain(seq: str, task: str, task_options: dict, sizes: dict, steps: int, applications: int | None,
+             batch: int, lr: float, seed: int) -> tuple[torch.nn.Module, dict]:
+    """The model after ``steps`` unrolled steps (fresh at ``steps = 0``) and its last evaluation."""
+    t = make_task(task, task_options)
+    final: dict = {}
+    state = None
+    if steps:
+        config = TrainConfig(seq, task, task_options=task_options, sizes=sizes, steps=steps, batch=batch, lr=lr,
+                             seed=seed, eval_every=steps, eval_batches=4, progress=False, plot=False,
+                             pretrain_steps=steps, pretrain_applications=applications)
+        result = train(config)
+        state, final = result.state, result.final
+    model = fit(seq, t.layout, t.name, sizes=sizes, seed=seed, batch=batch).model
+    if state is not None:
+        model.load_state_dict(state)
+    model.fixed_points("solve")
+    return model.eval(), final
+
+
+def solve_traces(model: torch.nn.Module, task: str, task_options: dict, batch: int, seed: int, batches: int,
+                 trace: int) -> dict:
+    """Per solver and evaluation batch: (lowest residual within iters, first application ≤ tol)."""
+    t = make_task(task, task_options)
+    out: dict = {s: [] for s in SOLVERS}
+    for i in range(batches):
+        f, z0, iters, tol = capture(model, t.batch(t.eval_split, i, batch, seed).inputs)
+        for solver in SOLVERS:
+            with torch.no_grad():
+                best = equilibrium.solve(f, z0, max(trace, iters), tol, solver)
+            below = next((k + 1 for k, r in enumerate(best.trace) if r <= tol), None)
+            out[solver].append((min(best.trace[:iters]), below, best.trace[:iters]))
+    out["iters"], out["tol"] = iters, tol
+    return out
+
+
+def line(name: str, res: dict) -> str:
+    cells = []
+    for s in SOLVERS:
+        lows = [f"{r[0]:.1e}" for r in res[s]]
+        at = [str(r[1]) for r in res[s]]
+        cells.append(f"{' / '.join(lows)} (tol at {' / '.join(at)})")
+    return f"| {name} | " + " | ".join(cells) + " |"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seq", default="examples/models/deq.seq")
+    ap.add_argument("--task", default="text_lm")
+    ap.add_argument("--length", type=int, default=64, help="text_lm's length (N)")
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--applications", default="2,30", help="applications of f per unrolled step, comma-separated")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batches", type=int, default=2, help="evaluation batches to solve on")
+    ap.add_argument("--trace", type=int, default=150, help="applications searched for the first ≤ tol")
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args(argv)
+    small = json.loads((ROOT / "tests/codegen/small_sizes.json").read_text())["models/deq.seq"]
+    sizes = {k: v for k, v in small.items() if k not in ("B", "N")} | {"V": 256}
+    opts = {"length": args.length}
+    rows, traces = [], {}
+    runs = [(0, None)] + [(args.steps, int(a)) for a in args.applications.split(",")]
+    for steps, apps in runs:
+        t0 = time.time()
+        torch.manual_seed(args.seed)
+        model, final = pretrain(args.seq, args.task, opts, sizes, steps, apps, args.batch, args.lr, args.seed)
+        res = solve_traces(model, args.task, opts, args.batch, args.seed, args.batches, args.trace)
+        name = "initialisation" if not steps else f"{steps} steps unrolled x{apps}"
+        loss = f", unrolled eval loss {final['loss']:.3f}" if final else ""
+        print(f"{name}{loss}: {time.time() - t0:.0f} s", flush=True)
+        for s in SOLVERS:
+            print(f"  {s:9s} lowest within {res['iters']}: " + " / ".join(f"{r[0]:.2e}" for r in res[s])
+                  + "; first ≤ tol at " + " / ".join(str(r[1]) for r in res[s]), flush=True)
+        rows.append(line(name + (f" (eval loss {final['loss']:.2f})" if final else ""), res))
+        traces[name] = res
+    if args.no_write:
+        return
+    it, tol = traces["initialisation"]["iters"], traces["initialisation"]["tol"]
+    text = [
+        "# DEQ: convergence after the released pretraining (unrolled, then solved)",
+        "",
+        f"`python benchmarks/deq_pretrain.py --steps {args.steps} --applications {args.applications}` "
+        f"(seed {args.seed}); {platform.processor() or platform.machine()}, {os.cpu_count()} cores "
+        f"(a loaded 2-core VM), torch {torch.__version__}, float32.",
+        "",
+        f"Model: {args.seq} at tests/codegen/small_sizes.json's sizes (D {sizes['D']}, H {sizes['H']}, "
+        f"F {sizes['F']}) with V = 256 and N = {args.length}, trained on {args.task} (bytes of Python source), "
+        f"batch {args.batch}, AdamW lr {args.lr}, warmup a tenth, every step unrolled "
+        "(`seqdsl train --pretrain-steps` = --steps, `--pretrain-applications` as the row says; "
+        "the release pretrains with 2 = its --n_layer). Then, at those weights, each solver runs from z0 = 0 "
+        f"on {args.batches} evaluation batches (one number per batch): the lowest relative residual "
+        f"‖f(z) − z‖/‖f(z)‖ within the file's iters = {it}, and the application at which it first "
+        f"reaches tol = {tol:g} (None: not within {args.trace}).",
+        "",
+        "| weights | anderson | broyden | picard |",
+        "|---|---|---|---|",
+        *rows,
+        "",
+    ]
+    path = ROOT / "benchmarks/results/deq_pretrain.md"
+    path.write_text("\n".join(text))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
