@@ -227,3 +227,33 @@ def test_unrolled_mode_is_k_applications_with_autograd_through_them(applications
     assert float((solved - out.detach()).norm()) > 1e-6
     with pytest.raises(ValueError, match="unknown fixed-point mode"):
         m.fixed_points("stacked")
+
+
+def test_train_pretrain_steps_runs_the_first_steps_unrolled(monkeypatch, tmp_path):
+    """seqdsl train --pretrain-steps 2 --pretrain-applications 3: steps 1-2 unrolled (3
+    applications of the cell per forward, no solver), step 3 by the solver."""
+    import json
+    from pathlib import Path
+
+    from seqdsl.training import TrainConfig, train
+    root = Path(__file__).resolve().parents[2]
+    small = json.loads((root / "tests/codegen/small_sizes.json").read_text())["models/deq.seq"]
+    sizes = {k: v for k, v in small.items() if k not in ("B", "N")} | {"V": 256}
+    seen = []
+    real = equilibrium.fixed_point
+
+    def spy(cell, z, x, iters, tol, solver="anderson"):
+        out = real(cell, z, x, iters, tol, solver)
+        if torch.is_grad_enabled():                 # the training forwards, not the evaluation
+            seen.append((cell._fixed_point_mode, cell.steps))
+        return out
+
+    monkeypatch.setattr(equilibrium, "fixed_point", spy)
+    config = TrainConfig(str(root / "examples/models/deq.seq"), "text_lm", task_options={"length": 16}, sizes=sizes,
+                         steps=3, batch=2, eval_every=3, eval_batches=1, progress=False, plot=False,
+                         pretrain_steps=2, pretrain_applications=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", equilibrium.EquilibriumWarning)
+        train(config)
+    assert [m for m, _ in seen] == [("unrolled", 3), ("unrolled", 3), ("solve", None)]
+    assert [s for _, s in seen[:2]] == [3, 3]
