@@ -10,6 +10,8 @@
   previous (no autograd: ring attention's backward is its own ring).
 - :func:`gather_sequence`: the whole sequence on every rank, in global order.
 - :func:`all_reduce`: a sum over the ranks, in place (rows read whole, rows.py).
+- :func:`broadcast`: the first rank's tensor on every rank, in place (a random draw shared
+  by the group: features.py's redrawn frequencies).
 
 Every collective here reports the bytes it hands over to :func:`counting` (a test hook: the
 analysis' formulas are checked against it).
@@ -34,7 +36,8 @@ _counters: list[dict[str, int]] = []
 def counting() -> Iterator[dict[str, int]]:
     """Within the block, the bytes this rank hands to each kind of collective, by kind:
     'all_reduce' (the buffer reduced), 'all_gather' (this rank's piece), 'all_to_all' (the
-    pieces for the other ranks), 'ring' (the block sent to the next rank)."""
+    pieces for the other ranks), 'ring' (the block sent to the next rank), 'broadcast' (the
+    tensor, counted on every rank)."""
     c: dict[str, int] = {}
     _counters.append(c)
     try:
@@ -52,6 +55,13 @@ def all_reduce(x: Tensor, sp: SequenceParallel) -> None:
     """``x`` ← the sum of every rank's ``x``, in place."""
     _count("all_reduce", x)
     dist.all_reduce(x, group=sp.group)
+
+
+def broadcast(x: Tensor, sp: SequenceParallel) -> None:
+    """``x`` ← the first rank of the group's ``x``, in place (no autograd: a random draw that
+    every rank of the group must share)."""
+    _count("broadcast", x)
+    dist.broadcast(x, src=sp.global_rank(0), group=sp.group)
 
 
 def all_gather_into(out: Tensor, x: Tensor, group) -> None:

@@ -89,11 +89,22 @@ def sequence_parallel(group=None, layout: str = "contiguous", softmax: str = "au
         _active.reset(token)
 
 
+_suspended: contextvars.ContextVar[SequenceParallel | None] = contextvars.ContextVar("seqdsl_sp_held", default=None)
+
+
 @contextlib.contextmanager
 def suspended() -> Iterator[None]:
     """No sequence parallelism inside (a distributed algorithm's own local calls)."""
-    token = _active.set(None)
+    held = _active.get() or _suspended.get()
+    token, token_held = _active.set(None), _suspended.set(held)
     try:
         yield
     finally:
         _active.reset(token)
+        _suspended.reset(token_held)
+
+
+def group() -> SequenceParallel | None:
+    """The group of the enclosing ``sequence_parallel`` block, also inside ``suspended``
+    (whose local calls every rank runs alike): what a random draw shared by the ranks uses."""
+    return _active.get() or _suspended.get()

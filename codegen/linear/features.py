@@ -70,7 +70,8 @@ def gaussian_frequencies(mean: torch.Tensor, scale: torch.Tensor, noise: torch.T
     ``redraw``: ``never`` uses the noise drawn at initialisation; ``training`` draws a new ε
     (from torch's global generator: ``torch.manual_seed`` fixes it) at every call in training
     mode and keeps the last draw for evaluation (the reference with deterministic_eval = True);
-    ``always`` draws at every call, in evaluation too (the reference's default). A draw is
+    ``always`` draws at every call, in evaluation too (the reference's default). Under
+    sequence parallelism every rank of the group uses its first rank's draw. A draw is
     written back into ``noise`` (a buffer), and the computation uses a copy, so graphs of
     earlier calls keep their own ε."""
     if redraw == "always" or (redraw == "training" and training):
@@ -81,11 +82,25 @@ def gaussian_frequencies(mean: torch.Tensor, scale: torch.Tensor, noise: torch.T
                                "redraw = training (or never)")
         with torch.no_grad():                           # drawn in fp32: the same ε for any dtype
             noise.copy_(torch.randn(noise.shape, device=noise.device))
+            _share_draw(noise)
     eps = noise.detach().clone().to(scale.dtype)
     dk = eps.shape[0]
     gauss = torch.einsum("sm,...sd->...md", eps, scale)             # (Σᵀ ε)ᵀ, one row per draw
     mu = mean[..., None, :]
     return torch.cat([gauss + mu, gauss - mu], dim=-2) * dk ** -0.25
+
+
+def _share_draw(noise: torch.Tensor) -> None:
+    """Under sequence parallelism every rank of the group holds part of one sequence, which
+    one feature map must see: the ranks' generators differ (``seqdsl train`` seeds each rank's
+    stream apart, for dropout), so the group takes the draw of its first rank."""
+    from codegen.distributed.context import group
+
+    sp = group()             # also inside a distributed algorithm's local calls (suspended)
+    if sp is not None:
+        from codegen.distributed.comm import broadcast
+
+        broadcast(noise, sp)
 
 
 def feature_map(x: torch.Tensor, kind: str, projection: torch.Tensor | None = None, *,
