@@ -64,3 +64,24 @@ def test_divisibility_is_not_a_decoding_limit():
     for _ in range(3):                            # lengths 17..19: not multiples of Bk, still decoded
         _, state = m.step(torch.zeros(1, dtype=torch.long), state)
     assert state.position == 19
+
+
+def test_bounds_through_derived_dims_and_strict_inequalities():
+    src = """
+dim B = 1, N = 12, V = 11, D = 8, H = 2
+dim Nc = N / 2
+require Nc <= 8, "at most 8 pairs"
+require 2 * N - 1 < 40, "short"
+model m(tokens: int[B, N]) -> [B, N, D] {
+  t = rearrange(embed(tokens, V, D), "b n (h d) -> b h n d", h = H)
+  y = mix(t, t, t, feature = elu1, mask = causal(), norm = sum)
+  return rearrange(y, "b h n d -> b n (h d)")
+}
+"""
+    m = seqdsl.load(src, at_call=("N",)).eval()
+    assert [lim[:2] for lim in type(m).DECODE_LIMITS] == [(16, "at most 8 pairs"), (20, "short")]
+    _, state = m.prefill(torch.zeros(1, 15, dtype=torch.long))
+    _, state = m.step(torch.zeros(1, dtype=torch.long), state)         # N = 16: Nc = 8
+    with pytest.raises(SeqError) as err:
+        m.step(torch.zeros(1, dtype=torch.long), state)
+    assert str(err.value) == _forward_error(m, 17) and ":4:1" in str(err.value)
