@@ -85,17 +85,22 @@ model suffix(x: [B, N, D]) -> [B, N, D] {
 """
 
 
-def suffix_case(group):
+def _source_case(text: str, group):
+    """Load a module from inline .seq text and compare it sharded (zig-zag) with one process."""
     import tempfile
 
     import torch
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = pathlib.Path(tmp) / "suffix.seq"
-        path.write_text(SUFFIX)
+        path = pathlib.Path(tmp) / "case.seq"
+        path.write_text(text)
         model = seqdsl.load(str(path))
     x = torch.randn(2, N, 8, generator=torch.Generator().manual_seed(0))
     return H.compare_module(model, (x,), group, "zigzag")
+
+
+def suffix_case(group):
+    return _source_case(SUFFIX, group)
 
 
 LONGFORMER = ("models/longformer.seq", None, {"W": 6, "G": 2})
@@ -139,16 +144,7 @@ model branches(x: [B, N, D]) -> [B, N, D] {
 
 
 def branches_case(group):
-    import tempfile
-
-    import torch
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = pathlib.Path(tmp) / "branches.seq"
-        path.write_text(BRANCHES)
-        model = seqdsl.load(str(path))
-    x = torch.randn(2, N, 8, generator=torch.Generator().manual_seed(0))
-    return H.compare_module(model, (x,), group, "zigzag")
+    return _source_case(BRANCHES, group)
 
 
 def cases() -> list:
