@@ -164,8 +164,9 @@ def main(argv: list[str] | None = None) -> None:
         "",
         f"Model: {args.seq} at tests/codegen/small_sizes.json's sizes (D {sizes['D']}, H {sizes['H']}, "
         f"F {sizes['F']}) with V = 256 and N = {args.length}, trained on {args.task} (bytes of Python source), "
-        f"batch {args.batch}, AdamW lr {args.lr}, warmup a tenth, every step unrolled "
-        "(`seqdsl train --pretrain-steps` = --steps, `--pretrain-applications` as the row says; "
+        f"batch {args.batch}, AdamW lr {args.lr}, warmup a tenth; the first --steps steps unrolled "
+        "(`seqdsl train --pretrain-steps`, `--pretrain-applications` as the row says), then "
+        "--solve-steps steps with the solver where the row says so ("
         "the release pretrains with 2 = its --n_layer). Then, at those weights, each solver runs from z0 = 0 "
         f"on {args.batches} evaluation batches (one number per batch): the lowest relative residual "
         f"‖f(z) − z‖/‖f(z)‖ within the file's iters = {it}, and the application at which it first "
