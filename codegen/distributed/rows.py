@@ -79,29 +79,34 @@ class _Rows(torch.autograd.Function):
         return dx, None, None, None, None, None
 
 
+def _global_rows(x: Tensor, axis: int, lo: int, hi: int | None):
+    """(sp, layout, a, b): the active group, its layout of ``x``'s sequence axis and the
+    global span [a, b) of rows [lo, hi); outside sequence parallelism (None, None, a, b)
+    over ``x``'s own rows."""
+    sp = active()
+    if sp is None:
+        return (None, None, *_span(lo, hi, x.shape[axis]))
+    lay = _layout(sp, x.shape[axis])
+    return (sp, lay, *_span(lo, hi, lay.n))
+
+
 def seq_take(x: Tensor, axis: int, lo: int, hi: int | None) -> Tensor:
     """Rows [lo, hi) (``hi`` None: the row ``lo``) of the sequence axis ``axis`` of ``x``,
     replicated on every rank."""
-    sp = active()
     axis = axis % x.dim()
+    sp, lay, a, b = _global_rows(x, axis, lo, hi)
     if sp is None:
-        a, b = _span(lo, hi, x.shape[axis])
         return x.narrow(axis, a, b - a)
-    lay = _layout(sp, x.shape[axis])
-    a, b = _span(lo, hi, lay.n)
     return _Rows.apply(x, sp, lay.positions(sp.rank, x.device), axis, a, b)
 
 
 def seq_part(x: Tensor, axis: int, lo: int, hi: int) -> Tensor:
     """The rows of global positions [lo, hi) that this rank holds (the whole range outside
     a block)."""
-    sp = active()
     axis = axis % x.dim()
+    sp, lay, a, b = _global_rows(x, axis, lo, hi)
     if sp is None:
-        a, b = _span(lo, hi, x.shape[axis])
         return x.narrow(axis, a, b - a)
-    lay = _layout(sp, x.shape[axis])
-    a, b = _span(lo, hi, lay.n)
     pos = lay.positions(sp.rank, x.device)
     return x.index_select(axis, ((pos >= a) & (pos < b)).nonzero().squeeze(1))
 
