@@ -1,4 +1,4 @@
-"""Does a DEQ's fixed point converge after the released pretraining?
+"""Does a DEQ's fixed point converge after training as released (pretraining, Jacobian term)?
 
 locuslab/deq (DEQ-Sequence/train_transformer.py, models/deq_transformer.py) never solves at
 initialisation: its first ``--pretrain_steps`` steps run the cell as a weight-tied stack of
@@ -9,9 +9,13 @@ weights and on real batches of the task's evaluation split, runs each solver of
 codegen/torch/equilibrium.py on the first equilibrium function of the model from its z0 and
 reports the lowest relative residual within the file's ``iters`` and the application at which
 it first reaches ``tol`` (searching up to ``--trace`` applications). ``--steps 0``: the same
-at initialisation, on the same batches.
+at initialisation, on the same batches. ``--solve-steps K`` adds K steps by the solver, which
+train with everything the file asks of fixed_point, the Jacobian regulariser (jac_loss,
+jac_freq: wt103_deq_transformer_reg.sh) included.
 
-    python benchmarks/deq_pretrain.py                     # writes benchmarks/results/deq_pretrain.md
+    python benchmarks/deq_pretrain.py --steps 0 --solve-steps 200 --trace 60
+    python benchmarks/deq_pretrain.py --sizes D=700,H=10,F=48000 --length 150 --batch 2 \
+        --steps 0 --solve-steps 100 --batches 2 --trace 40 --append   # the file's own cell
     python benchmarks/deq_pretrain.py --steps 300 --applications 2,30 --no-write
 """
 
@@ -62,17 +66,40 @@ def capture(model: torch.nn.Module, inputs: torch.Tensor):
     return got["f"], got["z0"], got["iters"], got["tol"]
 
 
-def pretrain(seq: str, task: str, task_options: dict, sizes: dict, steps: int, applications: int | None,
-             batch: int, lr: float, seed: int, solve_steps: int = 0) -> tuple[torch.nn.Module, dict, dict]:
+def pretrain(
+    seq: str,
+    task: str,
+    task_options: dict,
+    sizes: dict,
+    steps: int,
+    applications: int | None,
+    batch: int,
+    lr: float,
+    seed: int,
+    solve_steps: int = 0,
+) -> tuple[torch.nn.Module, dict, dict]:
     """The model after ``steps`` unrolled steps (fresh at ``steps = 0``) and ``solve_steps`` more
     by the solver (the release's second phase), switched to the solver;
     the run's last (unrolled) evaluation and the same evaluation by the solver."""
     t = make_task(task, task_options)
     final: dict = {}
     state = None
-    config = TrainConfig(seq, task, task_options=task_options, sizes=sizes, steps=steps + solve_steps, batch=batch,
-                         lr=lr, seed=seed, eval_every=max(1, steps + solve_steps), eval_batches=4, progress=False, plot=False,
-                         pretrain_steps=steps, pretrain_applications=applications)
+    config = TrainConfig(
+        seq,
+        task,
+        task_options=task_options,
+        sizes=sizes,
+        steps=steps + solve_steps,
+        batch=batch,
+        lr=lr,
+        seed=seed,
+        eval_every=max(1, steps + solve_steps),
+        eval_batches=4,
+        progress=False,
+        plot=False,
+        pretrain_steps=steps,
+        pretrain_applications=applications,
+    )
     if steps + solve_steps:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", equilibrium.EquilibriumWarning)
@@ -88,8 +115,9 @@ def pretrain(seq: str, task: str, task_options: dict, sizes: dict, steps: int, a
     return model.eval(), final, solved
 
 
-def solve_traces(model: torch.nn.Module, task: str, task_options: dict, batch: int, seed: int, batches: int,
-                 trace: int) -> dict:
+def solve_traces(
+    model: torch.nn.Module, task: str, task_options: dict, batch: int, seed: int, batches: int, trace: int
+) -> dict:
     """Per solver and evaluation batch: (lowest residual within iters, first application ≤ tol)."""
     t = make_task(task, task_options)
     out: dict = {s: [] for s in SOLVERS}
@@ -126,43 +154,62 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batches", type=int, default=2, help="evaluation batches to solve on")
     ap.add_argument("--trace", type=int, default=150, help="applications searched for the first ≤ tol")
+    ap.add_argument("--sizes", default="", help="dims over the test sizes, e.g. D=700,H=10,F=48000 (the file's)")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--append", action="store_true", help="add this run's section to the result file")
     args = ap.parse_args(argv)
+    started = time.time()
     small = json.loads((ROOT / "tests/codegen/small_sizes.json").read_text())["models/deq.seq"]
     sizes = {k: v for k, v in small.items() if k not in ("B", "N")} | {"V": 256}
+    where = "tests/codegen/small_sizes.json's sizes"
+    if args.sizes:
+        sizes |= {k: int(v) for k, v in (kv.split("=") for kv in args.sizes.split(","))}
+        where = f"its test sizes with {args.sizes}"
     opts = {"length": args.length}
     rows, traces = [], {}
-    runs = [(0, None)] + [(args.steps, int(a)) for a in args.applications.split(",")]
-    for steps, apps in runs:
+    counts = args.applications.split(",") if args.steps else ["2"]  # nothing unrolled: one run
+    runs = [(0, None, 0)] + [(args.steps, int(a), args.solve_steps) for a in counts if args.steps + args.solve_steps]
+    for steps, apps, more in runs:
         t0 = time.time()
         torch.manual_seed(args.seed)
-        more = args.solve_steps if steps else 0
-        model, final, solved = pretrain(args.seq, args.task, opts, sizes, steps, apps, args.batch, args.lr, args.seed,
-                                        more)
+        model, final, solved = pretrain(
+            args.seq, args.task, opts, sizes, steps, apps, args.batch, args.lr, args.seed, more
+        )
         res = solve_traces(model, args.task, opts, args.batch, args.seed, args.batches, args.trace)
-        name = "initialisation" if not steps else f"{steps} steps unrolled x{apps}" + (
-            f" + {more} solved" if more else "")
-        loss = (f", eval loss {'unrolled' if not more else 'solved'} {final['loss']:.3f}" if final else "") + f", solved {solved['loss']:.3f}"
+        name = (
+            "initialisation"
+            if not steps + more
+            else (f"{steps} steps unrolled x{apps}" if steps else "")
+            + (f"{' + ' if steps else ''}{more} solved" if more else "")
+        )
+        loss = (
+            f", eval loss {'unrolled' if not more else 'solved'} {final['loss']:.3f}" if final else ""
+        ) + f", solved {solved['loss']:.3f}"
         print(f"{name}{loss}: {time.time() - t0:.0f} s", flush=True)
         for s in SOLVERS:
-            print(f"  {s:9s} lowest within {res['iters']}: " + " / ".join(f"{r[0]:.2e}" for r in res[s])
-                  + "; first ≤ tol at " + " / ".join(str(r[1]) for r in res[s]), flush=True)
-        losses = (f"{final['loss']:.2f} {'unrolled' if not more else 'solved in training'}, " if final else "") + f"{solved['loss']:.2f} solved"
+            print(
+                f"  {s:9s} lowest within {res['iters']}: "
+                + " / ".join(f"{r[0]:.2e}" for r in res[s])
+                + "; first ≤ tol at "
+                + " / ".join(str(r[1]) for r in res[s]),
+                flush=True,
+            )
+        losses = (
+            f"{final['loss']:.2f} {'unrolled' if not more else 'solved in training'}, " if final else ""
+        ) + f"{solved['loss']:.2f} solved"
         rows.append(line(f"{name} (eval loss {losses})", res))
         traces[name] = res
     if args.no_write:
         return
     it, tol = traces["initialisation"]["iters"], traces["initialisation"]["tol"]
     text = [
-        "# DEQ: convergence after the released pretraining (unrolled, then solved)",
+        "# DEQ: convergence after training (unrolled pretraining, then by the solver with the file's regulariser)",
         "",
-        f"`python benchmarks/deq_pretrain.py --steps {args.steps} --applications {args.applications}"
-        + (f" --solve-steps {args.solve_steps}" if args.solve_steps else "") + "` "
+        f"`python benchmarks/deq_pretrain.py {' '.join(argv if argv is not None else sys.argv[1:])}` "
         f"(seed {args.seed}); {platform.processor() or platform.machine()}, {os.cpu_count()} cores "
-        f"(a loaded 2-core VM), torch {torch.__version__}, float32.",
+        f"(a loaded 2-core VM), torch {torch.__version__}, float32; {time.time() - started:.0f} s in all.",
         "",
-        f"Model: {args.seq} at tests/codegen/small_sizes.json's sizes (D {sizes['D']}, H {sizes['H']}, "
+        f"Model: {args.seq} at {where} (D {sizes['D']}, H {sizes['H']}, "
         f"F {sizes['F']}) with V = 256 and N = {args.length}, trained on {args.task} (bytes of Python source), "
         f"batch {args.batch}, AdamW lr {args.lr}, warmup a tenth; the first --steps steps unrolled "
         "(`seqdsl train --pretrain-steps`, `--pretrain-applications` as the row says), then "
@@ -171,7 +218,8 @@ def main(argv: list[str] | None = None) -> None:
         f"on {args.batches} evaluation batches (one number per batch): the lowest relative residual "
         f"‖f(z) − z‖/‖f(z)‖ within the file's iters = {it}, and the application at which it first "
         f"reaches tol = {tol:g} (None: not within {args.trace}). Eval loss: nats per byte on 4 evaluation "
-        "batches, unrolled as trained and with the solver (iters 30) at the same weights.",
+        f"batches, unrolled as trained and with the solver (iters {it}) at the same weights. Solved training steps "
+        "add the file's Jacobian term (fixed_point jac_loss/jac_freq) when it has one.",
         "",
         "| weights | anderson | broyden | picard |",
         "|---|---|---|---|",

@@ -387,7 +387,16 @@ class _Writer(Chooser, scoped.ScopedWriter):
         self.init.append(f"        self.add_module_at({path!r}, {cls}())")
         self.emit(n, f"rt.fixed_point(self.module_at({path!r}), {self.inp(n, 'z')}, {self.inp(n, 'x')}, "
                      f"iters={int(n.attr('iters'))}, tol={self.sizes.number(n.attr('tol'))!r}, "
-                     f"solver={literal(n.attr('solver'))})")
+                     f"solver={literal(n.attr('solver'))}{self._equilibrium_args(n)})")
+
+    def _equilibrium_args(self, n: Node) -> str:
+        """fixed_point's backward solve and Jacobian regularisation, where not the defaults."""
+        a, num = n.attr, self.sizes.number
+        out = f", backward_solver={literal(a('backward_solver'))}" if a("backward_solver") != a("solver") else ""
+        out += f", backward_iters={int(a('backward_iters'))}" if a("backward_iters") != a("iters") else ""
+        if num(a("jac_loss", 0)):
+            out += f", jac_loss={num(a('jac_loss'))!r}, jac_freq={num(a('jac_freq', 1))!r}"
+        return out
 
     def op_recurrent(self, n: Node) -> None:
         cls = self._body_class(n, "step")

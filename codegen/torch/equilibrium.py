@@ -21,6 +21,8 @@ Koltun 2019, "Deep Equilibrium Models"; the solvers follow the facts of locuslab
 gradient of the loss through z* is uᵀ ∂f/∂(θ, x) where u solves the adjoint fixed point
 uᵀ = gᵀ + uᵀJ; u is found by the *same* solver on h(u) = Jᵀu + g from u = 0, each application
 of h one vector–Jacobian product through one application of f at z* (no iterate is stored).
+``backward_solver`` / ``backward_iters`` choose another solver and budget for it (the release
+solves the forward with Anderson and the backward with Broyden, ``--b_solver``/``--b_thres``).
 
 **Unrolled mode** (``set_mode(model, "unrolled", applications)``, or ``model.fixed_points(...)``
 on a generated module): every fixed_point cell under ``model`` instead runs exactly
@@ -30,6 +32,14 @@ pretrained before the solve is switched on (locuslab/deq DEQ-Sequence ``--pretra
 a weight-tied stack of ``--n_layer`` applications from z = 0, plain backprop); ``seqdsl train
 --pretrain-steps K`` runs its first K steps so. ``trace`` then holds the residual of each
 application's input, ``residual`` the last.
+
+**Jacobian regularisation** (``fixed_point(..., jac_loss = γ, jac_freq = p)``; Bai, Koltun &
+Kolter 2021, "Stabilizing Equilibrium Models by Jacobian Regularization", released as
+locuslab/deq ``--jac_loss_weight`` / ``--jac_loss_freq``): on a share p of the training forwards
+(drawn from torch's generator), γ·‖εᵀJ‖²/numel(z) at z* — Hutchinson's estimate of the squared
+Frobenius norm of J per element, one ε ~ N(0, I) — is left for ``model.aux_loss()``. Its
+gradient reaches the weights through the vector–Jacobian product (double backward), not
+through the implicit correction. As in the release, the unrolled mode adds none.
 
 After a forward, the cell module carries ``residual``, ``steps``, ``tol`` and ``trace`` (the residual
 after each application of f) of the forward solve and,
@@ -245,12 +255,24 @@ def _unrolled(cell: nn.Module, z: torch.Tensor, args: tuple, n: int) -> torch.Te
     return z
 
 
+def jacobian_loss(fz: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """‖εᵀ ∂f/∂z‖² / numel(z) with one ε ~ N(0, I): Hutchinson's estimate of ‖∂f/∂z‖_F² per
+    element (locuslab/deq lib/jacobian.py ``jac_loss_estimate(vecs=1)``), differentiable
+    (the vector–Jacobian product keeps its graph)."""
+    eps = torch.randn_like(z)
+    (vjp,) = torch.autograd.grad(fz, z, eps, retain_graph=True, create_graph=True)
+    return vjp.pow(2).sum() / z.numel()
+
+
 def fixed_point(cell: nn.Module, z: torch.Tensor, x: torch.Tensor | None, iters: int, tol: float,
-                solver: str = "anderson") -> torch.Tensor:
+                solver: str = "anderson", backward_solver: str | None = None, backward_iters: int | None = None,
+                jac_loss: float = 0.0, jac_freq: float = 1.0) -> torch.Tensor:
     """z* = cell(z*, x) from the initial z by ``solver``; returns cell(z*, x), whose gradient
     is the implicit one (see the module docstring). ``cell.residual``/``cell.steps`` tell how
     the forward solve ended. In the unrolled mode (:func:`set_mode`), f applied a fixed number
-    of times instead."""
+    of times instead. With ``jac_loss`` = γ > 0, a training forward (``cell.training`` and
+    gradients on) that draws under ``jac_freq`` leaves γ·:func:`jacobian_loss` at z* for the
+    model's ``aux_loss()`` and its unweighted value in ``cell.jacobian``."""
     args = () if x is None else (x,)
     mode, applications = getattr(cell, "_fixed_point_mode", ("solve", None))
     if mode == "unrolled":
@@ -269,4 +291,10 @@ def fixed_point(cell: nn.Module, z: torch.Tensor, x: torch.Tensor | None, iters:
     fz = cell(z_star, *args)
     if not fz.requires_grad:
         return fz
-    return _ImplicitBackward.apply(fz, z_star, cell, iters, tol, solver)
+    if jac_loss > 0 and cell.training and (jac_freq >= 1 or float(torch.rand(())) < jac_freq):
+        from codegen.torch.runtime import record_aux_loss
+        estimate = jacobian_loss(fz, z_star)
+        cell.jacobian = float(estimate.detach())
+        record_aux_loss(cell, jac_loss * estimate)
+    return _ImplicitBackward.apply(fz, z_star, cell, iters if backward_iters is None else backward_iters, tol,
+                                   backward_solver or solver)

@@ -452,11 +452,14 @@ def moe(x, router, experts: nn.ModuleList, top_k: int, capacity: float, owner: n
     return route_moe(x, router, experts, top_k, capacity, owner, balance, router_z)
 
 
-def fixed_point(cell: nn.Module, z, x, iters: int, tol: float, solver: str = "anderson"):
+def fixed_point(cell: nn.Module, z, x, iters: int, tol: float, solver: str = "anderson",
+                backward_solver: str | None = None, backward_iters: int | None = None,
+                jac_loss: float = 0.0, jac_freq: float = 1.0):
     """Deep equilibrium: z* = cell(z*, x) by ``solver`` (anderson, broyden, picard), with the
-    implicit gradient; see :mod:`codegen.torch.equilibrium`."""
+    implicit gradient (and, with ``jac_loss`` > 0, Jacobian regularisation left for
+    ``aux_loss()``); see :mod:`codegen.torch.equilibrium`."""
     from codegen.torch.equilibrium import fixed_point as solve_fixed_point
-    return solve_fixed_point(cell, z, x, iters, tol, solver)
+    return solve_fixed_point(cell, z, x, iters, tol, solver, backward_solver, backward_iters, jac_loss, jac_freq)
 
 
 @decode.stateful("recurrent")   # prefill / step: the state of the last whole segment (decode_families.py)

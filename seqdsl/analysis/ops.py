@@ -222,6 +222,23 @@ def fixed_point(g: Graph, n: Node, ctx: Context) -> Estimates:
                      body.hbm_bytes * iters, body.param_count)
 
 
+def fixed_point_backward(g: Graph, n: Node, ctx: Context) -> Estimates:
+    """The backward of a fixed_point: the adjoint solve, at most ``backward_iters``
+    vector–Jacobian products through the cell (each about 2 applications' work), and its
+    products with the weights (about 2 more); with Jacobian regularisation (``jac_loss`` > 0),
+    on a ``jac_freq`` share p of the steps, one vector–Jacobian product kept for a double
+    backward (about 2 applications) and that double backward (about 4), whose graph is held
+    (one more application's activations)."""
+    body = ctx.analyse_body(n.attr("body"))
+    k = 2 * n.attr("backward_iters", n.attr("iters")) + 2
+    out = Estimates(k * body.flops, k * body.matmul_flops, 0, k * body.hbm_bytes)
+    if n.attr("jac_loss", 0):
+        p = n.attr("jac_freq", 1)
+        out = out + Estimates(6 * p * body.flops, 6 * p * body.matmul_flops, body.activation_bytes,
+                              6 * p * body.hbm_bytes)
+    return out
+
+
 @formula(OpKind.RECURRENT)
 def recurrent(g: Graph, n: Node, ctx: Context) -> Estimates:
     """N/segment applications of the step on one segment each; one set of weights; the

@@ -9,7 +9,7 @@ import sympy
 
 from seqdsl.analysis import mixers
 from seqdsl.analysis.estimates import KEYS, SRAM, Estimates
-from seqdsl.analysis.ops import Context, op_estimates
+from seqdsl.analysis.ops import Context, fixed_point_backward, op_estimates
 from seqdsl.analysis.select import MACHINES, Machine, choose
 from seqdsl.ir.graph import Graph, Node, OpKind
 
@@ -276,7 +276,8 @@ def _analyse(graph: Graph, subs: dict, m: Machine, backward: bool, forced: dict[
         fwd = op_estimates(graph, n, ctx)
         est = fwd
         if backward:
-            est = fwd + Estimates(2 * fwd.flops, 2 * fwd.matmul_flops, 0, 2 * fwd.hbm_bytes)
+            est = fwd + (fixed_point_backward(graph, n, ctx) if n.kind == OpKind.FIXED_POINT else
+                         Estimates(2 * fwd.flops, 2 * fwd.matmul_flops, 0, 2 * fwd.hbm_bytes))
         if n.kind not in (OpKind.MOE, OpKind.FIXED_POINT, OpKind.RECURRENT):
             est = Estimates(est.flops, est.matmul_flops, est.activation_bytes, est.hbm_bytes, params)
         else:

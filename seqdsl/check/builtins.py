@@ -508,6 +508,7 @@ def kernel(ctx, K):
 
 # The mix primitive and the tensor builtins live in their own modules, which register
 # themselves into REGISTRY on import.
+from seqdsl.check import builtins_higher as _higher  # noqa: E402,F401
 from seqdsl.check import builtins_mix as _mix  # noqa: E402,F401
 from seqdsl.check import builtins_tensor as _tensor  # noqa: E402,F401
 from seqdsl.check.builtins_tensor import attribute, elementwise, index, matmul  # noqa: E402,F401

@@ -33,7 +33,7 @@ class Fitted:
     checked: object
     sizes: dict
     no_decay: dict[str, str]         # parameter name -> why it gets no weight decay
-    has_aux: bool                    # the graph has layers that leave auxiliary losses (MoE)
+    has_aux: bool                    # layers that leave auxiliary losses (MoE, Jacobian reg.)
     params: int
     flops_per_token: float | None    # forward, at the task's length
     train_flops_per_step: float | None
@@ -159,7 +159,8 @@ def fit(file: str | Path, layout: Layout, task: str, *, entry: str | None = None
     model = cls(seed=seed)
     model.choices, model.source = choices, source
     params = sum(p.numel() for p in model.parameters())
-    has_aux = any(n.kind == OpKind.MOE for n in _all_nodes(checked.graph))
+    has_aux = any(n.kind == OpKind.MOE or n.kind == OpKind.FIXED_POINT and n.attr("jac_loss", 0)
+                  for n in _all_nodes(checked.graph))
     return Fitted(model, checked, sizes, decay_rule(model, checked.graph), has_aux, params, flops, train_flops)
 
 

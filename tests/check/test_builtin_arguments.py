@@ -267,13 +267,18 @@ CASES.update({
     ("fixed_point", "iters"): (_deq(", iters = 2, tol = 0"), _deq(", iters = 3, tol = 0")),
     ("fixed_point", "tol"): (_deq(", iters = 8, tol = 0.1"), _deq(", iters = 8, tol = 0.000001")),
     ("fixed_point", "solver"): (_deq(", iters = 3"), _deq(", iters = 3, solver = picard")),
+    ("fixed_point", "backward_solver"): (_deq(", iters = 3, tol = 0"), _deq(", iters = 3, tol = 0, backward_solver = picard")),
+    ("fixed_point", "backward_iters"): (_deq(", iters = 3, tol = 0"), _deq(", iters = 3, tol = 0, backward_iters = 2")),
+    ("fixed_point", "jac_loss"): (_deq(", iters = 3"), _deq(", iters = 3, jac_loss = 0.5")),
+    ("fixed_point", "jac_freq"): (_deq(", iters = 3, jac_loss = 0.5"),
+                                  _deq(", iters = 3, jac_loss = 0.5, jac_freq = 0.0001")),
 })
 
 
 @functools.cache
 def _module_print(src: str) -> str:
     """What a variation can change: outputs at seed 0, the weights (names, shapes, sums, which
-    train), the losses left behind, the analysis' JSON."""
+    train), the losses left behind by an inference forward and by a training one."""
     sizes = {d: int(v) for d, v in re.findall(r"\b([BN]) = (\d+)", src.split("\n", 1)[0])}
     model = seqdsl.load(src, **sizes)     # lengths fixed: no table of algorithms by length to build
     torch.manual_seed(0)
@@ -285,8 +290,18 @@ def _module_print(src: str) -> str:
     weights = sorted((k, tuple(v.shape), round(float(v.double().sum()), 6)) for k, v in model.state_dict().items())
     trains = sorted(k for k, p in model.named_parameters())
     aux = round(float(model.aux_loss()), 6)
+    torch.manual_seed(0)
+    with __import__("warnings").catch_warnings():   # training: the losses only it leaves, the gradients
+        __import__("warnings").simplefilter("ignore")
+        out_t = model.train()(*inputs)
+        aux_train = model.aux_loss()
+        loss = sum(o.float().square().mean() for o in (out_t if isinstance(out_t, tuple) else (out_t,))
+                   if o.is_floating_point()) + aux_train
+        if isinstance(loss, torch.Tensor) and loss.requires_grad:
+            loss.backward()
+    grads = sorted((k, round(float(p.grad.double().sum()), 6)) for k, p in model.named_parameters() if p.grad is not None)
     return json.dumps({"out": [o.double().numpy().round(5).tolist() for o in out], "weights": weights,
-                       "trains": trains, "aux": aux})
+                       "trains": trains, "aux": aux, "aux_train": round(float(aux_train.detach()), 6), "grads": grads})
 
 
 @functools.cache
