@@ -112,12 +112,16 @@ def test_examples_with_kernels_match_the_torch_backend(name, compiled):
     outs, grads = _run(model, inputs)
     # An equilibrium solve that stopped above its tol (DEQ at init: codegen/torch/equilibrium.py)
     # returns a point whose distance to the fixed point is up to residual / (1 − ρ(∂f/∂z)):
-    # rounding differences between backends move it freely.
-    loose = max((m.residual for m in model.modules() if getattr(m, "residual", 0.0) > getattr(m, "tol", 1.0)),
-                default=0.0)
+    # rounding differences between backends move it freely. Both then run the cell as a fixed
+    # stack of applications instead (the unrolled mode), a function of the weights alone, so the
+    # kernels inside the cell are still compared forward and backward.
+    loose = [m for m in model.modules() if getattr(m, "residual", 0.0) > getattr(m, "tol", 1.0)]
     if loose:
-        pytest.skip(f"{name}: the equilibrium solve ended at residual {loose:.1e}, above its tol: outputs and "
-                    "gradients depend on rounding (the softmax kernels have their own tests)")
+        for m in (ref, model):
+            m.fixed_points("unrolled", 4)
+        outs_ref, grads_ref = _run(ref, inputs)
+        outs, grads = _run(model, inputs)
+        assert all(m.steps == 4 for m in loose)
     for o, r in zip(outs, outs_ref):
         if o.is_floating_point():
             assert _rel(o, r) < 1e-4, f"forward: relative error {_rel(o, r):.2e}"
