@@ -51,11 +51,12 @@ def test_structured_module_equals_the_flat_one(name):
         a, b = structured(*inputs), flat(*inputs)
     # An equilibrium solve that stopped above its tol (DEQ at init) returns a point whose distance
     # to the fixed point is up to residual / (1 − ρ(∂f/∂z)): rounding differences move it freely.
-    loose = max((m.residual for m in flat.modules() if getattr(m, "residual", 0.0) > getattr(m, "tol", 1.0)),
-                default=0.0)
-    if loose:
-        pytest.skip(f"{name}: the equilibrium solve ended at residual {loose:.1e}, above its tol: outputs "
-                    "depend on rounding (same keys and weights checked)")
+    # Both then run the cell as a fixed stack of 4 applications, a function of the weights alone.
+    if any(getattr(m, "residual", 0.0) > getattr(m, "tol", 1.0) for m in flat.modules()):
+        for m in (structured, flat):
+            m.fixed_points("unrolled", 4)
+        with torch.no_grad():
+            a, b = structured(*inputs), flat(*inputs)
     for x, y in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)):
         assert torch.allclose(x, y, rtol=1e-5, atol=1e-6)
 
