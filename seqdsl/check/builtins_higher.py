@@ -7,7 +7,6 @@ import sympy
 
 from seqdsl.check.builtins import Ctx, _need_float, builtin, default_init
 from seqdsl.check.signature import P
-from seqdsl.check.values import TupleV
 from seqdsl.ir.graph import OpKind
 from seqdsl.ir.types import TensorType, same_dim, show_dim
 
@@ -87,6 +86,5 @@ def recurrent(ctx: Ctx, step, x, state, segment):
     if y.rank < 2 or not same_dim(y.shape[-2], segment):
         raise ctx.error(f"recurrent(): the step must return y of length {show_dim(segment)}, returns {y}")
     y_full = TensorType(y.shape[:-2] + (n, y.shape[-1]), y.dtype)
-    result = ctx.node(OpKind.RECURRENT, [("x", x), ("state", state)], (y_full, state.type),
-                      {"body": body, "segment": segment})
-    return result if isinstance(result, TupleV) else result
+    return ctx.node(OpKind.RECURRENT, [("x", x), ("state", state)], (y_full, state.type),
+                    {"body": body, "segment": segment})

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import warnings
 
 import pytest
 
@@ -283,16 +284,16 @@ def _module_print(src: str) -> str:
     model = seqdsl.load(src, **sizes)     # lengths fixed: no table of algorithms by length to build
     torch.manual_seed(0)
     inputs = model.example_inputs()
-    with torch.no_grad(), __import__("warnings").catch_warnings():
-        __import__("warnings").simplefilter("ignore")
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         out = model(*inputs)
     out = out if isinstance(out, tuple) else (out,)
     weights = sorted((k, tuple(v.shape), round(float(v.double().sum()), 6)) for k, v in model.state_dict().items())
     trains = sorted(k for k, p in model.named_parameters())
     aux = round(float(model.aux_loss()), 6)
     torch.manual_seed(0)
-    with __import__("warnings").catch_warnings():   # training: the losses only it leaves, the gradients
-        __import__("warnings").simplefilter("ignore")
+    with warnings.catch_warnings():   # training: the losses only it leaves, the gradients
+        warnings.simplefilter("ignore")
         out_t = model.train()(*inputs)
         aux_train = model.aux_loss()
         loss = sum(o.float().square().mean() for o in (out_t if isinstance(out_t, tuple) else (out_t,))
