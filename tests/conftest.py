@@ -9,6 +9,8 @@ with ids like ``mixers-gla`` (test modules cannot import this file: the suite ru
 ``--import-mode=importlib``).
 The ``checked_example`` fixture checks an example at its default sizes once per session, so
 that the many tests that read an example's graph do not re-elaborate it.
+Hypothesis runs under the profile ``suite`` (fixed draws) unless SEQDSL_HYPOTHESIS names
+another (``explore``: fresh draws each run).
 The ``peak_memory`` fixture measures the peak resident memory of a call in a fresh process
 (tests/memory_probe.py, shared by every memory test).
 """
@@ -29,7 +31,16 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from hypothesis import settings  # noqa: E402
+
 import seqdsl  # noqa: E402
+
+# Property tests draw the same examples on every run, so that the suite passes or fails by
+# the code and never by the draw. Fresh draws: SEQDSL_HYPOTHESIS=explore (or
+# --hypothesis-seed=N); a longer search of the fuzzers: scripts/fuzz.py.
+settings.register_profile("suite", derandomize=True, database=None)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("SEQDSL_HYPOTHESIS", "suite"))
 
 # Under pytest-xdist (scripts/test.sh) each worker gets its share of the cores, so that the
 # workers' torch thread pools do not fight over them.

@@ -92,10 +92,19 @@ class Elaborator(Statements):
     def require(self, cond: sympy.Basic, message: str, pos: Pos) -> None:
         """A constraint on sizes: checked now if the sizes are known; kept whenever it depends
         on a size, so that a module checks it again at the sizes of each call."""
-        value = sympy.sympify(cond).subs(self.subs)
+        cond = sympy.sympify(cond)
+        for d in _divisors(cond):   # kept first: a call's check reads them before the condition
+            self._require(sympy.Ne(d, 0), f"{message} (it divides by {show_dim(d)}, which must not be 0)", pos)
+        self._require(cond, message, pos)
+
+    def _require(self, cond: sympy.Basic, message: str, pos: Pos) -> None:
+        try:
+            value = cond.subs(self.subs)
+        except ZeroDivisionError:
+            raise SeqError(f"{message} (a division by zero at these sizes)", pos) from None
         if value == sympy.false:
             raise SeqError(message, pos)
-        if sympy.sympify(cond).free_symbols:
+        if cond.free_symbols and (cond, message, pos) not in self.constraints:
             self.constraints.append((cond, message, pos))
 
     def divide(self, a: sympy.Expr, b: sympy.Expr, pos: Pos, what: str) -> sympy.Expr:
@@ -283,7 +292,10 @@ class Elaborator(Statements):
                 raise SeqError(f"'{op}' compares numbers, got {describe(a)} and {describe(b)}", pos)
             x, y = self.concrete(a.expr, pos, "a comparison"), self.concrete(b.expr, pos, "a comparison")
             result = {"==": x == y, "!=": x != y, "<": x < y, "<=": x <= y, ">": x > y, ">=": x >= y}[op]
-            return Scalar(sympy.true if bool(result) else sympy.false)
+            try:
+                return Scalar(sympy.true if bool(result) else sympy.false)
+            except TypeError:   # a relation between numbers that sympy cannot decide exactly
+                raise SeqError(f"cannot decide '{op}' exactly between these numbers", pos) from None
         if isinstance(a, Scalar) and isinstance(b, Scalar):
             return Scalar(arith(op, a.expr, b.expr, pos, self.subs))
         if op == "@":
@@ -429,7 +441,14 @@ class Elaborator(Statements):
                 raise SeqError(f"{d.name} declares that it returns {self.type_text(frame, want)} "
                                f"but returns {got.type}", want.pos)
 
-    # ---- statements --------------------------------------------------------------
+
+def _divisors(cond: sympy.Basic) -> list[sympy.Basic]:
+    """The size expressions that ``cond`` divides by (``N % (B - 2)``, ``N / (B - 2)``)."""
+    found = [m.args[1] for m in cond.atoms(sympy.Mod)]
+    found += [p.base for p in cond.atoms(sympy.Pow) if p.exp.is_negative]
+    return [d for d in dict.fromkeys(found) if d.free_symbols]
+
+
 def _type_text(t: A.TypeExpr) -> str:
     from seqdsl.frontend.printer import type_expr
     return type_expr(t)

@@ -47,14 +47,31 @@ def _arith(op: str, a: sympy.Basic, b: sympy.Basic, pos) -> sympy.Basic:
         case "/":
             return a / b
         case "//":
-            return sympy.floor(a / b)
+            return sympy.floor(_quotient(a, b, pos))
         case "%":
+            _quotient(a, b, pos)
             return sympy.Mod(a, b)
         case "**":
             if a == 0 and b.is_negative:
                 raise SeqError("zero to a negative power", pos)
             return a ** b
     raise SeqError(f"operator {op!r} does not apply to numbers", pos)
+
+
+MAX_IRRATIONAL_QUOTIENT = 2 ** 53
+
+
+def _quotient(a: sympy.Basic, b: sympy.Basic, pos) -> sympy.Basic:
+    """``a / b`` for ``//`` and ``%``. Its integer part must be exact: for an irrational
+    quotient (``pi``, a root) beyond 2**53 it would take hundreds of digits of the constant
+    to find, and sympy cannot always decide it (``1e300 % pi``); refused as out of range."""
+    q = a / b
+    if q.is_number and not q.is_Rational:
+        size = abs(complex(q.evalf(15)))
+        if size >= MAX_IRRATIONAL_QUOTIENT:
+            raise SeqError(f"number out of range: the integer part of an irrational quotient of about {size:.3g} "
+                           f"(at most 2**53 for // and %)", pos)
+    return q
 
 
 def eval_decl(expr: A.Expr, dims: dict, what: str) -> sympy.Basic:

@@ -134,7 +134,7 @@ def coerce(el, b: Builtin, p: P, v: Any, pos: Pos) -> Any:
             return feature_named(el, v, pos)
         if k == "init" and isinstance(v, Scalar):
             from seqdsl.check.builtins import constant_init
-            return constant_init(v)
+            return Struct("init", constant_init(v))
         raise SeqError(f"{where} must be a {k}, got {describe(v)}", pos)
     if k == "func":
         if isinstance(v, Func) and v.definition is not None:

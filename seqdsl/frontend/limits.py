@@ -11,6 +11,7 @@ import math
 import re
 
 import sympy
+from sympy.core.evalf import PrecisionExhausted
 
 from seqdsl.errors import Pos, SeqError
 
@@ -58,7 +59,10 @@ def in_range(value: sympy.Basic, pos: Pos) -> sympy.Basic:
             raise SeqError(f"number out of range (more than {MAX_BITS} bits)", pos)
         return value
     if value.is_number:
-        approx = value.evalf(15)
+        try:
+            approx = value.evalf(15)
+        except PrecisionExhausted:     # floor(pi / 1e-300): the integer part needs 300 digits
+            raise SeqError(f"number out of range: {_short(value)} cannot be computed exactly", pos) from None
         if approx.is_real is False or approx.has(sympy.I):
             raise SeqError(f"the result is not a real number ({_short(value)})", pos)
         if approx.is_Float and approx != 0 and not (-MAX_BITS < math.log2(abs(float(approx)) or 1e-308) < MAX_BITS):

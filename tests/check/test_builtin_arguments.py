@@ -338,3 +338,10 @@ def test_varying_the_argument_changes_the_module_or_the_analysis(key):
         return                                    # outputs, weights or the losses differ
     assert _analysis_print(base) != _analysis_print(varied), \
         f"{key[0]}({key[1]}=...) changed neither the module nor the analysis"
+
+
+@pytest.mark.parametrize("value", ["0.5", "-2"])
+def test_a_number_where_an_init_is_expected_means_constant(value):
+    """``init = 0.5`` is ``init = constant(0.5)`` (found by the fuzzer: a bare number once reached
+    linear() unwrapped and raised AttributeError instead of building the layer)."""
+    assert _module_print(init(value)) == _module_print(init(f"constant({value})"))

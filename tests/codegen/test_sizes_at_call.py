@@ -192,6 +192,18 @@ def test_a_failed_require_is_checked_at_the_call_with_the_files_message():
     assert err.value.line == 4
 
 
+def test_a_require_that_divides_by_a_size_refuses_a_zero_divisor_by_name():
+    """``N % (B - 2)`` at B = 2 would be Python's ZeroDivisionError inside the module: the call
+    refuses it with the file's message and position instead (found by the grammar fuzzer)."""
+    model = seqdsl.load("dim B, N = 8, D = 2\nrequire N % (B - 2) == 0\nmixer m(x: [B, N, D]) {\n  return x\n}\n")
+    assert model(torch.ones(4, 8, 2)).shape == (4, 8, 2)
+    with pytest.raises(seqdsl.SeqError, match=r"N % \(B - 2\) == 0 \(it divides by B - 2, which must not be 0\)") as err:
+        model(torch.ones(2, 8, 2))
+    assert (err.value.line, err.value.column) == (2, 1)
+    with pytest.raises(seqdsl.SeqError, match="requirement failed"):
+        model(torch.ones(5, 8, 2))      # 8 % 3 != 0
+
+
 def test_the_algorithm_is_chosen_for_the_length_of_each_call():
     model = seqdsl.load(ROOT / "examples/mixers/softmax_attention.seq")
     assert "rt.by_length(N, " in model.source

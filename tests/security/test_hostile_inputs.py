@@ -43,6 +43,9 @@ FILES = {
     "size_power": mixer("  return x * N ** 100000"),
     "exponent_of_a_size": mixer("  return x * 2 ** N"),
     "irrational_power": mixer("  return x * (2 ** 0.5) ** 1e300"),
+    "derived_dim_over_zero": mixer("  return x", "dim E = 1 / (4 - B ** 2)\n"),   # B = 2: found by the fuzzer
+    "floor_beyond_precision": mixer("  return x * (pi // 1e-300)"),   # found by the grammar fuzzer
+    "mod_beyond_precision": mixer("  if 0 > 1e300 % pi { x = x }\n  return x"),   # idem
     "powers_of_sizes": mixer("  return x * (N + 1000000) ** 64"),     # 1276 bits at N = 16
     "power_of_a_power": mixer("  return x * (Q ** 40) ** 40", "dim Q\n"),      # Q has no value
     "power_of_a_sum_shape": mixer("  param w: [(Q + 1) ** 64, (Q + 2) ** 64]\n  return w @ w", "dim Q\n"),
@@ -211,6 +214,9 @@ EXPECT = {
     "size_power": lambda o: error(o, 3, 14, "exponent .* too large"),
     "exponent_of_a_size": lambda o: error(o, 3, 14, "exponent must be a number"),
     "irrational_power": lambda o: error(o, 3, 14, "sqrt.2. \\*\\* .* more than 1000 bits"),
+    "derived_dim_over_zero": lambda o: error(o, 2, 5, "E = .* must be a whole number .it divides by 4 - B"),
+    "floor_beyond_precision": lambda o: error(o, 3, 15, "out of range: the integer part of an irrational"),
+    "mod_beyond_precision": lambda o: error(o, 3, 10, "out of range: the integer part of an irrational"),
     "powers_of_sizes": lambda o: error(o, 3, 14, "out of range"),
     "power_of_a_power": lambda o: error(o, 4, 14, "exponent 1600 is too large"),
     "power_of_a_sum_shape": lambda o: error(o, 5, 10, "inner dims differ"),
